@@ -1,0 +1,38 @@
+# Every target creates .venv when it is missing; nothing needs installing by hand.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SAMPLES := sample_checkpoints
+
+.PHONY: run test lint bench samples clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+# the tool alone, for `make run`; the test and lint tools on top, for everything else
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[test,lint]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(BIN)/normcli inspect $(SAMPLES)/blowup.safetensors --sort l2 --top 8
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check normcli tests $(SAMPLES)
+	$(BIN)/mypy
+
+samples: $(VENV)/.installed
+	$(BIN)/python $(SAMPLES)/make_samples.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,25 @@
+"""normcli: exact L1/L2 norms of model checkpoints, per tensor and for the whole model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["InspectResult", "NormcliError", "__version__", "inspect", "stats"]
+
+if TYPE_CHECKING:
+    from .api import inspect, stats
+    from .errors import NormcliError
+    from .results import InspectResult
+
+_LAZY = {"inspect": "api", "stats": "api", "NormcliError": "errors", "InspectResult": "results"}
+
+
+def __getattr__(name: str) -> Any:
+    # numpy and the readers load on first use, so `normcli --version` starts in milliseconds
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,136 @@
+"""The command line: parse options, call one core function, hand its result to a renderer."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
+
+import click
+
+from . import __version__
+
+EXIT_OK, EXIT_VIOLATION, EXIT_BAD_INPUT = 0, 1, 2
+
+INSPECT_EXAMPLES = """
+\b
+Examples:
+  normcli inspect model.safetensors
+  normcli inspect model.safetensors --sort l2 --top 20
+  normcli inspect weights.npz --filter '*.attn.*' --exclude '*.bias'
+  normcli inspect model.safetensors --group-by 3        # one row per model.layers.N
+  normcli inspect model.safetensors -f json -o report.json
+"""
+
+
+class NormcliGroup(click.Group):
+    """Turns every user-facing failure into one line on stderr and exit code 2."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in argv
+        from .errors import NormcliError
+
+        try:
+            code = super().main(argv, prog_name or "normcli", standalone_mode=False, **extra)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            code = _fail(f"{e.format_message()}{hint}")
+        except click.ClickException as e:
+            code = _fail(e.format_message())
+        except NormcliError as e:
+            if debug:
+                raise
+            code = _fail(str(e))
+        except (click.Abort, KeyboardInterrupt):
+            code = _fail("interrupted", 130)
+        except BrokenPipeError:
+            code = EXIT_OK  # the reader went away (`| head`); nothing left to say
+        except Exception as e:  # a bug: still one line, with the way to see more
+            if debug:
+                raise
+            code = _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug to see where)")
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    click.echo(f"normcli: error: {message}", err=True)
+    return code
+
+
+@click.group(cls=NormcliGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="normcli")
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+def cli(debug: bool) -> None:
+    """Exact L1/L2 norms of model checkpoints, per tensor and for the whole model.
+
+    Reads safetensors, npz and npy files where they lie, in a single streaming pass, and never
+    executes anything from a file. Exit codes: 0 success, 1 a check failed, 2 bad usage or input.
+    """
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[TextIO | None]:
+    if path is None:
+        yield None
+        return
+    from .errors import InputError
+
+    try:
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            yield f
+    except OSError as e:
+        raise InputError(f"cannot write output: {e.strerror or e}", path) from e
+
+
+@cli.command(epilog=INSPECT_EXAMPLES)
+@click.argument("checkpoints", nargs=-1, required=True, metavar="CKPT...")
+@click.option("-f", "--format", "output_format", default="table", show_default=True,
+              type=click.Choice(["table", "json", "csv", "md"]), help="Output format.")
+@click.option("-o", "--output", metavar="FILE", help="Write the report to FILE instead of stdout.")
+@click.option("--sort", type=click.Choice(["name", "l1", "l2", "linf", "numel"]),
+              help="Order rows by name (natural order) or by a figure, largest first. "
+                   "Default: file order.")
+@click.option("--top", type=click.IntRange(min=1), metavar="N", help="Show only the first N rows.")
+@click.option("--filter", "filters", multiple=True, metavar="GLOB",
+              help="Only tensors whose name matches GLOB (repeatable).")
+@click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
+              help="Leave out tensors whose name matches GLOB (repeatable).")
+@click.option("--group-by", type=click.IntRange(min=1), metavar="N",
+              help="One row per group of tensors sharing the first N dot-separated name parts.")
+@click.option("--include-int", is_flag=True,
+              help="Count integer and bool tensors in the whole-model totals too.")
+@click.option("--input-format", type=click.Choice(["safetensors", "npz", "npy"]),
+              help="Read as this format instead of detecting it.")
+@click.option("--threads", type=click.IntRange(min=1), metavar="N",
+              help="Worker threads (default: all cores).")
+@click.option("--no-progress", is_flag=True, help="Never show a progress bar.")
+def inspect(checkpoints: tuple[str, ...], output_format: str, output: str | None,
+            sort: str | None, top: int | None, filters: tuple[str, ...],
+            excludes: tuple[str, ...], group_by: int | None, include_int: bool,
+            input_format: str | None, threads: int | None, no_progress: bool) -> None:
+    """Norms of every tensor in each CKPT, and of the whole model."""
+    from . import api
+    from .report import INSPECT_RENDERERS
+    from .report.console import ProgressBar, error_console, output_console
+
+    results = []
+    for path in checkpoints:
+        bar = None if no_progress else ProgressBar(error_console(), f"inspect {path}")
+        try:
+            results.append(api.inspect(
+                path, input_format=input_format, include_int=include_int, filter=filters,
+                exclude=excludes, sort=sort, top=top, group_by=group_by, threads=threads,
+                progress=bar,
+            ))
+        finally:
+            if bar is not None:
+                bar.stop()
+    with _output(output) as file:
+        INSPECT_RENDERERS[output_format](results, output_console(file))
+
+
+def main() -> None:
+    cli.main()

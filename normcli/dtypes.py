@@ -1,0 +1,116 @@
+"""Stored element types: their names, sizes, and how raw bytes become numpy values normcli can reduce."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import ml_dtypes
+import numpy as np
+
+Kind = Literal["float", "complex", "int", "bool"]
+
+
+@dataclass(frozen=True)
+class DType:
+    """One stored element type.
+
+    Sub-byte types (F4, F6) are packed: `group_elements` elements share `group_bytes` bytes, and
+    `decode` unpacks them into one byte per element of `element`.
+    """
+
+    name: str
+    kind: Kind
+    element: np.dtype[np.generic]
+    bits: int
+    group_elements: int = 1
+
+    @property
+    def group_bytes(self) -> int:
+        return self.bits * self.group_elements // 8
+
+    @property
+    def is_floating(self) -> bool:
+        """Counted in whole-model totals by default: integer and bool tensors are indices and codes."""
+        return self.kind in ("float", "complex")
+
+    def nbytes(self, numel: int) -> int | None:
+        """Bytes that `numel` elements occupy, or None where they do not end on a byte boundary."""
+        bits = numel * self.bits
+        return None if bits % 8 else bits // 8
+
+    def decode(self, raw: bytes | memoryview | np.ndarray) -> np.ndarray:
+        """Raw little-endian bytes holding whole groups -> a 1-D array of `element` values."""
+        data = np.frombuffer(raw, dtype=np.uint8)
+        if self.bits == 4:
+            codes = np.empty(data.size * 2, dtype=np.uint8)
+            # the first element of each byte sits in its low nibble, as in the MX / PyTorch x2 layout
+            np.bitwise_and(data, 0x0F, out=codes[0::2])
+            np.right_shift(data, 4, out=codes[1::2])
+            return codes.view(self.element)
+        if self.bits == 6:
+            # four elements fill three bytes, read as one little-endian bit stream
+            word = data.reshape(-1, 3).astype(np.uint32)
+            word = word[:, 0] | (word[:, 1] << 8) | (word[:, 2] << 16)
+            codes = np.empty((word.size, 4), dtype=np.uint8)
+            for i in range(4):
+                codes[:, i] = (word >> (6 * i)) & 0x3F
+            return codes.reshape(-1).view(self.element)
+        return data.view(self.element)
+
+
+def _make(name: str, kind: Kind, element: type | str, bits: int | None = None) -> DType:
+    dtype = np.dtype(element)
+    if bits is None:
+        bits = dtype.itemsize * 8
+    group = 8 // bits if bits < 8 else 1
+    if bits == 6:
+        group = 4
+    return DType(name, kind, dtype, bits, group)
+
+
+SAFETENSORS_DTYPES: dict[str, DType] = {
+    d.name: d
+    for d in (
+        _make("F64", "float", "<f8"),
+        _make("F32", "float", "<f4"),
+        _make("F16", "float", "<f2"),
+        _make("BF16", "float", ml_dtypes.bfloat16),
+        _make("F8_E4M3", "float", ml_dtypes.float8_e4m3fn),
+        _make("F8_E5M2", "float", ml_dtypes.float8_e5m2),
+        _make("F8_E8M0", "float", ml_dtypes.float8_e8m0fnu),
+        _make("F8_E4M3FNUZ", "float", ml_dtypes.float8_e4m3fnuz),
+        _make("F8_E5M2FNUZ", "float", ml_dtypes.float8_e5m2fnuz),
+        _make("F6_E2M3", "float", ml_dtypes.float6_e2m3fn, bits=6),
+        _make("F6_E3M2", "float", ml_dtypes.float6_e3m2fn, bits=6),
+        _make("F4", "float", ml_dtypes.float4_e2m1fn, bits=4),
+        _make("C64", "complex", "<c8"),
+        _make("I64", "int", "<i8"),
+        _make("I32", "int", "<i4"),
+        _make("I16", "int", "<i2"),
+        _make("I8", "int", "i1"),
+        _make("U64", "int", "<u8"),
+        _make("U32", "int", "<u4"),
+        _make("U16", "int", "<u2"),
+        _make("U8", "int", "u1"),
+        _make("BOOL", "bool", "?"),
+    )
+}
+
+_NUMPY_KINDS: dict[str, Kind] = {"f": "float", "c": "complex", "i": "int", "u": "int", "b": "bool"}
+_NUMPY_PREFIX = {"float": "F", "complex": "C", "int": "I", "bool": "BOOL"}
+
+
+def from_numpy(dtype: np.dtype[np.generic]) -> DType | None:
+    """The DType of a numpy array's elements (any byte order), or None if it holds no numbers."""
+    for known in SAFETENSORS_DTYPES.values():
+        if known.bits >= 8 and dtype.newbyteorder("<") == known.element.newbyteorder("<"):
+            return DType(known.name, known.kind, dtype, known.bits)
+    kind = _NUMPY_KINDS.get(dtype.kind)
+    if kind is None or dtype.fields is not None or dtype.subdtype is not None:
+        return None
+    if kind == "int" and dtype.kind == "u":
+        name = f"U{dtype.itemsize * 8}"
+    else:
+        name = f"{_NUMPY_PREFIX[kind]}{dtype.itemsize * 8}"
+    return DType(name, kind, dtype, dtype.itemsize * 8)

@@ -1,0 +1,54 @@
+"""Open a checkpoint of any supported format: detected by content first, then by file suffix."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ..errors import UnsupportedError, UsageError
+from . import numpy as numpy_reader
+from . import safetensors as safetensors_reader
+from .base import Checkpoint, TensorSource
+from .files import open_regular
+
+__all__ = ["FORMATS", "Checkpoint", "TensorSource", "detect_format", "open_checkpoint"]
+
+FORMATS: dict[str, Callable[[str], Checkpoint]] = {
+    "safetensors": safetensors_reader.open_safetensors,
+    "npz": numpy_reader.open_npz,
+    "npy": numpy_reader.open_npy,
+}
+
+_SUFFIXES = {".safetensors": "safetensors", ".npz": "npz", ".npy": "npy"}
+
+
+def detect_format(path: str) -> str:
+    """The format of the file at `path`, from its first bytes, else from its suffix."""
+    with open_regular(path) as f:
+        head = f.read(64)
+        size = f.seek(0, 2)
+    if head.startswith(numpy_reader.NPY_MAGIC):
+        return "npy"
+    if head.startswith(numpy_reader.ZIP_MAGIC):
+        return "npz"
+    if safetensors_reader.looks_like(head, size):
+        return "safetensors"
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in _SUFFIXES:
+        return _SUFFIXES[suffix]
+    if size == 0:
+        raise UnsupportedError("file is empty", path)
+    raise UnsupportedError(
+        "unrecognised format (normcli reads safetensors, npz and npy; "
+        "--input-format names one explicitly)",
+        path,
+    )
+
+
+def open_checkpoint(path: str | os.PathLike[str], input_format: str | None = None) -> Checkpoint:
+    """Open `path` lazily: headers are read and validated, tensor data is not touched."""
+    path = os.fspath(path)
+    fmt = input_format or detect_format(path)
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown input format {fmt!r} (choose from {', '.join(FORMATS)})")
+    return FORMATS[fmt](path)

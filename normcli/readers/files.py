@@ -1,0 +1,43 @@
+"""Opening and memory-mapping checkpoint files, with OS errors turned into clear user errors."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Callable
+from typing import BinaryIO
+
+import numpy as np
+
+from ..errors import InputError
+
+
+def open_regular(path: str) -> BinaryIO:
+    """Open a regular file for binary reading, or say plainly why it cannot be."""
+    if os.path.isdir(path):
+        raise InputError("is a directory, not a checkpoint file", path)
+    try:
+        return open(path, "rb")
+    except FileNotFoundError as e:
+        raise InputError("no such file", path) from e
+    except PermissionError as e:
+        raise InputError("permission denied", path) from e
+    except OSError as e:
+        raise InputError(f"cannot open: {e.strerror or e}", path) from e
+
+
+def map_file(path: str, size: int) -> tuple[np.ndarray, Callable[[], None]]:
+    """The whole file as a read-only uint8 array backed by a memory map, and how to unmap it."""
+    if size == 0:
+        return np.zeros(0, dtype=np.uint8), lambda: None
+    with open_regular(path) as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    array = np.frombuffer(mapped, dtype=np.uint8)
+
+    def close() -> None:
+        try:
+            mapped.close()
+        except BufferError:
+            pass  # arrays still view the map; it is unmapped when the last of them is freed
+
+    return array, close

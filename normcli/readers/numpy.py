@@ -1,0 +1,191 @@
+"""NumPy .npy files and .npz archives (stored or compressed members), read without pickle."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+import zlib
+from collections.abc import Callable
+from typing import IO, Any
+
+import numpy as np
+
+from ..dtypes import DType, from_numpy
+from ..errors import CorruptFileError, UnsupportedError
+from .base import Checkpoint, TensorSource
+from .files import map_file, open_regular
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
+
+
+def _read_npy_header(f: IO[bytes], where: str, path: str) -> tuple[tuple[int, ...], bool, DType]:
+    """Parse an .npy header (a Python literal, never unpickled) and check its dtype is numeric."""
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran_order, dtype = read_header(f, max_header_size=1 << 20)
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise CorruptFileError(f"{where}: not a valid .npy header ({e})", path) from e
+    if dtype.hasobject:
+        raise UnsupportedError(
+            f"{where}: holds Python objects, which only pickle can load; normcli never unpickles",
+            path,
+        )
+    stored = from_numpy(dtype)
+    if stored is None:
+        raise UnsupportedError(f"{where}: dtype {dtype} is not numeric", path)
+    return tuple(int(d) for d in shape), bool(fortran_order), stored
+
+
+def _slice_reader(buffer: np.ndarray, base: int) -> Callable[[int, int], np.ndarray]:
+    def read(start: int, stop: int) -> np.ndarray:
+        return buffer[base + start : base + stop]
+
+    return read
+
+
+def open_npy(path: str) -> Checkpoint:
+    with open_regular(path) as f:
+        size = f.seek(0, 2)
+        f.seek(0)
+        shape, fortran, dtype = _read_npy_header(f, "array", path)
+        data_start = f.tell()
+    buffer, close = map_file(path, size)
+    tensor = TensorSource(
+        _stem(path), dtype, shape, _slice_reader(buffer, data_start), fortran_order=fortran
+    )
+    if data_start + tensor.nbytes > size:
+        close()
+        raise CorruptFileError(
+            f"truncated: {dtype.name} {list(shape)} needs {tensor.nbytes} bytes of data "
+            f"but the file holds {size - data_start}",
+            path,
+        )
+    return Checkpoint(path, "npy", size, [tensor], [close])
+
+
+def _stem(path: str) -> str:
+    base = path.replace("\\", "/").rsplit("/", 1)[-1]
+    return base[:-4] if base.endswith(".npy") else base
+
+
+def open_npz(path: str) -> Checkpoint:
+    with open_regular(path) as f:
+        size = f.seek(0, 2)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        raise CorruptFileError(f"not a readable zip archive: {e}", path) from e
+    try:
+        buffer, unmap = map_file(path, size)
+        tensors = [
+            _member_source(archive, info, buffer, path)
+            for info in archive.infolist()
+            if info.filename.endswith(".npy")
+        ]
+    except BaseException:
+        archive.close()
+        raise
+    return Checkpoint(path, "npz", size, tensors, [archive.close, unmap])
+
+
+def _member_source(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, buffer: np.ndarray, path: str
+) -> TensorSource:
+    name = info.filename[: -len(".npy")]
+    where = f"member {info.filename!r}"
+    if info.flag_bits & 0x1:
+        raise UnsupportedError(f"{where} is encrypted", path)
+    if info.compress_type == zipfile.ZIP_STORED:
+        start = _stored_data_start(info, buffer, where, path)
+        member = io.BytesIO(bytes(buffer[start : start + min(info.file_size, 1 << 20)]))
+        shape, fortran, dtype = _read_npy_header(member, where, path)
+        data_start, data_size = start + member.tell(), info.file_size - member.tell()
+        source = TensorSource(
+            name, dtype, shape, _slice_reader(buffer, data_start), fortran_order=fortran
+        )
+    else:
+        try:
+            with archive.open(info) as member_file:
+                shape, fortran, dtype = _read_npy_header(member_file, where, path)
+                header_size = member_file.tell()
+        except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, OSError) as e:
+            raise CorruptFileError(f"{where}: cannot be decompressed ({e})", path) from e
+        data_size = info.file_size - header_size
+        source = TensorSource(
+            name,
+            dtype,
+            shape,
+            _StreamReader(archive, info, header_size, where, path),
+            seekable=False,
+            fortran_order=fortran,
+        )
+    if source.nbytes > data_size:
+        raise CorruptFileError(
+            f"{where}: {dtype.name} {list(shape)} needs {source.nbytes} bytes "
+            f"but the member holds {data_size}",
+            path,
+        )
+    return source
+
+
+def _stored_data_start(info: zipfile.ZipInfo, buffer: np.ndarray, where: str, path: str) -> int:
+    offset = info.header_offset
+    header = bytes(buffer[offset : offset + _LOCAL_HEADER.size])
+    if len(header) < _LOCAL_HEADER.size:
+        raise CorruptFileError(f"{where}: local header lies past the end of the file", path)
+    magic, name_len, extra_len = _LOCAL_HEADER.unpack(header)
+    if magic != ZIP_MAGIC:
+        raise CorruptFileError(f"{where}: local header is damaged", path)
+    start = offset + _LOCAL_HEADER.size + name_len + extra_len
+    if start + info.file_size > buffer.size:
+        raise CorruptFileError(f"{where}: data runs past the end of the file (truncated)", path)
+    return start
+
+
+class _StreamReader:
+    """Reads a compressed member front to back; each call must continue where the last ended."""
+
+    def __init__(
+        self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, skip: int, where: str, path: str
+    ) -> None:
+        self.archive, self.info, self.skip = archive, info, skip
+        self.where, self.path = where, path
+        self.stream: Any = None
+        self.position = 0
+
+    def __call__(self, start: int, stop: int) -> bytes:
+        try:
+            if self.stream is None or start != self.position:
+                self._restart(start)
+            data = self.stream.read(stop - start)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+            raise CorruptFileError(f"{self.where}: damaged compressed data ({e})", self.path) from e
+        if len(data) != stop - start:
+            raise CorruptFileError(f"{self.where}: compressed data ends early", self.path)
+        self.position = stop
+        if stop + self.skip == self.info.file_size:
+            self._finish()
+        return data
+
+    def _restart(self, start: int) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        self.stream = self.archive.open(self.info)
+        self.stream.read(self.skip + start)
+
+    def _finish(self) -> None:
+        # reading to the end is what makes zipfile verify the CRC of the member
+        try:
+            self.stream.read()
+        finally:
+            self.stream.close()
+            self.stream = None
+            self.position = 0

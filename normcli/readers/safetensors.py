@@ -1,0 +1,164 @@
+"""safetensors files: the header validated as strictly as the reference loader, data memory-mapped."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from typing import Any
+
+import numpy as np
+
+from ..dtypes import SAFETENSORS_DTYPES
+from ..errors import CorruptFileError
+from .base import Checkpoint, TensorSource
+from .files import map_file, open_regular
+
+# The reference implementation refuses larger headers; so do we.
+MAX_HEADER_BYTES = 100_000_000
+# Sizes are u64 in the reference implementation: anything larger overflowed there.
+U64_LIMIT = 2**64
+
+
+def looks_like(head: bytes, size: int) -> bool:
+    """An 8-byte little-endian header length that fits the file, followed by a JSON object."""
+    if len(head) < 9:
+        return False
+    (length,) = struct.unpack("<Q", head[:8])
+    return 2 <= length <= size - 8 and head[8:].lstrip(b" \t\r\n")[:1] == b"{"
+
+
+def open_safetensors(path: str) -> Checkpoint:
+    with open_regular(path) as f:
+        size = f.seek(0, 2)
+        if size < 8:
+            raise CorruptFileError(f"not a safetensors file: only {size} bytes", path)
+        f.seek(0)
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > MAX_HEADER_BYTES:
+            raise CorruptFileError(
+                f"safetensors header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit",
+                path,
+            )
+        if 8 + header_len > size:
+            raise CorruptFileError(
+                f"safetensors header length {header_len} runs past the end of the file "
+                f"({size} bytes): truncated or not safetensors",
+                path,
+            )
+        header = _parse_header(f.read(header_len), path)
+    data_start = 8 + header_len
+    entries = _validate(header, size - data_start, path)
+    buffer, close = map_file(path, size)
+    tensors = [
+        TensorSource(name, SAFETENSORS_DTYPES[dtype], shape, _reader(buffer, data_start + begin))
+        for name, dtype, shape, begin in entries
+    ]
+    return Checkpoint(path, "safetensors", size, tensors, [close])
+
+
+def _reader(buffer: np.ndarray | mmap.mmap, base: int) -> Any:
+    def read(start: int, stop: int) -> np.ndarray:
+        return buffer[base + start : base + stop]  # type: ignore[index,return-value]
+
+    return read
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r}")
+        seen[key] = value
+    return seen
+
+
+def _reject_constant(token: str) -> None:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def _parse_header(raw: bytes, path: str) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorruptFileError(f"safetensors header is not valid UTF-8 (byte {e.start})", path) from e
+    try:
+        header = json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except ValueError as e:
+        raise CorruptFileError(f"safetensors header is not valid JSON: {e}", path) from e
+    if not isinstance(header, dict):
+        raise CorruptFileError("safetensors header is not a JSON object", path)
+    return header
+
+
+def _is_u64(value: Any) -> bool:
+    return type(value) is int and 0 <= value < U64_LIMIT
+
+
+def _validate(
+    header: dict[str, Any], data_bytes: int, path: str
+) -> list[tuple[str, str, tuple[int, ...], int]]:
+    """Check every rule of the format; return (name, dtype, shape, begin) in storage order."""
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise CorruptFileError("safetensors __metadata__ must map strings to strings", path)
+
+    entries = []
+    for name, info in header.items():
+        where = f"safetensors header, tensor {name!r}"
+        if not isinstance(info, dict):
+            raise CorruptFileError(f"{where}: entry is not an object", path)
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in SAFETENSORS_DTYPES:
+            known = ", ".join(SAFETENSORS_DTYPES)
+            raise CorruptFileError(f"{where}: unknown dtype {dtype!r} (known: {known})", path)
+        if not (isinstance(shape, list) and all(_is_u64(d) for d in shape)):
+            raise CorruptFileError(f"{where}: shape {shape!r} is not a list of sizes", path)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_u64, offsets))):
+            raise CorruptFileError(
+                f"{where}: data_offsets {offsets!r} is not a pair of byte offsets", path
+            )
+        entries.append((offsets[0], offsets[1], name, dtype, tuple(shape)))
+
+    entries.sort(key=lambda e: (e[0], e[1]))
+    position = 0
+    for begin, end, name, dtype, shape in entries:
+        where = f"tensor {name!r}"
+        if begin != position or end < begin:
+            problem = "overlaps the tensor before it" if begin < position else "leaves a gap"
+            if end < begin:
+                problem = "ends before it begins"
+            raise CorruptFileError(
+                f"{where}: data_offsets [{begin}, {end}] {problem} (expected to start at "
+                f"byte {position})",
+                path,
+            )
+        position = end
+        numel = 1
+        for d in shape:
+            numel *= d
+        bits = numel * SAFETENSORS_DTYPES[dtype].bits
+        if bits // 8 >= U64_LIMIT:
+            raise CorruptFileError(f"{where}: shape {list(shape)} overflows a 64-bit size", path)
+        if bits % 8:
+            raise CorruptFileError(
+                f"{where}: {numel} elements of {dtype} do not end on a byte boundary", path
+            )
+        if end - begin != bits // 8:
+            raise CorruptFileError(
+                f"{where}: {dtype} {list(shape)} needs {bits // 8} bytes but data_offsets "
+                f"[{begin}, {end}] hold {end - begin}",
+                path,
+            )
+    if position != data_bytes:
+        problem = (
+            f"truncated: the tensors need {position} bytes of data but the file holds {data_bytes}"
+            if position > data_bytes
+            else f"{data_bytes - position} bytes after the last tensor belong to no tensor"
+        )
+        raise CorruptFileError(problem, path)
+    return [(name, dtype, shape, begin) for begin, _, name, dtype, shape in entries]

@@ -1,0 +1,181 @@
+"""The inspect report as rich tables for a terminal: tensors (or groups), then the whole model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..results import GroupReport, InspectResult, TensorReport
+from ..stats import TensorStats
+from .text import fmt_bytes, fmt_float, fmt_int, fmt_percent, fmt_shape, printable
+
+NONFINITE = "bold red"
+STANDOUT = "bold yellow"
+
+
+def render_inspect(results: Sequence[InspectResult], console: Console) -> None:
+    for i, result in enumerate(results):
+        if i:
+            console.print()
+        _render_one(result, console)
+
+
+def _render_one(result: InspectResult, console: Console) -> None:
+    info = result.checkpoint
+    console.print(
+        Text.assemble(
+            (printable(info.path), "bold"),
+            f"  {info.format}, {info.tensors} tensors, {fmt_bytes(info.nbytes)}",
+        )
+    )
+    if result.groups is not None:
+        _print_fitting(console, lambda hide: _group_table(result.groups or (), hide))
+    elif result.tensors:
+        _print_fitting(console, lambda hide: _tensor_table(result.tensors, hide))
+    shown = len(result.groups) if result.groups is not None else len(result.tensors)
+    hidden = (result.total.tensors if result.groups is not None else result.selected) - shown
+    if result.groups is None and hidden > 0:
+        console.print(f"({hidden} more tensors not shown; --top limits the rows)", style="dim")
+    _render_total(result, console)
+
+
+# Dropped in this order when the terminal is too narrow for every column.
+OPTIONAL_COLUMNS = ("mean", "zeros", "numel", "RMS", "shape", "L1")
+
+
+def _print_fitting(console: Console, build: Callable[[frozenset[str]], Table]) -> None:
+    """Print the widest table the console fits, hiding the least telling columns first."""
+    hidden: frozenset[str] = frozenset()
+    table = build(hidden)
+    unbounded = console.options.update_width(1 << 16)
+    for column in OPTIONAL_COLUMNS:
+        if console.measure(table, options=unbounded).maximum <= console.width:
+            break
+        hidden = hidden | {column}
+        table = build(hidden)
+    console.print(table)
+    if hidden:
+        console.print(
+            f"(terminal too narrow: {', '.join(sorted(hidden))} not shown; "
+            "-f csv or -f json has every column)",
+            style="dim",
+        )
+
+
+def _stat_cells(stats: TensorStats) -> list[Text | str]:
+    return [
+        fmt_int(stats.numel),
+        fmt_float(stats.l1),
+        fmt_float(stats.l2),
+        fmt_float(stats.linf),
+        fmt_float(stats.rms),
+        fmt_float(stats.mean),
+        f"{fmt_int(stats.zeros)} ({fmt_percent(stats.sparsity)})" if stats.zeros else "0",
+        Text(fmt_int(stats.nan), NONFINITE if stats.nan else ""),
+        Text(fmt_int(stats.inf), NONFINITE if stats.inf else ""),
+    ]
+
+
+STAT_COLUMNS = ("numel", "L1", "L2", "Linf", "RMS", "mean", "zeros", "NaN", "Inf")
+
+
+class _Rows:
+    """A table whose hidden columns are left out both of the header and of every row."""
+
+    def __init__(self, first: str, extra: Sequence[str], hidden: frozenset[str]) -> None:
+        self.table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        self.keep = [c not in hidden for c in (first, *extra, *STAT_COLUMNS, "")]
+        self.table.add_column(first, overflow="fold")
+        for column in extra:
+            if column not in hidden:
+                self.table.add_column(column, no_wrap=True)
+        for column in STAT_COLUMNS:
+            if column not in hidden:
+                self.table.add_column(column, justify="right", no_wrap=True)
+        self.table.add_column("", no_wrap=True)
+
+    def add(self, cells: Sequence[Text | str], style: str | None) -> None:
+        self.table.add_row(*(c for c, keep in zip(cells, self.keep) if keep), style=style)
+
+
+def _notes(stats: TensorStats, top_l2: float, top_linf: float) -> tuple[str, str]:
+    """The remark and row style that make a non-finite or largest row stand out."""
+    if stats.nan or stats.inf:
+        return "non-finite!", NONFINITE
+    marks = []
+    if stats.numel and stats.l2 == top_l2 and top_l2 > 0:
+        marks.append("max L2")
+    if stats.numel and stats.linf == top_linf and top_linf > 0:
+        marks.append("max Linf")
+    return ", ".join(marks), STANDOUT if marks else ""
+
+
+def _tensor_table(rows: Sequence[TensorReport], hidden: frozenset[str]) -> Table:
+    table = _Rows("tensor", ["dtype", "shape"], hidden)
+    top_l2 = max((r.stats.l2 for r in rows if r.covered), default=0.0)
+    top_linf = max((r.stats.linf for r in rows if r.covered), default=0.0)
+    for row in rows:
+        note, style = _notes(row.stats, top_l2, top_linf) if row.covered else ("not in total", "dim")
+        table.add(
+            [printable(row.name), row.dtype, fmt_shape(row.shape), *_stat_cells(row.stats),
+             Text(note, style)],
+            style=style if style != STANDOUT else None,
+        )
+    return table.table
+
+
+def _group_table(groups: Sequence[GroupReport], hidden: frozenset[str]) -> Table:
+    table = _Rows("group", ["tensors"], hidden)
+    top_l2 = max((g.stats.l2 for g in groups), default=0.0)
+    top_linf = max((g.stats.linf for g in groups), default=0.0)
+    for group in groups:
+        note, style = _notes(group.stats, top_l2, top_linf)
+        table.add(
+            [printable(group.name), fmt_int(group.tensors), *_stat_cells(group.stats),
+             Text(note, style)],
+            style=style if style == NONFINITE else None,
+        )
+    return table.table
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _render_total(result: InspectResult, console: Console) -> None:
+    total = result.total
+    stats = total.stats
+    kind = "floating-point " if total.scope == "floating" else ""
+    left_out = (
+        f" ({_plural(total.excluded, 'integer/bool tensor')} left out; --include-int adds them)"
+        if total.excluded
+        else ""
+    )
+    console.print(Text.assemble(("Whole model", "bold"), f": {_plural(total.tensors, kind + 'tensor')}"
+                                f"{left_out}"))
+    nonfinite = NONFINITE if stats.nan or stats.inf else ""
+    console.print(Text.assemble(
+        f"  elements {fmt_int(stats.numel)}  bytes {fmt_bytes(total.nbytes)}  ",
+        (f"NaN {fmt_int(stats.nan)}  Inf {fmt_int(stats.inf)}", nonfinite),
+    ))
+    console.print(
+        f"  L1 {fmt_float(stats.l1, 10)}  L2 {fmt_float(stats.l2, 10)}  "
+        f"Linf {fmt_float(stats.linf, 10)}  RMS {fmt_float(stats.rms, 10)}"
+    )
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column()
+    for justify in ("right", "right", "right", "left", "left", "left"):
+        grid.add_column(justify=justify)  # type: ignore[arg-type]
+    for d in total.by_dtype:
+        bad = d.stats.nan or d.stats.inf
+        grid.add_row(
+            d.dtype, _plural(d.tensors, "tensor"), f"{fmt_int(d.stats.numel)} elements",
+            fmt_bytes(d.nbytes), f"L2 {fmt_float(d.stats.l2)}", f"Linf {fmt_float(d.stats.linf)}",
+            Text(f"NaN {d.stats.nan}  Inf {d.stats.inf}", NONFINITE) if bad else "",
+        )
+    console.print(Text("By dtype:", "bold"))
+    console.print(grid)

@@ -1,0 +1,43 @@
+"""Turning numbers and untrusted names into short, safe text for people to read."""
+
+from __future__ import annotations
+
+import math
+
+
+def printable(name: str) -> str:
+    """Tensor names come from untrusted files: control characters must not reach the terminal."""
+    return "".join(c if c.isprintable() else "\N{REPLACEMENT CHARACTER}" for c in name)
+
+
+def fmt_float(value: float | None, digits: int = 6) -> str:
+    if value is None:
+        return "-"
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{digits}g}"
+
+
+def fmt_int(value: int) -> str:
+    return f"{value:,}"
+
+
+def fmt_shape(shape: tuple[int, ...] | list[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def fmt_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def fmt_percent(fraction: float | None) -> str:
+    if fraction is None:
+        return "-"
+    return f"{100 * fraction:.1f}%" if fraction >= 0.001 or fraction == 0 else "<0.1%"

@@ -1,0 +1,140 @@
+"""The results normcli computes, as frozen dataclasses that turn into the documented JSON."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .stats import TensorStats
+
+INSPECT_SCHEMA = "normcli/inspect/v1"
+
+
+def number(value: float | None) -> float | None:
+    """A JSON-safe number: NaN and infinities (only from overflow) have no JSON form, so null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def stats_dict(stats: TensorStats) -> dict[str, Any]:
+    return {
+        "numel": stats.numel,
+        "l1": number(stats.l1),
+        "l2": number(stats.l2),
+        "linf": number(stats.linf),
+        "rms": number(stats.rms),
+        "mean": number(stats.mean),
+        "zeros": stats.zeros,
+        "sparsity": number(stats.sparsity),
+        "nan": stats.nan,
+        "inf": stats.inf,
+    }
+
+
+@dataclass(frozen=True)
+class TensorReport:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    stats: TensorStats
+    # whether whole-model totals count this tensor (floating point, or all with --include-int)
+    covered: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "bytes": self.nbytes,
+            **stats_dict(self.stats),
+            "in_total": self.covered,
+        }
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    """Tensors whose names share their first N dot-separated parts, aggregated like the model."""
+
+    name: str
+    tensors: int
+    dtypes: tuple[str, ...]
+    nbytes: int
+    stats: TensorStats
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "tensors": self.tensors,
+            "dtypes": list(self.dtypes),
+            "bytes": self.nbytes,
+            **stats_dict(self.stats),
+        }
+
+
+@dataclass(frozen=True)
+class DtypeSummary:
+    dtype: str
+    tensors: int
+    nbytes: int
+    stats: TensorStats
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "tensors": self.tensors, "bytes": self.nbytes,
+                **stats_dict(self.stats)}
+
+
+@dataclass(frozen=True)
+class Total:
+    """Whole-model figures: L1 and counts add up, L2 is the global norm √Σ‖t‖₂², Linf the max."""
+
+    stats: TensorStats
+    nbytes: int
+    scope: str  # "floating" or "all"
+    tensors: int
+    excluded: int
+    by_dtype: tuple[DtypeSummary, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **stats_dict(self.stats),
+            "bytes": self.nbytes,
+            "covers": {"scope": self.scope, "tensors": self.tensors, "excluded": self.excluded},
+            "by_dtype": [d.to_dict() for d in self.by_dtype],
+        }
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: str
+    format: str
+    nbytes: int
+    tensors: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "format": self.format, "bytes": self.nbytes,
+                "tensors": self.tensors}
+
+
+@dataclass(frozen=True)
+class InspectResult:
+    """One checkpoint's report: the selected tensor rows (or groups) and the whole-model total."""
+
+    checkpoint: CheckpointInfo
+    tensors: tuple[TensorReport, ...]
+    groups: tuple[GroupReport, ...] | None
+    total: Total
+    # tensors that passed --filter/--exclude; `tensors` may hold fewer after --top
+    selected: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": INSPECT_SCHEMA,
+            "checkpoint": self.checkpoint.to_dict(),
+            "selected": self.selected,
+            "tensors": [t.to_dict() for t in self.tensors],
+            "groups": None if self.groups is None else [g.to_dict() for g in self.groups],
+            "total": self.total.to_dict(),
+        }

@@ -1,0 +1,36 @@
+"""Choosing and ordering rows: name globs, natural order, sort keys, and name-prefix groups."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from fnmatch import fnmatchcase
+
+SORT_KEYS = ("name", "l1", "l2", "linf", "numel")
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Orders `layers.2` before `layers.10`: digit runs compare as numbers."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in _DIGITS.split(name) if part
+    )
+
+
+def name_selected(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """Kept if it matches any --filter glob (or none are given) and no --exclude glob."""
+    if include and not any(fnmatchcase(name, g) for g in include):
+        return False
+    return not any(fnmatchcase(name, g) for g in exclude)
+
+
+def group_name(name: str, depth: int) -> str:
+    return ".".join(name.split(".")[:depth])
+
+
+def group_names(names: Iterable[str], depth: int) -> dict[str, list[int]]:
+    """Indices of `names` under each group, groups in natural order."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(group_name(name, depth), []).append(i)
+    return {g: groups[g] for g in sorted(groups, key=natural_key)}
