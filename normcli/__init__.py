@@ -6,18 +6,23 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["InspectResult", "NormcliError", "__version__", "inspect", "stats"]
+__all__ = ["CompareResult", "InspectResult", "NormcliError", "__version__", "compare", "inspect",
+           "stats"]
 
 if TYPE_CHECKING:
     from .api import inspect, stats
+    from .diff import CompareResult, compare
     from .errors import NormcliError
     from .results import InspectResult
 
-_LAZY = {"inspect": "api", "stats": "api", "NormcliError": "errors", "InspectResult": "results"}
+_LAZY = {"inspect": "api", "stats": "api", "NormcliError": "errors", "InspectResult": "results",
+         "compare": "diff", "CompareResult": "diff"}
 
 
 def __getattr__(name: str) -> Any:
-    # numpy and the readers load on first use, so `normcli --version` starts in milliseconds
+    # numpy and the readers load on first use, so `normcli --version` starts in milliseconds.
+    # (The modules behind `stats` and `compare` are named norms and diff: a submodule of the
+    # same name would replace the function on the package once imported.)
     if name in _LAZY:
         import importlib
 

@@ -21,7 +21,7 @@ from .results import (
 )
 from .scan import Progress, scan_tensors
 from .select import SORT_KEYS, group_names, name_selected, natural_key
-from .stats import TensorStats, merge_all
+from .norms import TensorStats, merge_all
 
 
 class _Row(Protocol):
@@ -187,4 +187,5 @@ def _total(rows: Sequence[TensorReport], covered: Sequence[TensorReport],
         tensors=len(covered),
         excluded=len(rows) - len(covered),
         by_dtype=tuple(by_dtype),
+        nonfinite_tensors=tuple(r.name for r in rows if r.stats.nan or r.stats.inf),
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator, Sequence
-from typing import Any, TextIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TextIO, TypeVar
 
 import click
 
@@ -21,6 +21,17 @@ Examples:
   normcli inspect weights.npz --filter '*.attn.*' --exclude '*.bias'
   normcli inspect model.safetensors --group-by 3        # one row per model.layers.N
   normcli inspect model.safetensors -f json -o report.json
+"""
+
+
+COMPARE_EXAMPLES = """
+\b
+Examples:
+  normcli compare step-1000.safetensors step-2000.safetensors
+  normcli compare base.safetensors tuned.safetensors --group-by 3 --top 10
+  normcli compare ddp.safetensors plain.safetensors --strip-prefix module.
+  normcli compare baseline.json new.safetensors        # against a saved inspect report
+  normcli compare a.safetensors b.npz -f json -o diff.json
 """
 
 
@@ -85,28 +96,78 @@ def _output(path: str | None) -> Iterator[TextIO | None]:
         raise InputError(f"cannot write output: {e.strerror or e}", path) from e
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(command: F) -> F:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+output_options = _options(
+    click.option("-f", "--format", "output_format", default="table", show_default=True,
+                 type=click.Choice(["table", "json", "csv", "md"]), help="Output format."),
+    click.option("-o", "--output", metavar="FILE",
+                 help="Write the report to FILE instead of stdout."),
+)
+
+selection_options = _options(
+    click.option("--top", type=click.IntRange(min=1), metavar="N",
+                 help="Show only the first N rows."),
+    click.option("--filter", "filters", multiple=True, metavar="GLOB",
+                 help="Only tensors whose name matches GLOB (repeatable)."),
+    click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
+                 help="Leave out tensors whose name matches GLOB (repeatable)."),
+    click.option("--group-by", type=click.IntRange(min=1), metavar="N",
+                 help="One row per group of tensors sharing the first N dot-separated name "
+                      "parts (e.g. 3: model.layers.7)."),
+    click.option("--include-int", is_flag=True,
+                 help="Count integer and bool tensors in the whole-model totals too."),
+)
+
+reading_options = _options(
+    click.option("--input-format", type=click.Choice(["safetensors", "npz", "npy"]),
+                 help="Read as this format instead of detecting it."),
+    click.option("--threads", type=click.IntRange(min=1), metavar="N",
+                 help="Worker threads (default: all cores)."),
+    click.option("--no-progress", is_flag=True, help="Never show a progress bar."),
+)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, label: str) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    from .report.console import ProgressBar, error_console
+
+    bar = ProgressBar(error_console(), label)
+    try:
+        yield bar
+    finally:
+        bar.stop()
+
+
+def _render(renderers: dict[str, Any], output_format: str, results: list[Any],
+            output: str | None) -> None:
+    from .report.console import output_console
+
+    with _output(output) as file:
+        renderers[output_format](results, output_console(file))
+
+
 @cli.command(epilog=INSPECT_EXAMPLES)
 @click.argument("checkpoints", nargs=-1, required=True, metavar="CKPT...")
-@click.option("-f", "--format", "output_format", default="table", show_default=True,
-              type=click.Choice(["table", "json", "csv", "md"]), help="Output format.")
-@click.option("-o", "--output", metavar="FILE", help="Write the report to FILE instead of stdout.")
+@output_options
 @click.option("--sort", type=click.Choice(["name", "l1", "l2", "linf", "numel"]),
               help="Order rows by name (natural order) or by a figure, largest first. "
                    "Default: file order.")
-@click.option("--top", type=click.IntRange(min=1), metavar="N", help="Show only the first N rows.")
-@click.option("--filter", "filters", multiple=True, metavar="GLOB",
-              help="Only tensors whose name matches GLOB (repeatable).")
-@click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
-              help="Leave out tensors whose name matches GLOB (repeatable).")
-@click.option("--group-by", type=click.IntRange(min=1), metavar="N",
-              help="One row per group of tensors sharing the first N dot-separated name parts.")
-@click.option("--include-int", is_flag=True,
-              help="Count integer and bool tensors in the whole-model totals too.")
-@click.option("--input-format", type=click.Choice(["safetensors", "npz", "npy"]),
-              help="Read as this format instead of detecting it.")
-@click.option("--threads", type=click.IntRange(min=1), metavar="N",
-              help="Worker threads (default: all cores).")
-@click.option("--no-progress", is_flag=True, help="Never show a progress bar.")
+@selection_options
+@reading_options
 def inspect(checkpoints: tuple[str, ...], output_format: str, output: str | None,
             sort: str | None, top: int | None, filters: tuple[str, ...],
             excludes: tuple[str, ...], group_by: int | None, include_int: bool,
@@ -114,22 +175,51 @@ def inspect(checkpoints: tuple[str, ...], output_format: str, output: str | None
     """Norms of every tensor in each CKPT, and of the whole model."""
     from . import api
     from .report import INSPECT_RENDERERS
-    from .report.console import ProgressBar, error_console, output_console
 
     results = []
     for path in checkpoints:
-        bar = None if no_progress else ProgressBar(error_console(), f"inspect {path}")
-        try:
+        with _progress(not no_progress, f"inspect {path}") as bar:
             results.append(api.inspect(
                 path, input_format=input_format, include_int=include_int, filter=filters,
                 exclude=excludes, sort=sort, top=top, group_by=group_by, threads=threads,
                 progress=bar,
             ))
-        finally:
-            if bar is not None:
-                bar.stop()
-    with _output(output) as file:
-        INSPECT_RENDERERS[output_format](results, output_console(file))
+    _render(INSPECT_RENDERERS, output_format, results, output)
+
+
+@cli.command(epilog=COMPARE_EXAMPLES)
+@click.argument("a", metavar="A")
+@click.argument("b", metavar="B")
+@output_options
+@click.option("--sort", type=click.Choice(["rel", "diff", "ratio", "cosine", "name", "l2"]),
+              help="rel: relative update ‖B−A‖₂/‖A‖₂ (default); diff: ‖B−A‖₂; ratio: "
+                   "‖B‖₂/‖A‖₂ furthest from 1; cosine: least similar; l2: ‖B‖₂; name.")
+@selection_options
+@click.option("--strip-prefix", multiple=True, metavar="PREFIX",
+              help="Remove PREFIX from tensor names on both sides before matching, e.g. the "
+                   "'module.' DDP adds (repeatable).")
+@click.option("--rename", multiple=True, metavar="REGEX=REPLACEMENT",
+              help="Rewrite tensor names on both sides before matching (re.sub; repeatable, "
+                   "applied in order; write a literal '=' in REGEX as '\\=').")
+@reading_options
+def compare(a: str, b: str, output_format: str, output: str | None, sort: str | None,
+            top: int | None, filters: tuple[str, ...], excludes: tuple[str, ...],
+            group_by: int | None, include_int: bool, strip_prefix: tuple[str, ...],
+            rename: tuple[str, ...], input_format: str | None, threads: int | None,
+            no_progress: bool) -> None:
+    """What changed between checkpoints A and B: tensors matched by name, the update B−A
+    measured element by element. Either side may be a report saved by `inspect -f json`
+    (then only the stored norms are compared). Exits 0 whatever the differences."""
+    from . import diff
+    from .report import COMPARE_RENDERERS
+
+    with _progress(not no_progress, f"compare {a} {b}") as bar:
+        result = diff.compare(
+            a, b, input_format=input_format, include_int=include_int,
+            strip_prefix=strip_prefix, rename=rename, filter=filters, exclude=excludes,
+            sort=sort, top=top, group_by=group_by, threads=threads, progress=bar,
+        )
+    _render(COMPARE_RENDERERS, output_format, [result], output)
 
 
 def main() -> None:

@@ -125,3 +125,70 @@ def _reduce_finite(
         # squares of the float64 magnitudes: pairwise summation keeps the error near 1e-16
         sumsq = float(np.square(magnitude, out=magnitude).sum())
     return TensorStats(numel, l1, sumsq, linf, total, zeros, nan, inf)
+
+
+@dataclass(frozen=True)
+class PairStats:
+    """Two same-shaped tensors A and B element by element: each side's statistics, the update
+    B−A over the elements finite on both sides, and the inner product ⟨A,B⟩ over those too."""
+
+    a: TensorStats
+    b: TensorStats
+    diff: TensorStats
+    dot: float
+    identical: bool
+
+    @property
+    def rel_l2(self) -> float | None:
+        """‖B−A‖₂ / ‖A‖₂ (None where A is all zeros)."""
+        return self.diff.l2 / self.a.l2 if self.a.sumsq else None
+
+    @property
+    def ratio_l2(self) -> float | None:
+        return self.b.l2 / self.a.l2 if self.a.sumsq else None
+
+    @property
+    def cosine(self) -> float | None:
+        if not (self.a.sumsq and self.b.sumsq):
+            return None
+        if self.identical:
+            return 1.0
+        # rounding can push |cos| a hair past 1 for parallel tensors
+        return max(-1.0, min(1.0, self.dot / (self.a.l2 * self.b.l2)))
+
+
+def merge_pairs(parts: list[PairStats] | tuple[PairStats, ...]) -> PairStats:
+    return PairStats(
+        a=merge_all([p.a for p in parts]),
+        b=merge_all([p.b for p in parts]),
+        diff=merge_all([p.diff for p in parts]),
+        dot=math.fsum(p.dot for p in parts),
+        identical=all(p.identical for p in parts),
+    )
+
+
+def reduce_pair(a_values: np.ndarray, b_values: np.ndarray) -> PairStats:
+    """Statistics of one aligned chunk of A and of B (same number of elements)."""
+    a_stats, b_stats = reduce_chunk(a_values), reduce_chunk(b_values)
+    if a_values.dtype == b_values.dtype:
+        identical = bool(np.array_equal(_bits(a_values), _bits(b_values)))
+    else:
+        identical = bool(np.array_equal(_as_float64(a_values), _as_float64(b_values),
+                                        equal_nan=True))
+    a, b = _as_float64(a_values).reshape(-1), _as_float64(b_values).reshape(-1)
+    if a.dtype != b.dtype:  # one side complex: compare both as complex
+        a, b = a.astype(np.complex128), b.astype(np.complex128)
+    if a_stats.nan or a_stats.inf or b_stats.nan or b_stats.inf:
+        both_finite = np.isfinite(a) & np.isfinite(b)
+        a, b = a[both_finite], b[both_finite]
+    diff_stats = reduce_chunk(b - a)
+    if a.dtype.kind == "c" or b.dtype.kind == "c":
+        dot = float(np.multiply(np.conj(a), b).real.sum())
+    else:
+        dot = float(np.multiply(a, b).sum())
+    return PairStats(a_stats, b_stats, diff_stats, dot, identical)
+
+
+def _bits(values: np.ndarray) -> np.ndarray:
+    """The stored bit patterns, so -0.0 differs from 0.0 and NaN payloads compare equal."""
+    return np.ascontiguousarray(values).reshape(-1).view(np.uint8)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .stats import TensorStats
+from .norms import TensorStats
 
 INSPECT_SCHEMA = "normcli/inspect/v1"
 
@@ -96,6 +96,8 @@ class Total:
     tensors: int
     excluded: int
     by_dtype: tuple[DtypeSummary, ...]
+    # every selected tensor holding NaN or Inf, in file order (covered by the total or not)
+    nonfinite_tensors: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +105,7 @@ class Total:
             "bytes": self.nbytes,
             "covers": {"scope": self.scope, "tensors": self.tensors, "excluded": self.excluded},
             "by_dtype": [d.to_dict() for d in self.by_dtype],
+            "nonfinite_tensors": list(self.nonfinite_tensors),
         }
 
 

@@ -1,18 +1,22 @@
-"""Runs the statistics over every tensor of a checkpoint, chunk by chunk, on a pool of threads."""
+"""Runs the statistics over the tensors of a checkpoint (or pairs from two), chunk by chunk, on a
+pool of threads. The only module that knows about threads."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from .errors import UnsupportedError
 from .readers import TensorSource
-from .stats import TensorStats, merge_all, reduce_chunk
+from .norms import PairStats, TensorStats, merge_all, merge_pairs, reduce_chunk, reduce_pair
 
-# 1 Mi elements: a few MiB per chunk, large enough that per-chunk Python overhead is noise
+# 1 Mi elements, a multiple of every packed group size (1, 2 and 4 elements), so two tensors
+# of different dtypes split into chunks of the same lengths and can be walked in lockstep.
 CHUNK_ELEMENTS = 1 << 20
 
+T = TypeVar("T")
 
 
 class Progress(Protocol):
@@ -27,6 +31,10 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
+def _chunk_bytes(chunk_size: int, source: TensorSource) -> int:
+    return chunk_size * source.dtype.bits // 8
+
+
 def scan_tensor(
     source: TensorSource, chunk_elements: int = CHUNK_ELEMENTS, progress: Progress | None = None
 ) -> TensorStats:
@@ -35,11 +43,56 @@ def scan_tensor(
     for chunk in source.chunks(chunk_elements):
         parts.append(reduce_chunk(chunk))
         if progress is not None:
-            progress.advance(chunk.size * source.dtype.bits // 8)
+            progress.advance(_chunk_bytes(chunk.size, source))
     stats = merge_all(parts)
     if source.dtype.kind == "complex" and stats.total is not None:
         stats = TensorStats.of_complex().merge(stats)
     return stats
+
+
+def scan_pair(
+    a: TensorSource,
+    b: TensorSource,
+    chunk_elements: int = CHUNK_ELEMENTS,
+    progress: Progress | None = None,
+) -> PairStats:
+    """A and B (same shape) walked in lockstep, one chunk of each at a time."""
+    if a.fortran_order != b.fortran_order and len(a.shape) > 1:
+        raise UnsupportedError(
+            f"tensor {a.name!r}: cannot compare column-major (Fortran-order) storage "
+            "with row-major storage"
+        )
+    parts = []
+    for a_chunk, b_chunk in zip(a.chunks(chunk_elements), b.chunks(chunk_elements)):
+        parts.append(reduce_pair(a_chunk, b_chunk))
+        if progress is not None:
+            progress.advance(_chunk_bytes(a_chunk.size, a) + _chunk_bytes(b_chunk.size, b))
+    pair = merge_pairs(parts) if parts else merge_pairs([_empty_pair()])
+    if a.dtype.kind == "complex" or b.dtype.kind == "complex":
+        pair = PairStats(
+            a=TensorStats.of_complex().merge(pair.a) if a.dtype.kind == "complex" else pair.a,
+            b=TensorStats.of_complex().merge(pair.b) if b.dtype.kind == "complex" else pair.b,
+            diff=TensorStats.of_complex().merge(pair.diff),
+            dot=pair.dot,
+            identical=pair.identical,
+        )
+    return pair
+
+
+def _empty_pair() -> PairStats:
+    return PairStats(TensorStats(), TensorStats(), TensorStats(), 0.0, True)
+
+
+def _parallel(jobs: Sequence[Callable[[], T]], sizes: Sequence[int], threads: int | None) -> list[T]:
+    """Run the jobs, largest first so one big tensor does not start last and run alone;
+    results come back in the order given."""
+    workers = min(threads or default_threads(), max(1, len(jobs)))
+    if workers == 1:
+        return [job() for job in jobs]
+    order = sorted(range(len(jobs)), key=lambda i: -sizes[i])
+    with ThreadPoolExecutor(workers, thread_name_prefix="normcli-scan") as pool:
+        futures = {i: pool.submit(jobs[i]) for i in order}
+        return [futures[i].result() for i in range(len(jobs))]
 
 
 def scan_tensors(
@@ -49,13 +102,25 @@ def scan_tensors(
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> list[TensorStats]:
     """Statistics of every tensor, in the order given."""
+    return scan_all(sources, (), threads, progress, chunk_elements)[0]
+
+
+def scan_all(
+    singles: Sequence[TensorSource],
+    pairs: Sequence[tuple[TensorSource, TensorSource]],
+    threads: int | None = None,
+    progress: Progress | None = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> tuple[list[TensorStats], list[PairStats]]:
+    """Single tensors and aligned pairs, scanned on one pool: every byte is read once."""
+    sizes = [s.nbytes for s in singles] + [a.nbytes + b.nbytes for a, b in pairs]
     if progress is not None:
-        progress.start(sum(s.nbytes for s in sources))
-    workers = min(threads or default_threads(), max(1, len(sources)))
-    if workers == 1:
-        return [scan_tensor(s, chunk_elements, progress) for s in sources]
-    # largest first, so one big tensor does not start last and run alone
-    order = sorted(range(len(sources)), key=lambda i: -sources[i].nbytes)
-    with ThreadPoolExecutor(workers, thread_name_prefix="normcli-scan") as pool:
-        futures = {i: pool.submit(scan_tensor, sources[i], chunk_elements, progress) for i in order}
-        return [futures[i].result() for i in range(len(sources))]
+        progress.start(sum(sizes))
+    jobs: list[Callable[[], TensorStats | PairStats]] = [
+        lambda s=s: scan_tensor(s, chunk_elements, progress) for s in singles
+    ]
+    jobs += [lambda p=p: scan_pair(p[0], p[1], chunk_elements, progress) for p in pairs]
+    results = _parallel(jobs, sizes, threads)
+    single_stats = [r for r in results[: len(singles)] if isinstance(r, TensorStats)]
+    pair_stats = [r for r in results[len(singles) :] if isinstance(r, PairStats)]
+    return single_stats, pair_stats

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from rich.console import Console
 
+from ..diff import CompareResult
 from ..results import InspectResult
-from . import csv, json, markdown, table
+from . import compare_table, csv, json, markdown, table
 
 OUTPUT_FORMATS = ("table", "json", "csv", "md")
 
 
-def _text(render: Callable[[Sequence[InspectResult]], str]) -> Callable[..., None]:
-    def write(results: Sequence[InspectResult], console: Console) -> None:
+def _text(render: Callable[[Sequence[Any]], str]) -> Callable[[Sequence[Any], Console], None]:
+    def write(results: Sequence[Any], console: Console) -> None:
         console.file.write(render(results))
 
     return write
@@ -24,4 +26,11 @@ INSPECT_RENDERERS: dict[str, Callable[[Sequence[InspectResult], Console], None]]
     "json": _text(json.dumps),
     "csv": _text(csv.render_inspect),
     "md": _text(markdown.render_inspect),
+}
+
+COMPARE_RENDERERS: dict[str, Callable[[Sequence[CompareResult], Console], None]] = {
+    "table": compare_table.render_compare,
+    "json": _text(json.dumps),
+    "csv": _text(csv.render_compare),
+    "md": _text(markdown.render_compare),
 }

@@ -7,6 +7,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+from ..diff import CompareResult
 from ..results import InspectResult
 
 TENSOR_COLUMNS = ["checkpoint", "name", "dtype", "shape", "bytes", "numel", "l1", "l2", "linf",
@@ -35,4 +36,40 @@ def render_inspect(results: Sequence[InspectResult]) -> str:
         for row in rows:
             record = {"checkpoint": result.checkpoint.path, **row.to_dict()}
             writer.writerow([_cell(record[c]) for c in columns])
+    return out.getvalue()
+
+
+SIDE_FIELDS = ("name", "dtype", "shape", "numel", "l1", "l2", "linf", "nan", "inf")
+DIFF_COLUMNS = [f"diff_{k}" for k in ("l1", "l2", "linf")] + ["rel_l2", "ratio_l2", "cosine"]
+COMPARE_COLUMNS = (["a", "b", "name", "status", "dtype_changed", "in_total"]
+                   + [f"a_{k}" for k in SIDE_FIELDS] + [f"b_{k}" for k in SIDE_FIELDS]
+                   + DIFF_COLUMNS)
+COMPARE_GROUP_COLUMNS = (["a", "b", "name", "tensors"]
+                         + [f"{side}_{k}" for side in "ab" for k in ("numel", "l1", "l2", "linf",
+                                                                     "nan", "inf")]
+                         + DIFF_COLUMNS)
+
+
+def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}_"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def render_compare(results: Sequence[CompareResult]) -> str:
+    grouped = results[0].groups is not None
+    columns = COMPARE_GROUP_COLUMNS if grouped else COMPARE_COLUMNS
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for result in results:
+        rows = result.groups if result.groups is not None else result.tensors
+        for row in rows:
+            record = _flatten(row.to_dict())
+            record.update(a=result.a.path, b=result.b.path)
+            writer.writerow([_cell(record.get(c)) for c in columns])
     return out.getvalue()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..diff import CompareResult
 from ..results import InspectResult
-from ..stats import TensorStats
+from ..norms import TensorStats
 from .text import fmt_float, fmt_int, fmt_percent, fmt_shape, printable
 
 
@@ -49,4 +50,32 @@ def render_inspect(results: Sequence[InspectResult]) -> str:
         lines += ["", f"**Whole model** ({scope}: {total.tensors}): {fmt_int(s.numel)} elements, "
                   f"L1 {fmt_float(s.l1, 10)}, L2 {fmt_float(s.l2, 10)}, "
                   f"Linf {fmt_float(s.linf, 10)}, NaN {s.nan}, Inf {s.inf}", ""]
+    return "\n".join(lines)
+
+
+def render_compare(results: Sequence[CompareResult]) -> str:
+    lines: list[str] = []
+    for result in results:
+        lines += [f"### `{_escape(result.a.path)}` → `{_escape(result.b.path)}`", ""]
+        header = ["‖A‖₂", "‖B‖₂", "‖B−A‖₂", "rel", "ratio", "cosine", "NaN A/B"]
+        if result.groups is not None:
+            lines += _table(["group", "tensors", *header], [
+                [_escape(g.name), fmt_int(g.tensors), fmt_float(g.a.l2), fmt_float(g.b.l2),
+                 fmt_float(g.pair.diff.l2) if g.pair else "-", fmt_float(g.rel_l2),
+                 fmt_float(g.ratio_l2), fmt_float(g.cosine), f"{g.a.nan}/{g.b.nan}"]
+                for g in result.groups])
+        else:
+            lines += _table(["tensor", "status", *header], [
+                [f"`{_escape(t.name)}`", t.status + (" (dtype changed)" if t.dtype_changed else ""),
+                 fmt_float(t.a.stats.l2) if t.a else "-", fmt_float(t.b.stats.l2) if t.b else "-",
+                 fmt_float(t.pair.diff.l2) if t.pair else "-", fmt_float(t.rel_l2),
+                 fmt_float(t.ratio_l2), fmt_float(t.cosine),
+                 f"{t.a.stats.nan if t.a else '-'}/{t.b.stats.nan if t.b else '-'}"]
+                for t in result.tensors])
+        s, total = result.summary, result.total
+        counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in s.items())
+        lines += ["", f"**Tensors**: {counts}", "",
+                  f"**Whole model**: ‖A‖₂ {fmt_float(total.a.l2, 10)}, ‖B‖₂ {fmt_float(total.b.l2, 10)}, "
+                  f"‖B−A‖₂ {fmt_float(total.pair.diff.l2 if total.pair else None, 10)}, "
+                  f"relative {fmt_float(total.rel_l2)}, cosine {fmt_float(total.cosine, 10)}", ""]
     return "\n".join(lines)

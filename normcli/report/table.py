@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..results import GroupReport, InspectResult, TensorReport
-from ..stats import TensorStats
+from ..norms import TensorStats
 from .text import fmt_bytes, fmt_float, fmt_int, fmt_percent, fmt_shape, printable
 
 NONFINITE = "bold red"
@@ -33,9 +33,9 @@ def _render_one(result: InspectResult, console: Console) -> None:
         )
     )
     if result.groups is not None:
-        _print_fitting(console, lambda hide: _group_table(result.groups or (), hide))
+        fit_table(console, lambda hide: _group_table(result.groups or (), hide))
     elif result.tensors:
-        _print_fitting(console, lambda hide: _tensor_table(result.tensors, hide))
+        fit_table(console, lambda hide: _tensor_table(result.tensors, hide))
     shown = len(result.groups) if result.groups is not None else len(result.tensors)
     hidden = (result.total.tensors if result.groups is not None else result.selected) - shown
     if result.groups is None and hidden > 0:
@@ -47,12 +47,16 @@ def _render_one(result: InspectResult, console: Console) -> None:
 OPTIONAL_COLUMNS = ("mean", "zeros", "numel", "RMS", "shape", "L1")
 
 
-def _print_fitting(console: Console, build: Callable[[frozenset[str]], Table]) -> None:
+def fit_table(
+    console: Console,
+    build: Callable[[frozenset[str]], Table],
+    optional: Sequence[str] = OPTIONAL_COLUMNS,
+) -> None:
     """Print the widest table the console fits, hiding the least telling columns first."""
     hidden: frozenset[str] = frozenset()
     table = build(hidden)
     unbounded = console.options.update_width(1 << 16)
-    for column in OPTIONAL_COLUMNS:
+    for column in optional:
         if console.measure(table, options=unbounded).maximum <= console.width:
             break
         hidden = hidden | {column}
@@ -142,6 +146,13 @@ def _group_table(groups: Sequence[GroupReport], hidden: frozenset[str]) -> Table
     return table.table
 
 
+def nonfinite_line(names: Sequence[str], shown: int = 5) -> Text:
+    """Names every tensor holding NaN or Inf (the first few), whatever --top hid."""
+    listed = ", ".join(printable(n) for n in names[:shown])
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return Text(f"  non-finite values in: {listed}{more}", NONFINITE)
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -162,6 +173,8 @@ def _render_total(result: InspectResult, console: Console) -> None:
         f"  elements {fmt_int(stats.numel)}  bytes {fmt_bytes(total.nbytes)}  ",
         (f"NaN {fmt_int(stats.nan)}  Inf {fmt_int(stats.inf)}", nonfinite),
     ))
+    if total.nonfinite_tensors:
+        console.print(nonfinite_line(total.nonfinite_tensors))
     console.print(
         f"  L1 {fmt_float(stats.l1, 10)}  L2 {fmt_float(stats.l2, 10)}  "
         f"Linf {fmt_float(stats.linf, 10)}  RMS {fmt_float(stats.rms, 10)}"
