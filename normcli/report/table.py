@@ -96,7 +96,8 @@ class _Rows:
         self.table.add_column(first, overflow="fold")
         for column in extra:
             if column not in hidden:
-                self.table.add_column(column, no_wrap=True)
+                justify = "right" if column == "tensors" else "left"
+                self.table.add_column(column, justify=justify, no_wrap=True)
         for column in STAT_COLUMNS:
             if column not in hidden:
                 self.table.add_column(column, justify="right", no_wrap=True)
