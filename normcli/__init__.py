@@ -6,8 +6,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["CompareResult", "InspectResult", "NormcliError", "__version__", "compare", "inspect",
-           "stats"]
+__all__ = [
+    "CompareResult",
+    "InspectResult",
+    "NormcliError",
+    "__version__",
+    "compare",
+    "inspect",
+    "stats",
+]
 
 if TYPE_CHECKING:
     from .api import inspect, stats
@@ -15,8 +22,14 @@ if TYPE_CHECKING:
     from .errors import NormcliError
     from .results import InspectResult
 
-_LAZY = {"inspect": "api", "stats": "api", "NormcliError": "errors", "InspectResult": "results",
-         "compare": "diff", "CompareResult": "diff"}
+_LAZY = {
+    "inspect": "api",
+    "stats": "api",
+    "NormcliError": "errors",
+    "InspectResult": "results",
+    "compare": "diff",
+    "CompareResult": "diff",
+}
 
 
 def __getattr__(name: str) -> Any:

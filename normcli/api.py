@@ -10,6 +10,7 @@ import numpy as np
 
 from .dtypes import from_numpy
 from .errors import UnsupportedError, UsageError
+from .norms import TensorStats, merge_all
 from .readers import Checkpoint, TensorSource, open_checkpoint
 from .results import (
     CheckpointInfo,
@@ -21,12 +22,14 @@ from .results import (
 )
 from .scan import Progress, scan_tensors
 from .select import SORT_KEYS, group_names, name_selected, natural_key
-from .norms import TensorStats, merge_all
 
 
 class _Row(Protocol):
-    name: str
-    stats: TensorStats
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def stats(self) -> TensorStats: ...
 
 
 Row = TypeVar("Row", bound=_Row)
@@ -47,8 +50,9 @@ def inspect(
 ) -> InspectResult:
     """Norms of every tensor in the checkpoint at `path`, and of the whole model."""
     with open_checkpoint(path, input_format) as checkpoint:
-        return _inspect_open(checkpoint, include_int, filter, exclude, sort, top, group_by,
-                             threads, progress)
+        return _inspect_open(
+            checkpoint, include_int, filter, exclude, sort, top, group_by, threads, progress
+        )
 
 
 def stats(tensors: Mapping[str, Any], **options: Any) -> InspectResult:
@@ -61,13 +65,20 @@ def stats(tensors: Mapping[str, Any], **options: Any) -> InspectResult:
 
 
 def _inspect_options(options: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"include_int", "filter", "exclude", "sort", "top", "group_by", "threads",
-               "progress"}
+    allowed = {"include_int", "filter", "exclude", "sort", "top", "group_by", "threads", "progress"}
     unknown = set(options) - allowed
     if unknown:
         raise TypeError(f"unexpected options: {', '.join(sorted(unknown))}")
-    defaults: dict[str, Any] = {"include_int": False, "filter": (), "exclude": (), "sort": None,
-                                "top": None, "group_by": None, "threads": None, "progress": None}
+    defaults: dict[str, Any] = {
+        "include_int": False,
+        "filter": (),
+        "exclude": (),
+        "sort": None,
+        "top": None,
+        "group_by": None,
+        "threads": None,
+        "progress": None,
+    }
     return {**defaults, **options}
 
 
@@ -114,17 +125,19 @@ def _inspect_open(
     sources = [t for t in checkpoint.tensors if name_selected(t.name, filter, exclude)]
     all_stats = scan_tensors(sources, threads=threads, progress=progress)
     rows = [
-        TensorReport(s.name, s.dtype.name, s.shape, s.nbytes, st,
-                     covered=include_int or s.dtype.is_floating)
-        for s, st in zip(sources, all_stats)
+        TensorReport(
+            s.name, s.dtype.name, s.shape, s.nbytes, st, covered=include_int or s.dtype.is_floating
+        )
+        for s, st in zip(sources, all_stats, strict=True)
     ]
     covered = [r for r in rows if r.covered]
     groups = None
     if group_by is not None:
         groups = _sorted_rows(_groups(covered, group_by), sort, top)
     return InspectResult(
-        checkpoint=CheckpointInfo(checkpoint.path, checkpoint.format, checkpoint.nbytes,
-                                  len(checkpoint.tensors)),
+        checkpoint=CheckpointInfo(
+            checkpoint.path, checkpoint.format, checkpoint.nbytes, len(checkpoint.tensors)
+        ),
         tensors=_sorted_rows(rows, sort, top if group_by is None else None),
         groups=groups,
         total=_total(rows, covered, include_int),
@@ -163,23 +176,29 @@ def _groups(rows: Sequence[TensorReport], depth: int) -> list[GroupReport]:
     result = []
     for name, members in group_names((r.name for r in rows), depth).items():
         chosen = [rows[i] for i in members]
-        result.append(GroupReport(
-            name=name,
-            tensors=len(chosen),
-            dtypes=tuple(sorted({r.dtype for r in chosen})),
-            nbytes=sum(r.nbytes for r in chosen),
-            stats=merge_all([r.stats for r in chosen]),
-        ))
+        result.append(
+            GroupReport(
+                name=name,
+                tensors=len(chosen),
+                dtypes=tuple(sorted({r.dtype for r in chosen})),
+                nbytes=sum(r.nbytes for r in chosen),
+                stats=merge_all([r.stats for r in chosen]),
+            )
+        )
     return result
 
 
-def _total(rows: Sequence[TensorReport], covered: Sequence[TensorReport],
-           include_int: bool) -> Total:
+def _total(
+    rows: Sequence[TensorReport], covered: Sequence[TensorReport], include_int: bool
+) -> Total:
     by_dtype = []
     for dtype in sorted({r.dtype for r in rows}):
         same = [r for r in rows if r.dtype == dtype]
-        by_dtype.append(DtypeSummary(dtype, len(same), sum(r.nbytes for r in same),
-                                     merge_all([r.stats for r in same])))
+        by_dtype.append(
+            DtypeSummary(
+                dtype, len(same), sum(r.nbytes for r in same), merge_all([r.stats for r in same])
+            )
+        )
     return Total(
         stats=merge_all([r.stats for r in covered]),
         nbytes=sum(r.nbytes for r in covered),

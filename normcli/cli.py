@@ -38,8 +38,9 @@ Examples:
 class NormcliGroup(click.Group):
     """Turns every user-facing failure into one line on stderr and exit code 2."""
 
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
-             **extra: Any) -> Any:
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
+    ) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in argv
         from .errors import NormcliError
@@ -62,7 +63,9 @@ class NormcliGroup(click.Group):
         except Exception as e:  # a bug: still one line, with the way to see more
             if debug:
                 raise
-            code = _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug to see where)")
+            code = _fail(
+                f"internal error: {type(e).__name__}: {e} (rerun with --debug to see where)"
+            )
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
@@ -109,31 +112,64 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 
 
 output_options = _options(
-    click.option("-f", "--format", "output_format", default="table", show_default=True,
-                 type=click.Choice(["table", "json", "csv", "md"]), help="Output format."),
-    click.option("-o", "--output", metavar="FILE",
-                 help="Write the report to FILE instead of stdout."),
+    click.option(
+        "-f",
+        "--format",
+        "output_format",
+        default="table",
+        show_default=True,
+        type=click.Choice(["table", "json", "csv", "md"]),
+        help="Output format.",
+    ),
+    click.option(
+        "-o", "--output", metavar="FILE", help="Write the report to FILE instead of stdout."
+    ),
 )
 
 selection_options = _options(
-    click.option("--top", type=click.IntRange(min=1), metavar="N",
-                 help="Show only the first N rows."),
-    click.option("--filter", "filters", multiple=True, metavar="GLOB",
-                 help="Only tensors whose name matches GLOB (repeatable)."),
-    click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
-                 help="Leave out tensors whose name matches GLOB (repeatable)."),
-    click.option("--group-by", type=click.IntRange(min=1), metavar="N",
-                 help="One row per group of tensors sharing the first N dot-separated name "
-                      "parts (e.g. 3: model.layers.7)."),
-    click.option("--include-int", is_flag=True,
-                 help="Count integer and bool tensors in the whole-model totals too."),
+    click.option(
+        "--top", type=click.IntRange(min=1), metavar="N", help="Show only the first N rows."
+    ),
+    click.option(
+        "--filter",
+        "filters",
+        multiple=True,
+        metavar="GLOB",
+        help="Only tensors whose name matches GLOB (repeatable).",
+    ),
+    click.option(
+        "--exclude",
+        "excludes",
+        multiple=True,
+        metavar="GLOB",
+        help="Leave out tensors whose name matches GLOB (repeatable).",
+    ),
+    click.option(
+        "--group-by",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="One row per group of tensors sharing the first N dot-separated name "
+        "parts (e.g. 3: model.layers.7).",
+    ),
+    click.option(
+        "--include-int",
+        is_flag=True,
+        help="Count integer and bool tensors in the whole-model totals too.",
+    ),
 )
 
 reading_options = _options(
-    click.option("--input-format", type=click.Choice(["safetensors", "npz", "npy"]),
-                 help="Read as this format instead of detecting it."),
-    click.option("--threads", type=click.IntRange(min=1), metavar="N",
-                 help="Worker threads (default: all cores)."),
+    click.option(
+        "--input-format",
+        type=click.Choice(["safetensors", "npz", "npy"]),
+        help="Read as this format instead of detecting it.",
+    ),
+    click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Worker threads (default: all cores).",
+    ),
     click.option("--no-progress", is_flag=True, help="Never show a progress bar."),
 )
 
@@ -152,8 +188,9 @@ def _progress(enabled: bool, label: str) -> Iterator[Any]:
         bar.stop()
 
 
-def _render(renderers: dict[str, Any], output_format: str, results: list[Any],
-            output: str | None) -> None:
+def _render(
+    renderers: dict[str, Any], output_format: str, results: list[Any], output: str | None
+) -> None:
     from .report.console import output_console
 
     with _output(output) as file:
@@ -163,15 +200,27 @@ def _render(renderers: dict[str, Any], output_format: str, results: list[Any],
 @cli.command(epilog=INSPECT_EXAMPLES)
 @click.argument("checkpoints", nargs=-1, required=True, metavar="CKPT...")
 @output_options
-@click.option("--sort", type=click.Choice(["name", "l1", "l2", "linf", "numel"]),
-              help="Order rows by name (natural order) or by a figure, largest first. "
-                   "Default: file order.")
+@click.option(
+    "--sort",
+    type=click.Choice(["name", "l1", "l2", "linf", "numel"]),
+    help="Order rows by name (natural order) or by a figure, largest first. Default: file order.",
+)
 @selection_options
 @reading_options
-def inspect(checkpoints: tuple[str, ...], output_format: str, output: str | None,
-            sort: str | None, top: int | None, filters: tuple[str, ...],
-            excludes: tuple[str, ...], group_by: int | None, include_int: bool,
-            input_format: str | None, threads: int | None, no_progress: bool) -> None:
+def inspect(
+    checkpoints: tuple[str, ...],
+    output_format: str,
+    output: str | None,
+    sort: str | None,
+    top: int | None,
+    filters: tuple[str, ...],
+    excludes: tuple[str, ...],
+    group_by: int | None,
+    include_int: bool,
+    input_format: str | None,
+    threads: int | None,
+    no_progress: bool,
+) -> None:
     """Norms of every tensor in each CKPT, and of the whole model."""
     from . import api
     from .report import INSPECT_RENDERERS
@@ -179,11 +228,20 @@ def inspect(checkpoints: tuple[str, ...], output_format: str, output: str | None
     results = []
     for path in checkpoints:
         with _progress(not no_progress, f"inspect {path}") as bar:
-            results.append(api.inspect(
-                path, input_format=input_format, include_int=include_int, filter=filters,
-                exclude=excludes, sort=sort, top=top, group_by=group_by, threads=threads,
-                progress=bar,
-            ))
+            results.append(
+                api.inspect(
+                    path,
+                    input_format=input_format,
+                    include_int=include_int,
+                    filter=filters,
+                    exclude=excludes,
+                    sort=sort,
+                    top=top,
+                    group_by=group_by,
+                    threads=threads,
+                    progress=bar,
+                )
+            )
     _render(INSPECT_RENDERERS, output_format, results, output)
 
 
@@ -191,22 +249,45 @@ def inspect(checkpoints: tuple[str, ...], output_format: str, output: str | None
 @click.argument("a", metavar="A")
 @click.argument("b", metavar="B")
 @output_options
-@click.option("--sort", type=click.Choice(["rel", "diff", "ratio", "cosine", "name", "l2"]),
-              help="rel: relative update ‖B−A‖₂/‖A‖₂ (default); diff: ‖B−A‖₂; ratio: "
-                   "‖B‖₂/‖A‖₂ furthest from 1; cosine: least similar; l2: ‖B‖₂; name.")
+@click.option(
+    "--sort",
+    type=click.Choice(["rel", "diff", "ratio", "cosine", "name", "l2"]),
+    help="rel: relative update ‖B−A‖₂/‖A‖₂ (default); diff: ‖B−A‖₂; ratio: "
+    "‖B‖₂/‖A‖₂ furthest from 1; cosine: least similar; l2: ‖B‖₂; name.",
+)
 @selection_options
-@click.option("--strip-prefix", multiple=True, metavar="PREFIX",
-              help="Remove PREFIX from tensor names on both sides before matching, e.g. the "
-                   "'module.' DDP adds (repeatable).")
-@click.option("--rename", multiple=True, metavar="REGEX=REPLACEMENT",
-              help="Rewrite tensor names on both sides before matching (re.sub; repeatable, "
-                   "applied in order; write a literal '=' in REGEX as '\\=').")
+@click.option(
+    "--strip-prefix",
+    multiple=True,
+    metavar="PREFIX",
+    help="Remove PREFIX from tensor names on both sides before matching, e.g. the "
+    "'module.' DDP adds (repeatable).",
+)
+@click.option(
+    "--rename",
+    multiple=True,
+    metavar="REGEX=REPLACEMENT",
+    help="Rewrite tensor names on both sides before matching (re.sub; repeatable, "
+    "applied in order; write a literal '=' in REGEX as '\\=').",
+)
 @reading_options
-def compare(a: str, b: str, output_format: str, output: str | None, sort: str | None,
-            top: int | None, filters: tuple[str, ...], excludes: tuple[str, ...],
-            group_by: int | None, include_int: bool, strip_prefix: tuple[str, ...],
-            rename: tuple[str, ...], input_format: str | None, threads: int | None,
-            no_progress: bool) -> None:
+def compare(
+    a: str,
+    b: str,
+    output_format: str,
+    output: str | None,
+    sort: str | None,
+    top: int | None,
+    filters: tuple[str, ...],
+    excludes: tuple[str, ...],
+    group_by: int | None,
+    include_int: bool,
+    strip_prefix: tuple[str, ...],
+    rename: tuple[str, ...],
+    input_format: str | None,
+    threads: int | None,
+    no_progress: bool,
+) -> None:
     """What changed between checkpoints A and B: tensors matched by name, the update B−A
     measured element by element. Either side may be a report saved by `inspect -f json`
     (then only the stored norms are compared). Exits 0 whatever the differences."""
@@ -215,9 +296,19 @@ def compare(a: str, b: str, output_format: str, output: str | None, sort: str | 
 
     with _progress(not no_progress, f"compare {a} {b}") as bar:
         result = diff.compare(
-            a, b, input_format=input_format, include_int=include_int,
-            strip_prefix=strip_prefix, rename=rename, filter=filters, exclude=excludes,
-            sort=sort, top=top, group_by=group_by, threads=threads, progress=bar,
+            a,
+            b,
+            input_format=input_format,
+            include_int=include_int,
+            strip_prefix=strip_prefix,
+            rename=rename,
+            filter=filters,
+            exclude=excludes,
+            sort=sort,
+            top=top,
+            group_by=group_by,
+            threads=threads,
+            progress=bar,
         )
     _render(COMPARE_RENDERERS, output_format, [result], output)
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CorruptFileError, UsageError
+from .norms import PairStats, TensorStats, merge_all, merge_pairs
 from .readers import Checkpoint, TensorSource, open_checkpoint
 from .readers.files import open_regular
 from .results import INSPECT_SCHEMA, CheckpointInfo, number, stats_dict
 from .scan import Progress, scan_all
 from .select import group_names, name_selected, natural_key
-from .norms import PairStats, TensorStats, merge_all, merge_pairs
 
 COMPARE_SCHEMA = "normcli/compare/v1"
 STATUSES = ("changed", "unchanged", "added", "removed", "shape_changed")
@@ -35,10 +35,19 @@ class SideFigures:
 
     def to_dict(self) -> dict[str, Any]:
         figures = stats_dict(self.stats)
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
-                "numel": figures["numel"], "l1": figures["l1"], "l2": figures["l2"],
-                "linf": figures["linf"], "rms": figures["rms"], "zeros": figures["zeros"],
-                "nan": figures["nan"], "inf": figures["inf"]}
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "numel": figures["numel"],
+            "l1": figures["l1"],
+            "l2": figures["l2"],
+            "linf": figures["linf"],
+            "rms": figures["rms"],
+            "zeros": figures["zeros"],
+            "nan": figures["nan"],
+            "inf": figures["inf"],
+        }
 
 
 def _diff_dict(pair: PairStats | None) -> dict[str, Any] | None:
@@ -185,10 +194,13 @@ def load_report(path: str) -> tuple[CheckpointInfo, list[StoredTensor]]:
         except (ValueError, UnicodeDecodeError) as e:
             raise CorruptFileError(f"not a valid JSON report: {e}", path) from e
     if isinstance(doc, list):
-        raise UsageError(f"holds {len(doc)} reports; compare needs a report of one checkpoint", path)
+        raise UsageError(
+            f"holds {len(doc)} reports; compare needs a report of one checkpoint", path
+        )
     if not isinstance(doc, dict) or doc.get("schema") != INSPECT_SCHEMA:
-        raise CorruptFileError(f"not a normcli inspect report (expected schema {INSPECT_SCHEMA})",
-                               path)
+        raise CorruptFileError(
+            f"not a normcli inspect report (expected schema {INSPECT_SCHEMA})", path
+        )
     try:
         info = doc["checkpoint"]
         if len(doc["tensors"]) < doc["selected"]:
@@ -198,8 +210,7 @@ def load_report(path: str) -> tuple[CheckpointInfo, list[StoredTensor]]:
                 path,
             )
         tensors = [_stored_tensor(t) for t in doc["tensors"]]
-        checkpoint = CheckpointInfo(str(info["path"]), "report", int(info["bytes"]),
-                                    len(tensors))
+        checkpoint = CheckpointInfo(str(info["path"]), "report", int(info["bytes"]), len(tensors))
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptFileError(f"report is missing or has a malformed field: {e}", path) from e
     return checkpoint, tensors
@@ -218,8 +229,13 @@ def _stored_tensor(t: dict[str, Any]) -> StoredTensor:
         nan=int(t["nan"]),
         inf=int(t["inf"]),
     )
-    return StoredTensor(str(t["name"]), str(t["dtype"]), tuple(int(d) for d in t["shape"]), stats,
-                        bool(t["in_total"]))
+    return StoredTensor(
+        str(t["name"]),
+        str(t["dtype"]),
+        tuple(int(d) for d in t["shape"]),
+        stats,
+        bool(t["in_total"]),
+    )
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -254,8 +270,9 @@ def normalizer(strip_prefix: Sequence[str], rename: Sequence[str]) -> Callable[[
     return normalize
 
 
-def _by_name(entries: Sequence[Entry], normalize: Callable[[str], str], where: str
-             ) -> dict[str, Entry]:
+def _by_name(
+    entries: Sequence[Entry], normalize: Callable[[str], str], where: str
+) -> dict[str, Entry]:
     named: dict[str, Entry] = {}
     for entry in entries:
         key = normalize(entry.name)
@@ -294,18 +311,25 @@ def compare(
     normalize = normalizer(strip_prefix, rename)
     opened: list[Checkpoint] = []
     try:
-        sides = []
+        sides: list[tuple[CheckpointInfo, list[Entry]]] = []
         for path in (os.fspath(a_path), os.fspath(b_path)):
             if is_report(path):
-                sides.append(load_report(path))
+                info, stored = load_report(path)
+                sides.append((info, list[Entry](stored)))
             else:
                 checkpoint = open_checkpoint(path, input_format)
                 opened.append(checkpoint)
-                sides.append((
-                    CheckpointInfo(checkpoint.path, checkpoint.format, checkpoint.nbytes,
-                                   len(checkpoint.tensors)),
-                    list(checkpoint.tensors),
-                ))
+                sides.append(
+                    (
+                        CheckpointInfo(
+                            checkpoint.path,
+                            checkpoint.format,
+                            checkpoint.nbytes,
+                            len(checkpoint.tensors),
+                        ),
+                        list[Entry](checkpoint.tensors),
+                    )
+                )
         (a_info, a_entries), (b_info, b_entries) = sides
         a_named = _by_name(a_entries, normalize, a_info.path)
         b_named = _by_name(b_entries, normalize, b_info.path)
@@ -319,11 +343,15 @@ def compare(
     summary["dtype_changed"] = sum(r.dtype_changed for r in rows)
     groups = None
     if group_by is not None:
-        groups = tuple(_sort(
-            [_aggregate(g, [covered[i] for i in idx])
-             for g, idx in group_names((r.name for r in covered), group_by).items()],
-            sort,
-        ))[:top]
+        groups = tuple(
+            _sort(
+                [
+                    _aggregate(g, [covered[i] for i in idx])
+                    for g, idx in group_names((r.name for r in covered), group_by).items()
+                ],
+                sort,
+            )
+        )[:top]
     return CompareResult(
         a=a_info,
         b=b_info,
@@ -366,35 +394,38 @@ def _diff_rows(
         else:
             singles.extend(e for e in (a, b) if isinstance(e, TensorSource))
     single_stats, pair_stats = scan_all(singles, pairs, threads, progress)
-    scanned: dict[int, TensorStats] = {id(s): st for s, st in zip(singles, single_stats)}
-    paired: dict[int, PairStats] = {id(p[0]): st for p, st in zip(pairs, pair_stats)}
+    scanned = {id(s): st for s, st in zip(singles, single_stats, strict=True)}
+    paired: dict[int, PairStats] = {id(p[0]): st for p, st in zip(pairs, pair_stats, strict=True)}
+
+    def figures(entry: Entry | None, pair: PairStats | None, side: str) -> SideFigures | None:
+        if entry is None:
+            return None
+        if isinstance(entry, StoredTensor):
+            stats = entry.stats
+        elif pair is not None:
+            stats = pair.a if side == "a" else pair.b
+        else:
+            stats = scanned[id(entry)]
+        return SideFigures(entry.name, _dtype_name(entry), entry.shape, stats)
 
     rows = []
     for name in names:
         a, b = a_named.get(name), b_named.get(name)
         pair = paired.get(id(a)) if a is not None else None
-
-        def figures(entry: Entry | None, side: str) -> SideFigures | None:
-            if entry is None:
-                return None
-            if isinstance(entry, StoredTensor):
-                stats = entry.stats
-            elif pair is not None:
-                stats = pair.a if side == "a" else pair.b
-            else:
-                stats = scanned[id(entry)]
-            return SideFigures(entry.name, _dtype_name(entry), entry.shape, stats)
-
-        a_fig, b_fig = figures(a, "a"), figures(b, "b")
-        rows.append(TensorDiff(
-            name=name,
-            status=_status(a_fig, b_fig, pair),
-            dtype_changed=a_fig is not None and b_fig is not None and a_fig.dtype != b_fig.dtype,
-            a=a_fig,
-            b=b_fig,
-            pair=pair,
-            covered=include_int or any(_is_floating(e) for e in (a, b) if e is not None),
-        ))
+        a_fig, b_fig = figures(a, pair, "a"), figures(b, pair, "b")
+        rows.append(
+            TensorDiff(
+                name=name,
+                status=_status(a_fig, b_fig, pair),
+                dtype_changed=a_fig is not None
+                and b_fig is not None
+                and a_fig.dtype != b_fig.dtype,
+                a=a_fig,
+                b=b_fig,
+                pair=pair,
+                covered=include_int or any(_is_floating(e) for e in (a, b) if e is not None),
+            )
+        )
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Stored element types: their names, sizes, and how raw bytes become numpy values normcli can reduce."""
+"""Stored element types: names, sizes, and how raw bytes become numpy values normcli reduces."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class DType:
 
     @property
     def is_floating(self) -> bool:
-        """Counted in whole-model totals by default: integer and bool tensors are indices and codes."""
+        """Counted in whole-model totals by default (integer and bool tensors are codes)."""
         return self.kind in ("float", "complex")
 
     def nbytes(self, numel: int) -> int | None:
@@ -44,14 +44,14 @@ class DType:
         data = np.frombuffer(raw, dtype=np.uint8)
         if self.bits == 4:
             codes = np.empty(data.size * 2, dtype=np.uint8)
-            # the first element of each byte sits in its low nibble, as in the MX / PyTorch x2 layout
+            # the first element of each byte sits in its low nibble (the MX / PyTorch x2 layout)
             np.bitwise_and(data, 0x0F, out=codes[0::2])
             np.right_shift(data, 4, out=codes[1::2])
             return codes.view(self.element)
         if self.bits == 6:
             # four elements fill three bytes, read as one little-endian bit stream
-            word = data.reshape(-1, 3).astype(np.uint32)
-            word = word[:, 0] | (word[:, 1] << 8) | (word[:, 2] << 16)
+            triples = data.reshape(-1, 3).astype(np.uint32)
+            word = triples[:, 0] | (triples[:, 1] << 8) | (triples[:, 2] << 16)
             codes = np.empty((word.size, 4), dtype=np.uint8)
             for i in range(4):
                 codes[:, i] = (word >> (6 * i)) & 0x3F

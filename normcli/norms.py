@@ -1,4 +1,4 @@
-"""Streaming statistics of tensor values: per-chunk reductions in float64, merged exactly once each."""
+"""Streaming statistics of tensor values: per-chunk reductions in float64, merged exactly."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class TensorStats:
 
 
 def merge_all(parts: list[TensorStats] | tuple[TensorStats, ...]) -> TensorStats:
-    """Merge many partial results; the float sums are added with math.fsum, so order never matters."""
+    """Merge many partial results; float sums are added with math.fsum, so order never matters."""
     if not parts:
         return TensorStats()
     totals = [p.total for p in parts]
@@ -173,8 +173,9 @@ def reduce_pair(a_values: np.ndarray, b_values: np.ndarray) -> PairStats:
     if a_values.dtype == b_values.dtype:
         identical = bool(np.array_equal(_bits(a_values), _bits(b_values)))
     else:
-        identical = bool(np.array_equal(_as_float64(a_values), _as_float64(b_values),
-                                        equal_nan=True))
+        identical = bool(
+            np.array_equal(_as_float64(a_values), _as_float64(b_values), equal_nan=True)
+        )
     a, b = _as_float64(a_values).reshape(-1), _as_float64(b_values).reshape(-1)
     if a.dtype != b.dtype:  # one side complex: compare both as complex
         a, b = a.astype(np.complex128), b.astype(np.complex128)

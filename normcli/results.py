@@ -82,8 +82,12 @@ class DtypeSummary:
     stats: TensorStats
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "tensors": self.tensors, "bytes": self.nbytes,
-                **stats_dict(self.stats)}
+        return {
+            "dtype": self.dtype,
+            "tensors": self.tensors,
+            "bytes": self.nbytes,
+            **stats_dict(self.stats),
+        }
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,12 @@ class CheckpointInfo:
     tensors: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "format": self.format, "bytes": self.nbytes,
-                "tensors": self.tensors}
+        return {
+            "path": self.path,
+            "format": self.format,
+            "bytes": self.nbytes,
+            "tensors": self.tensors,
+        }
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,15 @@ pool of threads. The only module that knows about threads."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 from .errors import UnsupportedError
-from .readers import TensorSource
 from .norms import PairStats, TensorStats, merge_all, merge_pairs, reduce_chunk, reduce_pair
+from .readers import TensorSource
 
 # 1 Mi elements, a multiple of every packed group size (1, 2 and 4 elements), so two tensors
 # of different dtypes split into chunks of the same lengths and can be walked in lockstep.
@@ -63,7 +64,7 @@ def scan_pair(
             "with row-major storage"
         )
     parts = []
-    for a_chunk, b_chunk in zip(a.chunks(chunk_elements), b.chunks(chunk_elements)):
+    for a_chunk, b_chunk in zip(a.chunks(chunk_elements), b.chunks(chunk_elements), strict=True):
         parts.append(reduce_pair(a_chunk, b_chunk))
         if progress is not None:
             progress.advance(_chunk_bytes(a_chunk.size, a) + _chunk_bytes(b_chunk.size, b))
@@ -83,7 +84,9 @@ def _empty_pair() -> PairStats:
     return PairStats(TensorStats(), TensorStats(), TensorStats(), 0.0, True)
 
 
-def _parallel(jobs: Sequence[Callable[[], T]], sizes: Sequence[int], threads: int | None) -> list[T]:
+def _parallel(
+    jobs: Sequence[Callable[[], T]], sizes: Sequence[int], threads: int | None
+) -> list[T]:
     """Run the jobs, largest first so one big tensor does not start last and run alone;
     results come back in the order given."""
     workers = min(threads or default_threads(), max(1, len(jobs)))
@@ -117,9 +120,9 @@ def scan_all(
     if progress is not None:
         progress.start(sum(sizes))
     jobs: list[Callable[[], TensorStats | PairStats]] = [
-        lambda s=s: scan_tensor(s, chunk_elements, progress) for s in singles
+        functools.partial(scan_tensor, s, chunk_elements, progress) for s in singles
     ]
-    jobs += [lambda p=p: scan_pair(p[0], p[1], chunk_elements, progress) for p in pairs]
+    jobs += [functools.partial(scan_pair, a, b, chunk_elements, progress) for a, b in pairs]
     results = _parallel(jobs, sizes, threads)
     single_stats = [r for r in results[: len(singles)] if isinstance(r, TensorStats)]
     pair_stats = [r for r in results[len(singles) :] if isinstance(r, PairStats)]

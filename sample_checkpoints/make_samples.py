@@ -1,7 +1,9 @@
 """Writes the bundled sample checkpoints, byte for byte the same on every run (`make samples`).
 
 A tiny transformer-like model in safetensors and npz, a fine-tuned step of it, a blown-up variant
-(one tensor scaled 50x, one NaN) and a bfloat16 copy. Run: python sample_checkpoints/make_samples.py [DIR]
+(one tensor scaled 50x, one NaN) and a bfloat16 copy.
+
+Run: python sample_checkpoints/make_samples.py [DIR]
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ def base_model(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 def finetuned(base: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {
-        name: (t + 1e-3 * rng.standard_normal(t.shape)).astype(t.dtype) if t.dtype.kind == "f" else t
+        name: (t + 1e-3 * rng.standard_normal(t.shape)).astype(t.dtype)
+        if t.dtype.kind == "f"
+        else t
         for name, t in base.items()
     }
 
@@ -75,8 +79,11 @@ def safetensors_bytes(tensors: dict[str, np.ndarray]) -> bytes:
     header, offset = {}, 0
     for name in order:
         t = tensors[name]
-        header[name] = {"dtype": SAFETENSORS_NAMES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + t.nbytes]}
+        header[name] = {
+            "dtype": SAFETENSORS_NAMES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + t.nbytes],
+        }
         offset += t.nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)

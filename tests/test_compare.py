@@ -33,7 +33,7 @@ def fsum_norms(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Independent reference: exact float64 values, correctly rounded sums, finite pairs only."""
     a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
     keep = np.isfinite(a64) & np.isfinite(b64)
-    d = [float(y) - float(x) for x, y in zip(a64[keep], b64[keep])]
+    d = [float(y) - float(x) for x, y in zip(a64[keep], b64[keep], strict=True)]
     fa = a64[np.isfinite(a64)]
     fb = b64[np.isfinite(b64)]
     l2a = math.sqrt(math.fsum(float(x) * float(x) for x in fa))
@@ -44,7 +44,7 @@ def fsum_norms(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
         "diff_l1": math.fsum(abs(v) for v in d),
         "diff_l2": math.sqrt(math.fsum(v * v for v in d)),
         "diff_linf": max((abs(v) for v in d), default=0.0),
-        "dot": math.fsum(float(x) * float(y) for x, y in zip(a64[keep], b64[keep])),
+        "dot": math.fsum(float(x) * float(y) for x, y in zip(a64[keep], b64[keep], strict=True)),
     }
 
 
@@ -77,8 +77,9 @@ def run(*args: str) -> tuple[int, str, str]:
 def test_the_scaled_tensor_is_the_first_row_and_every_edit_is_visible(edited_pair):
     code, out, err = run("compare", *map(str, edited_pair))
     assert code == 0, err
-    rows = [line for line in out.splitlines() if line.startswith("model.") or
-            line.startswith("lm_head")]
+    rows = [
+        line for line in out.splitlines() if line.startswith("model.") or line.startswith("lm_head")
+    ]
     assert rows[0].startswith(SCALED)
     by_name = {r.split()[0]: r for r in rows}
     assert "removed" in by_name[REMOVED]
@@ -98,8 +99,14 @@ def test_json_figures_are_exact(edited_pair):
     jsonschema.validate(doc, COMPARE_SCHEMA)
     rows = {t["name"]: t for t in doc["tensors"]}
     a, b = load_file(str(a_path)), load_file(str(b_path))
-    assert doc["summary"] == {"changed": 3, "unchanged": 15, "added": 1, "removed": 1,
-                              "shape_changed": 1, "dtype_changed": 1}
+    assert doc["summary"] == {
+        "changed": 3,
+        "unchanged": 15,
+        "added": 1,
+        "removed": 1,
+        "shape_changed": 1,
+        "dtype_changed": 1,
+    }
     assert rows["lm_head.weight"]["status"] == "unchanged"
     for name in (SCALED, POISONED, CAST):
         ref = fsum_norms(a[name], b[name])
@@ -121,7 +128,8 @@ def test_json_figures_are_exact(edited_pair):
     # the whole-model update is the global norm of the per-tensor updates
     compared = [t for t in doc["tensors"] if t["diff"] is not None and t["in_total"]]
     assert doc["total"]["diff"]["l2"] == pytest.approx(
-        math.sqrt(math.fsum(t["diff"]["l2"] ** 2 for t in compared)), rel=1e-12)
+        math.sqrt(math.fsum(t["diff"]["l2"] ** 2 for t in compared)), rel=1e-12
+    )
 
 
 def test_a_checkpoint_against_itself_is_unchanged_with_cosine_one():
@@ -147,25 +155,37 @@ def test_strip_prefix_and_rename_match_renamed_keys(tmp_path):
     w = np.arange(6, dtype=np.float32).reshape(2, 3)
     save_file({"module.encoder.w": w, "module.head.bias": w[0]}, str(tmp_path / "ddp.safetensors"))
     save_file({"encoder.w": w, "classifier.bias": w[0]}, str(tmp_path / "plain.safetensors"))
-    result = normcli.compare(tmp_path / "ddp.safetensors", tmp_path / "plain.safetensors",
-                             strip_prefix=["module."], rename=[r"^head\.=classifier."])
+    result = normcli.compare(
+        tmp_path / "ddp.safetensors",
+        tmp_path / "plain.safetensors",
+        strip_prefix=["module."],
+        rename=[r"^head\.=classifier."],
+    )
     assert result.summary["unchanged"] == 2
     assert {r.a.name for r in result.tensors if r.a} == {"module.encoder.w", "module.head.bias"}
 
 
 def test_names_colliding_after_rename_are_a_usage_error(tmp_path):
-    save_file({"a.w": np.zeros(2, np.float32), "b.w": np.zeros(2, np.float32)},
-              str(tmp_path / "x.safetensors"))
-    code, out, err = run("compare", str(tmp_path / "x.safetensors"),
-                         str(tmp_path / "x.safetensors"), "--rename", r"^\w\.=")
+    save_file(
+        {"a.w": np.zeros(2, np.float32), "b.w": np.zeros(2, np.float32)},
+        str(tmp_path / "x.safetensors"),
+    )
+    code, out, err = run(
+        "compare",
+        str(tmp_path / "x.safetensors"),
+        str(tmp_path / "x.safetensors"),
+        "--rename",
+        r"^\w\.=",
+    )
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "both become 'w'" in err
 
 
 def test_against_a_saved_report_uses_stored_norms(tmp_path):
     report = tmp_path / "base.json"
-    code, _, err = run("inspect", str(SAMPLES / "base.safetensors"), "-f", "json",
-                       "-o", str(report))
+    code, _, err = run(
+        "inspect", str(SAMPLES / "base.safetensors"), "-f", "json", "-o", str(report)
+    )
     assert code == 0, err
     result = normcli.compare(report, SAMPLES / "blowup.safetensors")
     assert result.a.format == "report"
@@ -179,14 +199,14 @@ def test_against_a_saved_report_uses_stored_norms(tmp_path):
 
 def test_a_partial_report_is_refused(tmp_path):
     report = tmp_path / "top.json"
-    run("inspect", str(SAMPLES / "base.safetensors"), "-f", "json", "--top", "3", "-o",
-        str(report))
-    code, out, err = run("compare", str(report), str(SAMPLES / "base.safetensors"))
+    run("inspect", str(SAMPLES / "base.safetensors"), "-f", "json", "--top", "3", "-o", str(report))
+    code, _, err = run("compare", str(report), str(SAMPLES / "base.safetensors"))
     assert code == 2 and "lists only 3 of 20 tensors" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("bad", [["--sort", "bogus"], ["--top", "0"], ["--rename", "noequals"],
-                                 ["--rename", "(=x"]])
+@pytest.mark.parametrize(
+    "bad", [["--sort", "bogus"], ["--top", "0"], ["--rename", "noequals"], ["--rename", "(=x"]]
+)
 def test_bad_options_exit_2_with_one_line(bad):
     path = str(SAMPLES / "base.safetensors")
     code, out, err = run("compare", path, path, *bad)
@@ -195,8 +215,9 @@ def test_bad_options_exit_2_with_one_line(bad):
 
 
 def test_group_by_aggregates_updates():
-    result = normcli.compare(SAMPLES / "base.safetensors", SAMPLES / "blowup.safetensors",
-                             group_by=3)
+    result = normcli.compare(
+        SAMPLES / "base.safetensors", SAMPLES / "blowup.safetensors", group_by=3
+    )
     assert result.groups is not None
     assert result.groups[0].name == "model.layers.1"  # holds the scaled tensor
     members = [r for r in result.tensors if r.name.startswith("model.layers.1.")]
@@ -215,13 +236,20 @@ def test_pair_figures_match_the_reference_for_any_chunking(data, size, chunk, tm
     from normcli.scan import scan_pair
 
     a = data.draw(hnp.arrays(np.float32, size, elements=finite_floats))
-    b = data.draw(hnp.arrays(np.float32, size, elements=finite_floats | st.sampled_from(
-        [np.nan, np.inf, -np.inf, 0.0, -0.0])))
+    b = data.draw(
+        hnp.arrays(
+            np.float32,
+            size,
+            elements=finite_floats | st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0]),
+        )
+    )
     folder = tmp_path_factory.mktemp("prop")
     save_file({"t": a}, str(folder / "a.safetensors"))
     save_file({"t": b}, str(folder / "b.safetensors"))
-    with open_checkpoint(folder / "a.safetensors") as ca, \
-            open_checkpoint(folder / "b.safetensors") as cb:
+    with (
+        open_checkpoint(folder / "a.safetensors") as ca,
+        open_checkpoint(folder / "b.safetensors") as cb,
+    ):
         pair = scan_pair(ca.tensors[0], cb.tensors[0], chunk_elements=chunk)
     ref = fsum_norms(a, b)
     assert pair.diff.l1 == pytest.approx(ref["diff_l1"], rel=1e-12, abs=1e-300)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from collections.abc import Callable
@@ -26,6 +27,15 @@ def open_regular(path: str) -> BinaryIO:
         raise InputError(f"cannot open: {e.strerror or e}", path) from e
 
 
+def slice_reader(buffer: np.ndarray, base: int) -> Callable[[int, int], np.ndarray]:
+    """Reads bytes [start, stop) of a tensor whose data begins at `base` in a mapped file."""
+
+    def read(start: int, stop: int) -> np.ndarray:
+        return buffer[base + start : base + stop]
+
+    return read
+
+
 def map_file(path: str, size: int) -> tuple[np.ndarray, Callable[[], None]]:
     """The whole file as a read-only uint8 array backed by a memory map, and how to unmap it."""
     if size == 0:
@@ -35,9 +45,8 @@ def map_file(path: str, size: int) -> tuple[np.ndarray, Callable[[], None]]:
     array = np.frombuffer(mapped, dtype=np.uint8)
 
     def close() -> None:
-        try:
+        # arrays may still view the map; it is then unmapped when the last of them is freed
+        with contextlib.suppress(BufferError):
             mapped.close()
-        except BufferError:
-            pass  # arrays still view the map; it is unmapped when the last of them is freed
 
     return array, close

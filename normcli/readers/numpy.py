@@ -6,7 +6,6 @@ import io
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable
 from typing import IO, Any
 
 import numpy as np
@@ -14,7 +13,7 @@ import numpy as np
 from ..dtypes import DType, from_numpy
 from ..errors import CorruptFileError, UnsupportedError
 from .base import Checkpoint, TensorSource
-from .files import map_file, open_regular
+from .files import map_file, open_regular, slice_reader
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -44,13 +43,6 @@ def _read_npy_header(f: IO[bytes], where: str, path: str) -> tuple[tuple[int, ..
     return tuple(int(d) for d in shape), bool(fortran_order), stored
 
 
-def _slice_reader(buffer: np.ndarray, base: int) -> Callable[[int, int], np.ndarray]:
-    def read(start: int, stop: int) -> np.ndarray:
-        return buffer[base + start : base + stop]
-
-    return read
-
-
 def open_npy(path: str) -> Checkpoint:
     with open_regular(path) as f:
         size = f.seek(0, 2)
@@ -59,7 +51,7 @@ def open_npy(path: str) -> Checkpoint:
         data_start = f.tell()
     buffer, close = map_file(path, size)
     tensor = TensorSource(
-        _stem(path), dtype, shape, _slice_reader(buffer, data_start), fortran_order=fortran
+        _stem(path), dtype, shape, slice_reader(buffer, data_start), fortran_order=fortran
     )
     if data_start + tensor.nbytes > size:
         close()
@@ -109,7 +101,7 @@ def _member_source(
         shape, fortran, dtype = _read_npy_header(member, where, path)
         data_start, data_size = start + member.tell(), info.file_size - member.tell()
         source = TensorSource(
-            name, dtype, shape, _slice_reader(buffer, data_start), fortran_order=fortran
+            name, dtype, shape, slice_reader(buffer, data_start), fortran_order=fortran
         )
     else:
         try:
@@ -144,7 +136,7 @@ def _stored_data_start(info: zipfile.ZipInfo, buffer: np.ndarray, where: str, pa
     magic, name_len, extra_len = _LOCAL_HEADER.unpack(header)
     if magic != ZIP_MAGIC:
         raise CorruptFileError(f"{where}: local header is damaged", path)
-    start = offset + _LOCAL_HEADER.size + name_len + extra_len
+    start: int = offset + _LOCAL_HEADER.size + name_len + extra_len
     if start + info.file_size > buffer.size:
         raise CorruptFileError(f"{where}: data runs past the end of the file (truncated)", path)
     return start
@@ -165,7 +157,7 @@ class _StreamReader:
         try:
             if self.stream is None or start != self.position:
                 self._restart(start)
-            data = self.stream.read(stop - start)
+            data: bytes = self.stream.read(stop - start)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
             raise CorruptFileError(f"{self.where}: damaged compressed data ({e})", self.path) from e
         if len(data) != stop - start:

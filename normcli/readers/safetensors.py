@@ -1,18 +1,15 @@
-"""safetensors files: the header validated as strictly as the reference loader, data memory-mapped."""
+"""safetensors files: the header validated as strictly as the reference loader, data mapped."""
 
 from __future__ import annotations
 
 import json
-import mmap
 import struct
 from typing import Any
-
-import numpy as np
 
 from ..dtypes import SAFETENSORS_DTYPES
 from ..errors import CorruptFileError
 from .base import Checkpoint, TensorSource
-from .files import map_file, open_regular
+from .files import map_file, open_regular, slice_reader
 
 # The reference implementation refuses larger headers; so do we.
 MAX_HEADER_BYTES = 100_000_000
@@ -51,17 +48,12 @@ def open_safetensors(path: str) -> Checkpoint:
     entries = _validate(header, size - data_start, path)
     buffer, close = map_file(path, size)
     tensors = [
-        TensorSource(name, SAFETENSORS_DTYPES[dtype], shape, _reader(buffer, data_start + begin))
+        TensorSource(
+            name, SAFETENSORS_DTYPES[dtype], shape, slice_reader(buffer, data_start + begin)
+        )
         for name, dtype, shape, begin in entries
     ]
     return Checkpoint(path, "safetensors", size, tensors, [close])
-
-
-def _reader(buffer: np.ndarray | mmap.mmap, base: int) -> Any:
-    def read(start: int, stop: int) -> np.ndarray:
-        return buffer[base + start : base + stop]  # type: ignore[index,return-value]
-
-    return read
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -81,7 +73,9 @@ def _parse_header(raw: bytes, path: str) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CorruptFileError(f"safetensors header is not valid UTF-8 (byte {e.start})", path) from e
+        raise CorruptFileError(
+            f"safetensors header is not valid UTF-8 (byte {e.start})", path
+        ) from e
     try:
         header = json.loads(
             text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant

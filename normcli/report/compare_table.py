@@ -13,10 +13,26 @@ from ..diff import Aggregate, CompareResult, TensorDiff
 from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line
 from .text import fmt_float, fmt_shape, printable
 
-STATUS_STYLE = {"changed": "", "unchanged": "dim", "added": "bold green", "removed": "bold red",
-                "shape_changed": "bold magenta"}
-COLUMNS = ("status", "dtype", "‖A‖₂", "‖B‖₂", "‖B−A‖₂", "rel", "ratio", "cosine", "max|B−A|",
-           "NaN A/B", "Inf A/B")
+STATUS_STYLE = {
+    "changed": "",
+    "unchanged": "dim",
+    "added": "bold green",
+    "removed": "bold red",
+    "shape_changed": "bold magenta",
+}
+COLUMNS = (
+    "status",
+    "dtype",
+    "‖A‖₂",
+    "‖B‖₂",
+    "‖B−A‖₂",
+    "rel",
+    "ratio",
+    "cosine",
+    "max|B−A|",
+    "NaN A/B",
+    "Inf A/B",
+)
 OPTIONAL = ("max|B−A|", "‖A‖₂", "ratio", "Inf A/B", "dtype")
 
 
@@ -28,10 +44,16 @@ def render_compare(results: Sequence[CompareResult], console: Console) -> None:
 
 
 def _render_one(result: CompareResult, console: Console) -> None:
-    console.print(Text.assemble(
-        ("A ", "bold"), printable(result.a.path), f"  ({result.a.format}, {result.a.tensors} tensors)\n",
-        ("B ", "bold"), printable(result.b.path), f"  ({result.b.format}, {result.b.tensors} tensors)",
-    ))
+    console.print(
+        Text.assemble(
+            ("A ", "bold"),
+            printable(result.a.path),
+            f"  ({result.a.format}, {result.a.tensors} tensors)\n",
+            ("B ", "bold"),
+            printable(result.b.path),
+            f"  ({result.b.format}, {result.b.tensors} tensors)",
+        )
+    )
     if result.groups is not None:
         fit_table(console, lambda hide: _group_table(result.groups or (), hide), OPTIONAL)
     elif result.tensors:
@@ -40,18 +62,23 @@ def _render_one(result: CompareResult, console: Console) -> None:
         if hidden > 0:
             console.print(f"({hidden} more tensors not shown; --top limits the rows)", style="dim")
     s = result.summary
-    parts = [f"{s[k]} {k.replace('_', ' ')}" for k in ("changed", "unchanged", "added", "removed",
-                                                         "shape_changed")]
+    parts = [
+        f"{s[k]} {k.replace('_', ' ')}"
+        for k in ("changed", "unchanged", "added", "removed", "shape_changed")
+    ]
     if s["dtype_changed"]:
         parts.append(f"{s['dtype_changed']} dtype changed")
     console.print(Text.assemble(("Tensors: ", "bold"), ", ".join(parts)))
     total = result.total
     scope = "floating-point tensors" if result.scope == "floating" else "all tensors"
-    console.print(Text.assemble(
-        ("Whole model", "bold"), f" ({scope}): ",
-        f"‖A‖₂ {fmt_float(total.a.l2, 10)}  ‖B‖₂ {fmt_float(total.b.l2, 10)}  "
-        f"ratio {fmt_float(total.ratio_l2)}",
-    ))
+    console.print(
+        Text.assemble(
+            ("Whole model", "bold"),
+            f" ({scope}): ",
+            f"‖A‖₂ {fmt_float(total.a.l2, 10)}  ‖B‖₂ {fmt_float(total.b.l2, 10)}  "
+            f"ratio {fmt_float(total.ratio_l2)}",
+        )
+    )
     if total.pair is not None:
         console.print(
             f"  update ‖B−A‖₂ {fmt_float(total.pair.diff.l2, 10)}  "
@@ -59,8 +86,13 @@ def _render_one(result: CompareResult, console: Console) -> None:
             f"max|B−A| {fmt_float(total.pair.diff.linf)}  ‖B−A‖₁ {fmt_float(total.pair.diff.l1)}"
         )
     nonfinite = total.a.nan + total.a.inf + total.b.nan + total.b.inf
-    console.print(Text(f"  non-finite values: A NaN {total.a.nan} Inf {total.a.inf}, "
-                       f"B NaN {total.b.nan} Inf {total.b.inf}", NONFINITE if nonfinite else ""))
+    console.print(
+        Text(
+            f"  non-finite values: A NaN {total.a.nan} Inf {total.a.inf}, "
+            f"B NaN {total.b.nan} Inf {total.b.inf}",
+            NONFINITE if nonfinite else "",
+        )
+    )
     if result.nonfinite_tensors:
         console.print(nonfinite_line(result.nonfinite_tensors))
 
@@ -98,7 +130,7 @@ def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> Table:
         if row.status == "shape_changed" and row.a and row.b:
             status += f" {fmt_shape(row.a.shape)}→{fmt_shape(row.b.shape)}"
         pair = row.pair
-        cells = [
+        cells: list[Text | str] = [
             printable(row.name),
             Text(status, STATUS_STYLE[row.status]),
             _dtype(row),
@@ -112,8 +144,10 @@ def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> Table:
             _counts(row.a.stats.nan if row.a else None, row.b.stats.nan if row.b else None),
             _counts(row.a.stats.inf if row.a else None, row.b.stats.inf if row.b else None),
         ]
-        table.add_row(*(c for c, k in zip(cells, keep) if k),
-                      style=NONFINITE if row.nonfinite else None)
+        table.add_row(
+            *(c for c, k in zip(cells, keep, strict=True) if k),
+            style=NONFINITE if row.nonfinite else None,
+        )
     return table
 
 
@@ -121,15 +155,22 @@ def _group_table(groups: Sequence[Aggregate], hidden: frozenset[str]) -> Table:
     table, keep = _new_table("group", hidden | {"status", "dtype"})
     for group in groups:
         pair = group.pair
-        cells = [
-            printable(group.name), "", "",
-            fmt_float(group.a.l2), fmt_float(group.b.l2),
+        cells: list[Text | str] = [
+            printable(group.name),
+            "",
+            "",
+            fmt_float(group.a.l2),
+            fmt_float(group.b.l2),
             fmt_float(pair.diff.l2) if pair else "-",
-            fmt_float(group.rel_l2), fmt_float(group.ratio_l2), fmt_float(group.cosine),
+            fmt_float(group.rel_l2),
+            fmt_float(group.ratio_l2),
+            fmt_float(group.cosine),
             fmt_float(pair.diff.linf) if pair else "-",
-            _counts(group.a.nan, group.b.nan), _counts(group.a.inf, group.b.inf),
+            _counts(group.a.nan, group.b.nan),
+            _counts(group.a.inf, group.b.inf),
         ]
         bad = group.a.nan or group.a.inf or group.b.nan or group.b.inf
-        table.add_row(*(c for c, k in zip(cells, keep) if k), style=NONFINITE if bad else None)
+        table.add_row(
+            *(c for c, k in zip(cells, keep, strict=True) if k), style=NONFINITE if bad else None
+        )
     return table
-

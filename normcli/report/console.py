@@ -12,6 +12,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -45,7 +46,7 @@ class ProgressBar:
         self.label = label
         self.lock = threading.Lock()
         self.bar: Progress | None = None
-        self.task = 0
+        self.task = TaskID(0)
         self.total = 0
         self.done = 0
         self.began = 0.0
@@ -61,9 +62,13 @@ class ProgressBar:
                 if time.monotonic() - self.began < PROGRESS_DELAY_S or not self.console.is_terminal:
                     return
                 self.bar = Progress(
-                    TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(),
-                    console=self.console, transient=True,
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    DownloadColumn(),
+                    TransferSpeedColumn(),
+                    TimeRemainingColumn(),
+                    console=self.console,
+                    transient=True,
                 )
                 self.task = self.bar.add_task(self.label, total=self.total)
                 self.bar.start()

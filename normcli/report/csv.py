@@ -10,18 +10,52 @@ from typing import Any
 from ..diff import CompareResult
 from ..results import InspectResult
 
-TENSOR_COLUMNS = ["checkpoint", "name", "dtype", "shape", "bytes", "numel", "l1", "l2", "linf",
-                  "rms", "mean", "zeros", "sparsity", "nan", "inf", "in_total"]
-GROUP_COLUMNS = ["checkpoint", "name", "tensors", "dtypes", "bytes", "numel", "l1", "l2", "linf",
-                 "rms", "mean", "zeros", "sparsity", "nan", "inf"]
+TENSOR_COLUMNS = [
+    "checkpoint",
+    "name",
+    "dtype",
+    "shape",
+    "bytes",
+    "numel",
+    "l1",
+    "l2",
+    "linf",
+    "rms",
+    "mean",
+    "zeros",
+    "sparsity",
+    "nan",
+    "inf",
+    "in_total",
+]
+GROUP_COLUMNS = [
+    "checkpoint",
+    "name",
+    "tensors",
+    "dtypes",
+    "bytes",
+    "numel",
+    "l1",
+    "l2",
+    "linf",
+    "rms",
+    "mean",
+    "zeros",
+    "sparsity",
+    "nan",
+    "inf",
+]
 
 
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, list):
-        return "x".join(str(v) for v in value) if all(isinstance(v, int) for v in value) \
+        return (
+            "x".join(str(v) for v in value)
+            if all(isinstance(v, int) for v in value)
             else " ".join(map(str, value))
+        )
     return value
 
 
@@ -41,13 +75,17 @@ def render_inspect(results: Sequence[InspectResult]) -> str:
 
 SIDE_FIELDS = ("name", "dtype", "shape", "numel", "l1", "l2", "linf", "nan", "inf")
 DIFF_COLUMNS = [f"diff_{k}" for k in ("l1", "l2", "linf")] + ["rel_l2", "ratio_l2", "cosine"]
-COMPARE_COLUMNS = (["a", "b", "name", "status", "dtype_changed", "in_total"]
-                   + [f"a_{k}" for k in SIDE_FIELDS] + [f"b_{k}" for k in SIDE_FIELDS]
-                   + DIFF_COLUMNS)
-COMPARE_GROUP_COLUMNS = (["a", "b", "name", "tensors"]
-                         + [f"{side}_{k}" for side in "ab" for k in ("numel", "l1", "l2", "linf",
-                                                                     "nan", "inf")]
-                         + DIFF_COLUMNS)
+COMPARE_COLUMNS = (
+    ["a", "b", "name", "status", "dtype_changed", "in_total"]
+    + [f"a_{k}" for k in SIDE_FIELDS]
+    + [f"b_{k}" for k in SIDE_FIELDS]
+    + DIFF_COLUMNS
+)
+COMPARE_GROUP_COLUMNS = (
+    ["a", "b", "name", "tensors"]
+    + [f"{side}_{k}" for side in "ab" for k in ("numel", "l1", "l2", "linf", "nan", "inf")]
+    + DIFF_COLUMNS
+)
 
 
 def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:

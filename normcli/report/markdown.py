@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..diff import CompareResult
-from ..results import InspectResult
 from ..norms import TensorStats
+from ..results import InspectResult
 from .text import fmt_float, fmt_int, fmt_percent, fmt_shape, printable
 
 
@@ -15,14 +15,24 @@ def _escape(text: str) -> str:
 
 
 def _stat_cells(s: TensorStats) -> list[str]:
-    return [fmt_int(s.numel), fmt_float(s.l1), fmt_float(s.l2), fmt_float(s.linf),
-            fmt_float(s.rms), fmt_float(s.mean), fmt_percent(s.sparsity), fmt_int(s.nan),
-            fmt_int(s.inf)]
+    return [
+        fmt_int(s.numel),
+        fmt_float(s.l1),
+        fmt_float(s.l2),
+        fmt_float(s.linf),
+        fmt_float(s.rms),
+        fmt_float(s.mean),
+        fmt_percent(s.sparsity),
+        fmt_int(s.nan),
+        fmt_int(s.inf),
+    ]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
 
@@ -34,22 +44,38 @@ def render_inspect(results: Sequence[InspectResult]) -> str:
     lines: list[str] = []
     for result in results:
         info = result.checkpoint
-        lines += [f"### `{_escape(info.path)}`", "",
-                  f"{info.format}, {info.tensors} tensors, {fmt_int(info.nbytes)} bytes", ""]
+        lines += [
+            f"### `{_escape(info.path)}`",
+            "",
+            f"{info.format}, {info.tensors} tensors, {fmt_int(info.nbytes)} bytes",
+            "",
+        ]
         if result.groups is not None:
-            lines += _table(["group", "tensors", *STAT_HEADER],
-                            [[_escape(g.name), fmt_int(g.tensors), *_stat_cells(g.stats)]
-                             for g in result.groups])
+            lines += _table(
+                ["group", "tensors", *STAT_HEADER],
+                [
+                    [_escape(g.name), fmt_int(g.tensors), *_stat_cells(g.stats)]
+                    for g in result.groups
+                ],
+            )
         else:
-            lines += _table(["tensor", "dtype", "shape", *STAT_HEADER],
-                            [[f"`{_escape(t.name)}`", t.dtype, fmt_shape(t.shape),
-                              *_stat_cells(t.stats)] for t in result.tensors])
+            lines += _table(
+                ["tensor", "dtype", "shape", *STAT_HEADER],
+                [
+                    [f"`{_escape(t.name)}`", t.dtype, fmt_shape(t.shape), *_stat_cells(t.stats)]
+                    for t in result.tensors
+                ],
+            )
         total = result.total
         s = total.stats
         scope = "floating-point tensors" if total.scope == "floating" else "all tensors"
-        lines += ["", f"**Whole model** ({scope}: {total.tensors}): {fmt_int(s.numel)} elements, "
-                  f"L1 {fmt_float(s.l1, 10)}, L2 {fmt_float(s.l2, 10)}, "
-                  f"Linf {fmt_float(s.linf, 10)}, NaN {s.nan}, Inf {s.inf}", ""]
+        lines += [
+            "",
+            f"**Whole model** ({scope}: {total.tensors}): {fmt_int(s.numel)} elements, "
+            f"L1 {fmt_float(s.l1, 10)}, L2 {fmt_float(s.l2, 10)}, "
+            f"Linf {fmt_float(s.linf, 10)}, NaN {s.nan}, Inf {s.inf}",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -59,23 +85,50 @@ def render_compare(results: Sequence[CompareResult]) -> str:
         lines += [f"### `{_escape(result.a.path)}` → `{_escape(result.b.path)}`", ""]
         header = ["‖A‖₂", "‖B‖₂", "‖B−A‖₂", "rel", "ratio", "cosine", "NaN A/B"]
         if result.groups is not None:
-            lines += _table(["group", "tensors", *header], [
-                [_escape(g.name), fmt_int(g.tensors), fmt_float(g.a.l2), fmt_float(g.b.l2),
-                 fmt_float(g.pair.diff.l2) if g.pair else "-", fmt_float(g.rel_l2),
-                 fmt_float(g.ratio_l2), fmt_float(g.cosine), f"{g.a.nan}/{g.b.nan}"]
-                for g in result.groups])
+            lines += _table(
+                ["group", "tensors", *header],
+                [
+                    [
+                        _escape(g.name),
+                        fmt_int(g.tensors),
+                        fmt_float(g.a.l2),
+                        fmt_float(g.b.l2),
+                        fmt_float(g.pair.diff.l2) if g.pair else "-",
+                        fmt_float(g.rel_l2),
+                        fmt_float(g.ratio_l2),
+                        fmt_float(g.cosine),
+                        f"{g.a.nan}/{g.b.nan}",
+                    ]
+                    for g in result.groups
+                ],
+            )
         else:
-            lines += _table(["tensor", "status", *header], [
-                [f"`{_escape(t.name)}`", t.status + (" (dtype changed)" if t.dtype_changed else ""),
-                 fmt_float(t.a.stats.l2) if t.a else "-", fmt_float(t.b.stats.l2) if t.b else "-",
-                 fmt_float(t.pair.diff.l2) if t.pair else "-", fmt_float(t.rel_l2),
-                 fmt_float(t.ratio_l2), fmt_float(t.cosine),
-                 f"{t.a.stats.nan if t.a else '-'}/{t.b.stats.nan if t.b else '-'}"]
-                for t in result.tensors])
+            lines += _table(
+                ["tensor", "status", *header],
+                [
+                    [
+                        f"`{_escape(t.name)}`",
+                        t.status + (" (dtype changed)" if t.dtype_changed else ""),
+                        fmt_float(t.a.stats.l2) if t.a else "-",
+                        fmt_float(t.b.stats.l2) if t.b else "-",
+                        fmt_float(t.pair.diff.l2) if t.pair else "-",
+                        fmt_float(t.rel_l2),
+                        fmt_float(t.ratio_l2),
+                        fmt_float(t.cosine),
+                        f"{t.a.stats.nan if t.a else '-'}/{t.b.stats.nan if t.b else '-'}",
+                    ]
+                    for t in result.tensors
+                ],
+            )
         s, total = result.summary, result.total
         counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in s.items())
-        lines += ["", f"**Tensors**: {counts}", "",
-                  f"**Whole model**: ‖A‖₂ {fmt_float(total.a.l2, 10)}, ‖B‖₂ {fmt_float(total.b.l2, 10)}, "
-                  f"‖B−A‖₂ {fmt_float(total.pair.diff.l2 if total.pair else None, 10)}, "
-                  f"relative {fmt_float(total.rel_l2)}, cosine {fmt_float(total.cosine, 10)}", ""]
+        lines += [
+            "",
+            f"**Tensors**: {counts}",
+            "",
+            f"**Whole model**: ‖A‖₂ {fmt_float(total.a.l2, 10)}, ‖B‖₂ {fmt_float(total.b.l2, 10)}, "
+            f"‖B−A‖₂ {fmt_float(total.pair.diff.l2 if total.pair else None, 10)}, "
+            f"relative {fmt_float(total.rel_l2)}, cosine {fmt_float(total.cosine, 10)}",
+            "",
+        ]
     return "\n".join(lines)

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..results import GroupReport, InspectResult, TensorReport
 from ..norms import TensorStats
+from ..results import GroupReport, InspectResult, TensorReport
 from .text import fmt_bytes, fmt_float, fmt_int, fmt_percent, fmt_shape, printable
 
 NONFINITE = "bold red"
@@ -96,15 +96,18 @@ class _Rows:
         self.table.add_column(first, overflow="fold")
         for column in extra:
             if column not in hidden:
-                justify = "right" if column == "tensors" else "left"
-                self.table.add_column(column, justify=justify, no_wrap=True)
+                self.table.add_column(
+                    column, justify="right" if column == "tensors" else "left", no_wrap=True
+                )
         for column in STAT_COLUMNS:
             if column not in hidden:
                 self.table.add_column(column, justify="right", no_wrap=True)
         self.table.add_column("", no_wrap=True)
 
     def add(self, cells: Sequence[Text | str], style: str | None) -> None:
-        self.table.add_row(*(c for c, keep in zip(cells, self.keep) if keep), style=style)
+        self.table.add_row(
+            *(c for c, keep in zip(cells, self.keep, strict=True) if keep), style=style
+        )
 
 
 def _notes(stats: TensorStats, top_l2: float, top_linf: float) -> tuple[str, str]:
@@ -124,10 +127,17 @@ def _tensor_table(rows: Sequence[TensorReport], hidden: frozenset[str]) -> Table
     top_l2 = max((r.stats.l2 for r in rows if r.covered), default=0.0)
     top_linf = max((r.stats.linf for r in rows if r.covered), default=0.0)
     for row in rows:
-        note, style = _notes(row.stats, top_l2, top_linf) if row.covered else ("not in total", "dim")
+        note, style = (
+            _notes(row.stats, top_l2, top_linf) if row.covered else ("not in total", "dim")
+        )
         table.add(
-            [printable(row.name), row.dtype, fmt_shape(row.shape), *_stat_cells(row.stats),
-             Text(note, style)],
+            [
+                printable(row.name),
+                row.dtype,
+                fmt_shape(row.shape),
+                *_stat_cells(row.stats),
+                Text(note, style),
+            ],
             style=style if style != STANDOUT else None,
         )
     return table.table
@@ -140,8 +150,12 @@ def _group_table(groups: Sequence[GroupReport], hidden: frozenset[str]) -> Table
     for group in groups:
         note, style = _notes(group.stats, top_l2, top_linf)
         table.add(
-            [printable(group.name), fmt_int(group.tensors), *_stat_cells(group.stats),
-             Text(note, style)],
+            [
+                printable(group.name),
+                fmt_int(group.tensors),
+                *_stat_cells(group.stats),
+                Text(note, style),
+            ],
             style=style if style == NONFINITE else None,
         )
     return table.table
@@ -167,13 +181,18 @@ def _render_total(result: InspectResult, console: Console) -> None:
         if total.excluded
         else ""
     )
-    console.print(Text.assemble(("Whole model", "bold"), f": {_plural(total.tensors, kind + 'tensor')}"
-                                f"{left_out}"))
+    console.print(
+        Text.assemble(
+            ("Whole model", "bold"), f": {_plural(total.tensors, kind + 'tensor')}{left_out}"
+        )
+    )
     nonfinite = NONFINITE if stats.nan or stats.inf else ""
-    console.print(Text.assemble(
-        f"  elements {fmt_int(stats.numel)}  bytes {fmt_bytes(total.nbytes)}  ",
-        (f"NaN {fmt_int(stats.nan)}  Inf {fmt_int(stats.inf)}", nonfinite),
-    ))
+    console.print(
+        Text.assemble(
+            f"  elements {fmt_int(stats.numel)}  bytes {fmt_bytes(total.nbytes)}  ",
+            (f"NaN {fmt_int(stats.nan)}  Inf {fmt_int(stats.inf)}", nonfinite),
+        )
+    )
     if total.nonfinite_tensors:
         console.print(nonfinite_line(total.nonfinite_tensors))
     console.print(
@@ -183,12 +202,16 @@ def _render_total(result: InspectResult, console: Console) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column()
     for justify in ("right", "right", "right", "left", "left", "left"):
-        grid.add_column(justify=justify)  # type: ignore[arg-type]
+        grid.add_column(justify=justify)
     for d in total.by_dtype:
         bad = d.stats.nan or d.stats.inf
         grid.add_row(
-            d.dtype, _plural(d.tensors, "tensor"), f"{fmt_int(d.stats.numel)} elements",
-            fmt_bytes(d.nbytes), f"L2 {fmt_float(d.stats.l2)}", f"Linf {fmt_float(d.stats.linf)}",
+            d.dtype,
+            _plural(d.tensors, "tensor"),
+            f"{fmt_int(d.stats.numel)} elements",
+            fmt_bytes(d.nbytes),
+            f"L2 {fmt_float(d.stats.l2)}",
+            f"Linf {fmt_float(d.stats.linf)}",
             Text(f"NaN {d.stats.nan}  Inf {d.stats.inf}", NONFINITE) if bad else "",
         )
     console.print(Text("By dtype:", "bold"))
