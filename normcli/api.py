@@ -207,4 +207,11 @@ def _total(
         excluded=len(rows) - len(covered),
         by_dtype=tuple(by_dtype),
         nonfinite_tensors=tuple(r.name for r in rows if r.stats.nan or r.stats.inf),
+        largest_l2=_largest(covered, lambda s: s.l2),
+        largest_linf=_largest(covered, lambda s: s.linf),
     )
+
+
+def _largest(rows: Sequence[TensorReport], value: Callable[[TensorStats], float]) -> str | None:
+    best = max(rows, key=lambda r: value(r.stats), default=None)
+    return best.name if best is not None and value(best.stats) > 0 else None

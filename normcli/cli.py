@@ -47,6 +47,10 @@ class NormcliGroup(click.Group):
 
         try:
             code = super().main(argv, prog_name or "normcli", standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            # no command at all: the help is the answer, not an error wrapped around it
+            click.echo(e.ctx.get_help() if e.ctx is not None else e.format_message(), err=True)
+            code = EXIT_BAD_INPUT
         except click.UsageError as e:
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
             code = _fail(f"{e.format_message()}{hint}")
@@ -70,7 +74,10 @@ class NormcliGroup(click.Group):
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
-    click.echo(f"normcli: error: {message}", err=True)
+    # paths and tensor names come from users and files: escape anything that could break the
+    # one-line contract or drive the terminal
+    safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    click.echo(f"normcli: error: {safe}", err=True)
     return code
 
 

@@ -95,11 +95,13 @@ def reduce_chunk(values: np.ndarray) -> TensorStats:
     x = _as_float64(values).reshape(-1)
     if x.size == 0:
         return TensorStats.of_complex() if x.dtype.kind == "c" else TensorStats()
-    magnitude = np.abs(x)
-    l1 = float(magnitude.sum())
-    if math.isfinite(l1):
-        return _reduce_finite(x, magnitude, l1, nan=0, inf=0, numel=x.size)
-    return _reduce_with_nonfinite(x)
+    # float64 sums of huge finite values may overflow to inf, which is then the honest answer
+    with np.errstate(over="ignore", invalid="ignore"):
+        magnitude = np.abs(x)
+        l1 = float(magnitude.sum())
+        if math.isfinite(l1):
+            return _reduce_finite(x, magnitude, l1, nan=0, inf=0, numel=x.size)
+        return _reduce_with_nonfinite(x)
 
 
 def _reduce_with_nonfinite(x: np.ndarray) -> TensorStats:
@@ -182,11 +184,14 @@ def reduce_pair(a_values: np.ndarray, b_values: np.ndarray) -> PairStats:
     if a_stats.nan or a_stats.inf or b_stats.nan or b_stats.inf:
         both_finite = np.isfinite(a) & np.isfinite(b)
         a, b = a[both_finite], b[both_finite]
-    diff_stats = reduce_chunk(b - a)
-    if a.dtype.kind == "c" or b.dtype.kind == "c":
-        dot = float(np.multiply(np.conj(a), b).real.sum())
-    else:
-        dot = float(np.multiply(a, b).sum())
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = b - a
+    diff_stats = reduce_chunk(diff)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if a.dtype.kind == "c" or b.dtype.kind == "c":
+            dot = float(np.multiply(np.conj(a), b).real.sum())
+        else:
+            dot = float(np.multiply(a, b).sum())
     return PairStats(a_stats, b_stats, diff_stats, dot, identical)
 
 

@@ -102,6 +102,9 @@ class Total:
     by_dtype: tuple[DtypeSummary, ...]
     # every selected tensor holding NaN or Inf, in file order (covered by the total or not)
     nonfinite_tensors: tuple[str, ...] = ()
+    # the covered tensors with the largest L2 and Linf, whatever --top hides
+    largest_l2: str | None = None
+    largest_linf: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +113,7 @@ class Total:
             "covers": {"scope": self.scope, "tensors": self.tensors, "excluded": self.excluded},
             "by_dtype": [d.to_dict() for d in self.by_dtype],
             "nonfinite_tensors": list(self.nonfinite_tensors),
+            "largest": {"l2": self.largest_l2, "linf": self.largest_linf},
         }
 
 

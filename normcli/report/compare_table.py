@@ -131,7 +131,7 @@ def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> Table:
             status += f" {fmt_shape(row.a.shape)}→{fmt_shape(row.b.shape)}"
         pair = row.pair
         cells: list[Text | str] = [
-            printable(row.name),
+            Text(printable(row.name)),
             Text(status, STATUS_STYLE[row.status]),
             _dtype(row),
             fmt_float(row.a.stats.l2) if row.a else "-",
@@ -156,7 +156,7 @@ def _group_table(groups: Sequence[Aggregate], hidden: frozenset[str]) -> Table:
     for group in groups:
         pair = group.pair
         cells: list[Text | str] = [
-            printable(group.name),
+            Text(printable(group.name)),
             "",
             "",
             fmt_float(group.a.l2),

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..diff import CompareResult
 from ..results import InspectResult
+from .text import printable
 
 TENSOR_COLUMNS = [
     "checkpoint",
@@ -50,6 +51,8 @@ GROUP_COLUMNS = [
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
+    if isinstance(value, str):
+        return printable(value)
     if isinstance(value, list):
         return (
             "x".join(str(v) for v in value)

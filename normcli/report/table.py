@@ -33,9 +33,11 @@ def _render_one(result: InspectResult, console: Console) -> None:
         )
     )
     if result.groups is not None:
-        fit_table(console, lambda hide: _group_table(result.groups or (), hide))
+        fit_table(
+            console, lambda hide: _group_table(result.groups or (), hide), GROUP_OPTIONAL_COLUMNS
+        )
     elif result.tensors:
-        fit_table(console, lambda hide: _tensor_table(result.tensors, hide))
+        fit_table(console, lambda hide: _tensor_table(result, hide))
     shown = len(result.groups) if result.groups is not None else len(result.tensors)
     hidden = (result.total.tensors if result.groups is not None else result.selected) - shown
     if result.groups is None and hidden > 0:
@@ -45,6 +47,7 @@ def _render_one(result: InspectResult, console: Console) -> None:
 
 # Dropped in this order when the terminal is too narrow for every column.
 OPTIONAL_COLUMNS = ("mean", "zeros", "numel", "RMS", "shape", "L1")
+GROUP_OPTIONAL_COLUMNS = ("mean", "zeros", "numel", "RMS", "L1")
 
 
 def fit_table(
@@ -110,29 +113,26 @@ class _Rows:
         )
 
 
-def _notes(stats: TensorStats, top_l2: float, top_linf: float) -> tuple[str, str]:
+def _notes(stats: TensorStats, max_l2: bool, max_linf: bool) -> tuple[str, str]:
     """The remark and row style that make a non-finite or largest row stand out."""
     if stats.nan or stats.inf:
         return "non-finite!", NONFINITE
-    marks = []
-    if stats.numel and stats.l2 == top_l2 and top_l2 > 0:
-        marks.append("max L2")
-    if stats.numel and stats.linf == top_linf and top_linf > 0:
-        marks.append("max Linf")
+    marks = [mark for mark, on in (("max L2", max_l2), ("max Linf", max_linf)) if on]
     return ", ".join(marks), STANDOUT if marks else ""
 
 
-def _tensor_table(rows: Sequence[TensorReport], hidden: frozenset[str]) -> Table:
+def _tensor_table(result: InspectResult, hidden: frozenset[str]) -> Table:
     table = _Rows("tensor", ["dtype", "shape"], hidden)
-    top_l2 = max((r.stats.l2 for r in rows if r.covered), default=0.0)
-    top_linf = max((r.stats.linf for r in rows if r.covered), default=0.0)
-    for row in rows:
+    total = result.total
+    for row in result.tensors:
         note, style = (
-            _notes(row.stats, top_l2, top_linf) if row.covered else ("not in total", "dim")
+            _notes(row.stats, row.name == total.largest_l2, row.name == total.largest_linf)
+            if row.covered
+            else ("not in total", "dim")
         )
         table.add(
             [
-                printable(row.name),
+                Text(printable(row.name)),
                 row.dtype,
                 fmt_shape(row.shape),
                 *_stat_cells(row.stats),
@@ -148,10 +148,14 @@ def _group_table(groups: Sequence[GroupReport], hidden: frozenset[str]) -> Table
     top_l2 = max((g.stats.l2 for g in groups), default=0.0)
     top_linf = max((g.stats.linf for g in groups), default=0.0)
     for group in groups:
-        note, style = _notes(group.stats, top_l2, top_linf)
+        note, style = _notes(
+            group.stats,
+            max_l2=top_l2 > 0 and group.stats.l2 == top_l2,
+            max_linf=top_linf > 0 and group.stats.linf == top_linf,
+        )
         table.add(
             [
-                printable(group.name),
+                Text(printable(group.name)),
                 fmt_int(group.tensors),
                 *_stat_cells(group.stats),
                 Text(note, style),

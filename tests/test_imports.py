@@ -1,0 +1,50 @@
+"""Import hygiene: the core never pulls in the CLI's libraries, and `import normcli` stays light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# The core (readers, statistics, scanning, the API and compare) uses only the standard library,
+# numpy and format libraries; click and rich belong to cli.py and report/.
+CORE_MODULES = ["normcli.readers", "normcli.norms", "normcli.scan", "normcli.api", "normcli.diff"]
+
+
+def loaded_after(statement: str, watch: list[str]) -> list[str]:
+    """Which of `watch` are in sys.modules after running `statement` in a fresh interpreter."""
+    code = (
+        f"import sys, json\n{statement}\n"
+        f"print(json.dumps([m for m in {watch!r} if m in sys.modules]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    loaded: list[str] = json.loads(done.stdout)
+    return loaded
+
+
+def test_core_imports_neither_click_nor_rich() -> None:
+    statement = "\n".join(f"import {m}" for m in CORE_MODULES)
+    assert loaded_after(statement, ["click", "rich"]) == []
+
+
+def test_core_really_was_imported() -> None:
+    # guards the test above against passing because nothing was imported
+    statement = "\n".join(f"import {m}" for m in CORE_MODULES)
+    assert loaded_after(statement, ["numpy", *CORE_MODULES]) == ["numpy", *CORE_MODULES]
+
+
+def test_import_normcli_does_not_import_numpy() -> None:
+    assert loaded_after("import normcli", ["numpy", "click", "rich"]) == []
+
+
+def test_lazy_api_still_resolves() -> None:
+    statement = "import normcli\nassert callable(normcli.inspect) and callable(normcli.stats)"
+    assert loaded_after(statement, ["numpy"]) == ["numpy"]
+
+
+def test_cli_module_starts_without_numpy_or_rich() -> None:
+    # `normcli --version` and `--help` should not pay for numpy or rich
+    assert loaded_after("import normcli.cli", ["numpy", "rich"]) == []
