@@ -104,8 +104,9 @@ _NUMPY_PREFIX = {"float": "F", "complex": "C", "int": "I", "bool": "BOOL"}
 def from_numpy(dtype: np.dtype[np.generic]) -> DType | None:
     """The DType of a numpy array's elements (any byte order), or None if it holds no numbers."""
     for known in SAFETENSORS_DTYPES.values():
-        if known.bits >= 8 and dtype.newbyteorder("<") == known.element.newbyteorder("<"):
-            return DType(known.name, known.kind, dtype, known.bits)
+        if dtype.newbyteorder("<") == known.element.newbyteorder("<"):
+            # in memory, numpy keeps even a 4- or 6-bit element in a byte of its own
+            return DType(known.name, known.kind, dtype, max(known.bits, 8))
     kind = _NUMPY_KINDS.get(dtype.kind)
     if kind is None or dtype.fields is not None or dtype.subdtype is not None:
         return None

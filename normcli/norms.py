@@ -119,8 +119,7 @@ def _reduce_finite(
     linf = float(magnitude.max()) if magnitude.size else 0.0
     zeros = magnitude.size - int(np.count_nonzero(magnitude))
     if x.dtype.kind == "c":
-        parts = x.view(np.float64)
-        sumsq = float(np.square(parts).sum())
+        sumsq = float(np.square(x.real).sum()) + float(np.square(x.imag).sum())
         total: float | None = None
     else:
         total = float(x.sum())

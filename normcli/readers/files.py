@@ -27,26 +27,29 @@ def open_regular(path: str) -> BinaryIO:
         raise InputError(f"cannot open: {e.strerror or e}", path) from e
 
 
-def slice_reader(buffer: np.ndarray, base: int) -> Callable[[int, int], np.ndarray]:
+Mapped = mmap.mmap | bytes
+
+
+def slice_reader(buffer: Mapped, base: int) -> Callable[[int, int], np.ndarray]:
     """Reads bytes [start, stop) of a tensor whose data begins at `base` in a mapped file."""
 
     def read(start: int, stop: int) -> np.ndarray:
-        return buffer[base + start : base + stop]
+        # a view for just this chunk: once the chunk is dropped, nothing pins the map open
+        return np.frombuffer(buffer, dtype=np.uint8, count=stop - start, offset=base + start)
 
     return read
 
 
-def map_file(path: str, size: int) -> tuple[np.ndarray, Callable[[], None]]:
-    """The whole file as a read-only uint8 array backed by a memory map, and how to unmap it."""
+def map_file(path: str, size: int) -> tuple[Mapped, Callable[[], None]]:
+    """The whole file as a read-only memory map, and how to unmap it."""
     if size == 0:
-        return np.zeros(0, dtype=np.uint8), lambda: None
+        return b"", lambda: None
     with open_regular(path) as f:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    array = np.frombuffer(mapped, dtype=np.uint8)
 
     def close() -> None:
         # arrays may still view the map; it is then unmapped when the last of them is freed
         with contextlib.suppress(BufferError):
             mapped.close()
 
-    return array, close
+    return mapped, close

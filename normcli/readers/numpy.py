@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import io
+import math
 import struct
 import zipfile
 import zlib
@@ -13,7 +15,7 @@ import numpy as np
 from ..dtypes import DType, from_numpy
 from ..errors import CorruptFileError, UnsupportedError
 from .base import Checkpoint, TensorSource
-from .files import map_file, open_regular, slice_reader
+from .files import Mapped, map_file, open_regular, slice_reader
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -32,6 +34,8 @@ def _read_npy_header(f: IO[bytes], where: str, path: str) -> tuple[tuple[int, ..
         shape, fortran_order, dtype = read_header(f, max_header_size=1 << 20)
     except (ValueError, OSError, EOFError, SyntaxError) as e:
         raise CorruptFileError(f"{where}: not a valid .npy header ({e})", path) from e
+    if any(d < 0 for d in shape):
+        raise CorruptFileError(f"{where}: negative dimension in shape {shape}", path)
     if dtype.hasobject:
         raise UnsupportedError(
             f"{where}: holds Python objects, which only pickle can load; normcli never unpickles",
@@ -75,6 +79,11 @@ def open_npz(path: str) -> Checkpoint:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
         raise CorruptFileError(f"not a readable zip archive: {e}", path) from e
+    counts = collections.Counter(info.filename for info in archive.infolist())
+    duplicates = sorted(n for n, c in counts.items() if c > 1)
+    if duplicates:
+        archive.close()
+        raise CorruptFileError(f"zip archive holds member {duplicates[0]!r} more than once", path)
     try:
         buffer, unmap = map_file(path, size)
         tensors = [
@@ -85,11 +94,12 @@ def open_npz(path: str) -> Checkpoint:
     except BaseException:
         archive.close()
         raise
-    return Checkpoint(path, "npz", size, tensors, [archive.close, unmap])
+    streams = [t.read_bytes.close for t in tensors if isinstance(t.read_bytes, _StreamReader)]
+    return Checkpoint(path, "npz", size, tensors, [archive.close, unmap, *streams])
 
 
 def _member_source(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, buffer: np.ndarray, path: str
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, buffer: Mapped, path: str
 ) -> TensorSource:
     name = info.filename[: -len(".npy")]
     where = f"member {info.filename!r}"
@@ -99,10 +109,12 @@ def _member_source(
         start = _stored_data_start(info, buffer, where, path)
         member = io.BytesIO(bytes(buffer[start : start + min(info.file_size, 1 << 20)]))
         shape, fortran, dtype = _read_npy_header(member, where, path)
-        data_start, data_size = start + member.tell(), info.file_size - member.tell()
-        source = TensorSource(
-            name, dtype, shape, slice_reader(buffer, data_start), fortran_order=fortran
+        data_size = info.file_size - member.tell()
+        data_bytes = math.prod(shape) * dtype.bits // 8
+        checked = _CrcCheckedReader(
+            buffer, start, member.tell(), min(data_bytes, data_size), info, where, path
         )
+        source = TensorSource(name, dtype, shape, checked, fortran_order=fortran)
     else:
         try:
             with archive.open(info) as member_file:
@@ -128,7 +140,7 @@ def _member_source(
     return source
 
 
-def _stored_data_start(info: zipfile.ZipInfo, buffer: np.ndarray, where: str, path: str) -> int:
+def _stored_data_start(info: zipfile.ZipInfo, buffer: Mapped, where: str, path: str) -> int:
     offset = info.header_offset
     header = bytes(buffer[offset : offset + _LOCAL_HEADER.size])
     if len(header) < _LOCAL_HEADER.size:
@@ -137,7 +149,7 @@ def _stored_data_start(info: zipfile.ZipInfo, buffer: np.ndarray, where: str, pa
     if magic != ZIP_MAGIC:
         raise CorruptFileError(f"{where}: local header is damaged", path)
     start: int = offset + _LOCAL_HEADER.size + name_len + extra_len
-    if start + info.file_size > buffer.size:
+    if start + info.file_size > len(buffer):
         raise CorruptFileError(f"{where}: data runs past the end of the file (truncated)", path)
     return start
 
@@ -159,8 +171,10 @@ class _StreamReader:
                 self._restart(start)
             data: bytes = self.stream.read(stop - start)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+            self.close()
             raise CorruptFileError(f"{self.where}: damaged compressed data ({e})", self.path) from e
         if len(data) != stop - start:
+            self.close()
             raise CorruptFileError(f"{self.where}: compressed data ends early", self.path)
         self.position = stop
         if stop + self.skip == self.info.file_size:
@@ -178,6 +192,46 @@ class _StreamReader:
         try:
             self.stream.read()
         finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the member stream (also when a scan stops part way)."""
+        if self.stream is not None:
             self.stream.close()
             self.stream = None
-            self.position = 0
+        self.position = 0
+
+
+class _CrcCheckedReader:
+    """Reads a stored member straight from the map, and checks the member's CRC-32 as a
+    front-to-back scan passes over it, as unzipping it would."""
+
+    def __init__(
+        self,
+        buffer: Mapped,
+        start: int,
+        header: int,
+        data_bytes: int,
+        info: zipfile.ZipInfo,
+        where: str,
+        path: str,
+    ) -> None:
+        self.read = slice_reader(buffer, start + header)
+        self.buffer, self.info, self.where, self.path = buffer, info, where, path
+        self.tail = slice(start + header + data_bytes, start + info.file_size)
+        self.data_bytes = data_bytes
+        self.crc = zlib.crc32(buffer[start : start + header])
+        self.position = 0
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        data = self.read(start, stop)
+        if start != self.position:
+            self.position = -1  # read out of order: a running CRC no longer applies
+            return data
+        self.crc = zlib.crc32(data.data, self.crc)
+        self.position = stop
+        if stop == self.data_bytes:
+            crc = zlib.crc32(self.buffer[self.tail], self.crc)
+            if crc != self.info.CRC:
+                raise CorruptFileError(f"{self.where}: CRC-32 mismatch (damaged data)", self.path)
+        return data

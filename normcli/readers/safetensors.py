@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any
 
@@ -56,17 +57,39 @@ def open_safetensors(path: str) -> Checkpoint:
     return Checkpoint(path, "safetensors", size, tensors, [close])
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
             raise ValueError(f"duplicate key {key!r}")
+        for text in (key, value) if isinstance(value, str) else (key,):
+            _check_unicode(text)
         seen[key] = value
     return seen
 
 
+def _check_unicode(text: str) -> None:
+    # Python's json accepts "\ud800" escapes; a lone surrogate is not Unicode and serde rejects it
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"string {text!r} holds a lone surrogate") from e
+
+
 def _reject_constant(token: str) -> None:
     raise ValueError(f"{token} is not valid JSON")
+
+
+def _strict_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"number {token} is out of range")
+    return value
+
+
+def _strict_int(token: str) -> int:
+    # every integer the format holds is unsigned; "-0" must not pass as 0
+    return -1 if token.startswith("-") else int(token)
 
 
 def _parse_header(raw: bytes, path: str) -> dict[str, Any]:
@@ -78,10 +101,16 @@ def _parse_header(raw: bytes, path: str) -> dict[str, Any]:
         ) from e
     try:
         header = json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+            text,
+            object_pairs_hook=_strict_object,
+            parse_constant=_reject_constant,
+            parse_float=_strict_float,
+            parse_int=_strict_int,
         )
     except ValueError as e:
         raise CorruptFileError(f"safetensors header is not valid JSON: {e}", path) from e
+    except RecursionError as e:
+        raise CorruptFileError("safetensors header nests JSON too deeply", path) from e
     if not isinstance(header, dict):
         raise CorruptFileError("safetensors header is not a JSON object", path)
     return header
@@ -107,7 +136,7 @@ def _validate(
         if not isinstance(info, dict):
             raise CorruptFileError(f"{where}: entry is not an object", path)
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in SAFETENSORS_DTYPES:
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
             known = ", ".join(SAFETENSORS_DTYPES)
             raise CorruptFileError(f"{where}: unknown dtype {dtype!r} (known: {known})", path)
         if not (isinstance(shape, list) and all(_is_u64(d) for d in shape)):
@@ -135,6 +164,11 @@ def _validate(
         numel = 1
         for d in shape:
             numel *= d
+            # checked at every step, as the reference does: [2**40, 2**40, 0] overflows too
+            if numel >= U64_LIMIT:
+                raise CorruptFileError(
+                    f"{where}: shape {list(shape)} overflows a 64-bit size", path
+                )
         bits = numel * SAFETENSORS_DTYPES[dtype].bits
         if bits // 8 >= U64_LIMIT:
             raise CorruptFileError(f"{where}: shape {list(shape)} overflows a 64-bit size", path)

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..norms import TensorStats
-from ..results import GroupReport, InspectResult, TensorReport
+from ..results import GroupReport, InspectResult
 from .text import fmt_bytes, fmt_float, fmt_int, fmt_percent, fmt_shape, printable
 
 NONFINITE = "bold red"
