@@ -220,11 +220,13 @@ class _CrcCheckedReader:
         self.buffer, self.info, self.where, self.path = buffer, info, where, path
         self.tail = slice(start + header + data_bytes, start + info.file_size)
         self.data_bytes = data_bytes
-        self.crc = zlib.crc32(buffer[start : start + header])
-        self.position = 0
+        self.header_crc = zlib.crc32(buffer[start : start + header])
+        self.crc, self.position = self.header_crc, 0
 
     def __call__(self, start: int, stop: int) -> np.ndarray:
         data = self.read(start, stop)
+        if start == 0:  # a scan starting over: so does the running CRC
+            self.crc, self.position = self.header_crc, 0
         if start != self.position:
             self.position = -1  # read out of order: a running CRC no longer applies
             return data
