@@ -22,6 +22,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed-run
 	$(BIN)/normcli inspect $(SAMPLES)/blowup.safetensors --sort l2 --top 8
+	$(BIN)/normcli compare $(SAMPLES)/base.safetensors $(SAMPLES)/blowup.safetensors --top 5
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
