@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO, TypeVar
@@ -318,6 +319,146 @@ def compare(
             progress=bar,
         )
     _render(COMPARE_RENDERERS, output_format, [result], output)
+
+
+CHECK_EXAMPLES = """
+\b
+Examples:
+  normcli check model.safetensors                                  # fails on any NaN/Inf
+  normcli check model.safetensors --max-tensor-linf 1000 --max-l2 5000
+  normcli check new.safetensors --baseline base.json --max-l2-ratio 1.5
+  normcli check new.safetensors --baseline old.safetensors --max-rel-update 0.1 \\
+      --require-same-tensors --format github --junit normcli.xml
+"""
+
+
+def _limit_option(flag: str, help_text: str) -> Callable[[F], F]:
+    return click.option(flag, type=float, metavar="X", help=help_text)
+
+
+@cli.command(epilog=CHECK_EXAMPLES)
+@click.argument("checkpoint", metavar="CKPT")
+@click.option(
+    "--baseline",
+    metavar="REF",
+    help="A checkpoint, or a report saved by `inspect -f json`, to compare against.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    help="Settings file (default: ./normcli.toml, else [tool.normcli.check] in "
+    "./pyproject.toml). Options given here override it.",
+)
+@click.option(
+    "--allow-nonfinite",
+    is_flag=True,
+    default=None,
+    help="Do not fail on NaN or Inf values (rule N001).",
+)
+@_limit_option("--max-l2", "N002: whole-model L2 at most X.")
+@_limit_option("--max-l1", "N003: whole-model L1 at most X.")
+@_limit_option("--max-tensor-l2", "N004: every tensor's L2 at most X.")
+@_limit_option("--max-tensor-linf", "N005: every tensor's max|x| at most X.")
+@_limit_option("--max-tensor-rms", "N006: every tensor's RMS at most X.")
+@_limit_option("--max-l2-ratio", "N010: whole-model ‖B‖₂/‖A‖₂ within [1/X, X].")
+@_limit_option("--max-tensor-l2-ratio", "N011: every tensor's ‖B‖₂/‖A‖₂ within [1/X, X].")
+@_limit_option(
+    "--max-rel-update", "N012: whole-model ‖B−A‖₂/‖A‖₂ at most X (needs a checkpoint baseline)."
+)
+@_limit_option("--max-tensor-rel-update", "N013: every tensor's ‖B−A‖₂/‖A‖₂ at most X.")
+@_limit_option("--min-cosine", "N014: cosine(A, B) of the model and every tensor at least X.")
+@click.option(
+    "--require-same-tensors",
+    is_flag=True,
+    default=None,
+    help="N015: no tensor added, removed or reshaped against the baseline.",
+)
+@click.option(
+    "-f",
+    "--format",
+    "output_format",
+    default="table",
+    show_default=True,
+    type=click.Choice(["table", "json", "github", "md"]),
+    help="github: ::error annotations, plus a summary appended to "
+    "$GITHUB_STEP_SUMMARY when it is set.",
+)
+@click.option("-o", "--output", metavar="FILE", help="Write the report to FILE instead of stdout.")
+@click.option("--junit", metavar="FILE", help="Also write a JUnit XML report to FILE.")
+@click.option(
+    "--include-int", is_flag=True, help="Apply the tensor rules to integer and bool tensors too."
+)
+@reading_options
+def check(
+    checkpoint: str,
+    baseline: str | None,
+    config_file: str | None,
+    output_format: str,
+    output: str | None,
+    junit: str | None,
+    include_int: bool,
+    input_format: str | None,
+    threads: int | None,
+    no_progress: bool,
+    **limits: Any,
+) -> None:
+    """Fail (exit 1) when CKPT breaks a rule: NaN/Inf values (always, unless allowed), norms
+    past a limit, or drift from a baseline. Exit 0 when every rule passes, 2 when the input or
+    the settings cannot be judged."""
+    from . import check as gate
+    from .report import json as json_report
+    from .report.check_report import (
+        render_github,
+        render_junit,
+        render_markdown,
+        render_table,
+        verdict,
+    )
+    from .report.console import error_console, output_console
+
+    settings, source = gate.find_config(config_file)
+    overrides = {key.replace("_", "-"): value for key, value in limits.items()}
+    config = gate.parse_config(settings, source).merged(overrides)
+    with _progress(not no_progress, f"check {checkpoint}") as bar:
+        result = gate.run_check(
+            checkpoint,
+            config,
+            baseline,
+            input_format=input_format,
+            include_int=include_int,
+            threads=threads,
+            progress=bar,
+        )
+    with _output(output) as file:
+        console = output_console(file)
+        if output_format == "table":
+            render_table([result], console)
+        else:
+            text = {"json": json_report.dumps, "github": render_github, "md": render_markdown}[
+                output_format
+            ]([result])
+            console.file.write(text)
+    if junit:
+        _write_text(junit, render_junit([result]))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if output_format == "github" and summary:
+        _write_text(summary, render_markdown([result]), append=True)
+    error_console().print(
+        verdict(result), style="green" if result.passed else "bold red", highlight=False
+    )
+    if not result.passed:
+        click.get_current_context().exit(EXIT_VIOLATION)
+
+
+def _write_text(path: str, text: str, append: bool = False) -> None:
+    from .errors import InputError
+
+    try:
+        with open(path, "a" if append else "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise InputError(f"cannot write: {e.strerror or e}", path) from e
 
 
 def main() -> None:

@@ -1,0 +1,511 @@
+"""The CI gate: rules (from options and a config file) evaluated over an inspect or compare result.
+
+Every rule has a stable code. Limits apply to the whole model or to every tensor; tensor limits may
+be scoped to name globs in the config file, the first matching scope winning over the global one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from .diff import CompareResult, TensorDiff, compare, is_report
+from .errors import UsageError
+from .norms import TensorStats
+from .results import InspectResult, number
+from .scan import Progress
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+CHECK_SCHEMA = "normcli/check/v1"
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    key: str
+    scope: str  # "model", "tensor" or "both"
+    needs: str  # "", "baseline" or "checkpoint baseline"
+    summary: str
+
+
+RULES: dict[str, Rule] = {
+    r.key: r
+    for r in (
+        Rule("N001", "nonfinite", "tensor", "", "no NaN or Inf anywhere (--allow-nonfinite: off)"),
+        Rule("N002", "max-l2", "model", "", "whole-model L2 at most the limit"),
+        Rule("N003", "max-l1", "model", "", "whole-model L1 at most the limit"),
+        Rule("N004", "max-tensor-l2", "tensor", "", "every tensor's L2 at most the limit"),
+        Rule("N005", "max-tensor-linf", "tensor", "", "every tensor's max|x| at most the limit"),
+        Rule("N006", "max-tensor-rms", "tensor", "", "every tensor's RMS at most the limit"),
+        Rule("N010", "max-l2-ratio", "model", "baseline", "whole-model ‖B‖₂/‖A‖₂ within [1/R, R]"),
+        Rule(
+            "N011",
+            "max-tensor-l2-ratio",
+            "tensor",
+            "baseline",
+            "every tensor's ‖B‖₂/‖A‖₂ within [1/R, R]",
+        ),
+        Rule(
+            "N012",
+            "max-rel-update",
+            "model",
+            "checkpoint baseline",
+            "whole-model ‖B−A‖₂/‖A‖₂ at most the limit",
+        ),
+        Rule(
+            "N013",
+            "max-tensor-rel-update",
+            "tensor",
+            "checkpoint baseline",
+            "every tensor's ‖B−A‖₂/‖A‖₂ at most the limit",
+        ),
+        Rule(
+            "N014",
+            "min-cosine",
+            "both",
+            "checkpoint baseline",
+            "cosine(A, B) of the model and of every tensor at least the limit",
+        ),
+        Rule(
+            "N015",
+            "require-same-tensors",
+            "tensor",
+            "baseline",
+            "no tensor added, removed or reshaped",
+        ),
+    )
+}
+LIMIT_KEYS = [k for k, r in RULES.items() if k not in ("nonfinite", "require-same-tensors")]
+TENSOR_KEYS = [k for k in LIMIT_KEYS if RULES[k].scope in ("tensor", "both")]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Tensor limits for the tensors whose names match any of `tensors` (globs)."""
+
+    tensors: tuple[str, ...]
+    limits: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    limits: Mapping[str, float] = field(default_factory=dict)
+    scopes: tuple[Scope, ...] = ()
+    allow_nonfinite: bool = False
+    require_same_tensors: bool = False
+    source: str | None = None  # the config file the settings came from, if any
+
+    def merged(self, overrides: Mapping[str, Any]) -> CheckConfig:
+        """Command-line values (None: not given) take precedence over the file's."""
+        limits = dict(self.limits)
+        limits.update({k: v for k, v in overrides.items() if k in LIMIT_KEYS and v is not None})
+        config = CheckConfig(
+            limits,
+            self.scopes,
+            overrides.get("allow-nonfinite") or self.allow_nonfinite,
+            overrides.get("require-same-tensors") or self.require_same_tensors,
+            self.source,
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        where = self.source
+        for scope in (Scope(("*",), self.limits), *self.scopes):
+            for key, value in scope.limits.items():
+                if not math.isfinite(value) or value < 0:
+                    raise UsageError(f"{key} must be a finite number >= 0, not {value}", where)
+                if key.endswith("l2-ratio") and value < 1:
+                    raise UsageError(
+                        f"{key} must be at least 1 (a band [1/R, R]), not {value}", where
+                    )
+                if key == "min-cosine" and value > 1:
+                    raise UsageError(f"min-cosine must be at most 1, not {value}", where)
+
+    @property
+    def needs_baseline(self) -> list[str]:
+        keys = [k for k in self.limits if RULES[k].needs]
+        keys += [k for s in self.scopes for k in s.limits if RULES[k].needs]
+        return keys + (["require-same-tensors"] if self.require_same_tensors else [])
+
+
+# --- the config file ---------------------------------------------------------------------------
+
+
+def find_config(explicit: str | None, folder: str = ".") -> tuple[dict[str, Any], str | None]:
+    """The [check] settings: --config FILE, else normcli.toml, else pyproject.toml's
+    [tool.normcli.check]; nothing found is an empty config."""
+    if explicit is not None:
+        doc = _read_toml(explicit)
+        section = doc.get("tool", {}).get("normcli", {}).get("check", doc.get("check", doc))
+        return _table(section, explicit), explicit
+    own = os.path.join(folder, "normcli.toml")
+    if os.path.isfile(own):
+        return _table(_read_toml(own).get("check", {}), own), own
+    project = os.path.join(folder, "pyproject.toml")
+    if os.path.isfile(project):
+        section = _read_toml(project).get("tool", {}).get("normcli", {}).get("check")
+        if section is not None:
+            return _table(section, project), project
+    return {}, None
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            doc: dict[str, Any] = tomllib.load(f)
+            return doc
+    except FileNotFoundError as e:
+        raise UsageError("config file not found", path) from e
+    except OSError as e:
+        raise UsageError(f"cannot read config file: {e.strerror or e}", path) from e
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"config file is not valid TOML: {e}", path) from e
+
+
+def _table(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UsageError("the check settings must be a TOML table", path)
+    return value
+
+
+def parse_config(settings: Mapping[str, Any], source: str | None) -> CheckConfig:
+    """Validate the settings table key by key, naming any key that is wrong."""
+    limits: dict[str, float] = {}
+    flags = {"allow-nonfinite": False, "require-same-tensors": False}
+    scopes: list[Scope] = []
+    for key, value in settings.items():
+        if key in flags:
+            if not isinstance(value, bool):
+                raise UsageError(f"{key} must be true or false", source)
+            flags[key] = value
+        elif key in LIMIT_KEYS:
+            limits[key] = _number(key, value, source)
+        elif key == "rules":
+            if not isinstance(value, list):
+                raise UsageError("rules must be an array of tables ([[...rules]])", source)
+            scopes += [_scope(i, rule, source) for i, rule in enumerate(value)]
+        else:
+            known = ", ".join([*flags, *LIMIT_KEYS, "rules"])
+            raise UsageError(f"unknown key {key!r} in the check settings (known: {known})", source)
+    config = CheckConfig(
+        limits, tuple(scopes), flags["allow-nonfinite"], flags["require-same-tensors"], source
+    )
+    config.validate()
+    return config
+
+
+def _number(key: str, value: Any, source: str | None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{key} must be a number, not {value!r}", source)
+    return float(value)
+
+
+def _scope(index: int, rule: Any, source: str | None) -> Scope:
+    where = f"rules[{index}]"
+    if not isinstance(rule, dict):
+        raise UsageError(f"{where} must be a table", source)
+    globs = rule.get("tensors")
+    if isinstance(globs, str):
+        globs = [globs]
+    if not (isinstance(globs, list) and globs and all(isinstance(g, str) for g in globs)):
+        raise UsageError(f"{where}.tensors must be a glob or a list of globs", source)
+    limits = {}
+    for key, value in rule.items():
+        if key == "tensors":
+            continue
+        if key not in TENSOR_KEYS:
+            raise UsageError(
+                f"{where}: {key!r} cannot be scoped to tensors (choose from "
+                f"{', '.join(TENSOR_KEYS)})",
+                source,
+            )
+        limits[key] = _number(f"{where}.{key}", value, source)
+    return Scope(tuple(globs), limits)
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Violation:
+    code: str
+    rule: str
+    tensor: str | None  # None: the whole model
+    value: float | None
+    limit: float | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "rule": self.rule,
+            "tensor": self.tensor,
+            "value": number(self.value),
+            "limit": number(self.limit),
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """One rule as evaluated: its limit (or the loosest and tightest where scoped), and how many
+    breaches it found."""
+
+    code: str
+    rule: str
+    limit: float | None
+    scoped: bool
+    violations: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "rule": self.rule,
+            "limit": number(self.limit),
+            "scoped": self.scoped,
+            "violations": self.violations,
+        }
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    checkpoint: str
+    baseline: str | None
+    violations: tuple[Violation, ...]
+    rules: tuple[RuleOutcome, ...]
+    tensors: int
+    config: str | None
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": CHECK_SCHEMA,
+            "passed": self.passed,
+            "checkpoint": self.checkpoint,
+            "baseline": self.baseline,
+            "violations": [v.to_dict() for v in self.violations],
+            "checked": {
+                "tensors": self.tensors,
+                "config": self.config,
+                "rules": [r.to_dict() for r in self.rules],
+            },
+        }
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """What the rules see of one tensor of the checked checkpoint."""
+
+    name: str
+    stats: TensorStats | None  # None: removed (present only in the baseline)
+    covered: bool
+    diff: TensorDiff | None
+
+
+def run_check(
+    path: str,
+    config: CheckConfig,
+    baseline: str | None = None,
+    *,
+    input_format: str | None = None,
+    include_int: bool = False,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> CheckResult:
+    """Scan `path` (against `baseline`, a checkpoint or a saved report) and judge every rule."""
+    from .api import inspect
+
+    if baseline is None and config.needs_baseline:
+        keys = config.needs_baseline
+        raise UsageError(f"{', '.join(keys)} need{'s' if len(keys) == 1 else ''} --baseline")
+    if baseline is not None and is_report(baseline):
+        needs_values = [k for k in config.needs_baseline if RULES[k].needs == "checkpoint baseline"]
+        if needs_values:
+            raise UsageError(
+                f"{', '.join(needs_values)} need{'s' if len(needs_values) == 1 else ''} a "
+                "checkpoint baseline, not a saved report (a report has norms, not values)",
+                baseline,
+            )
+    if baseline is None:
+        inspected = inspect(
+            path,
+            input_format=input_format,
+            include_int=include_int,
+            threads=threads,
+            progress=progress,
+        )
+        tensors, comparison = _from_inspect(inspected), None
+        total = inspected.total.stats
+    else:
+        comparison = compare(
+            baseline,
+            path,
+            input_format=input_format,
+            include_int=include_int,
+            threads=threads,
+            progress=progress,
+        )
+        tensors = [
+            _Tensor(r.name, r.b.stats if r.b else None, r.covered, r) for r in comparison.tensors
+        ]
+        total = comparison.total.b
+    violations, outcomes = _evaluate(config, tensors, total, comparison)
+    return CheckResult(
+        path,
+        baseline,
+        tuple(violations),
+        tuple(outcomes),
+        sum(t.stats is not None for t in tensors),
+        config.source,
+    )
+
+
+def _from_inspect(result: InspectResult) -> list[_Tensor]:
+    return [_Tensor(r.name, r.stats, r.covered, None) for r in result.tensors]
+
+
+def _limit(config: CheckConfig, key: str, name: str) -> float | None:
+    for scope in config.scopes:
+        if key in scope.limits and any(fnmatchcase(name, g) for g in scope.tensors):
+            return scope.limits[key]
+    return config.limits.get(key)
+
+
+TensorValue = Callable[[_Tensor], float | None]
+
+_TENSOR_VALUES: dict[str, tuple[TensorValue, str]] = {
+    "max-tensor-l2": (lambda t: t.stats.l2 if t.stats else None, "L2"),
+    "max-tensor-linf": (lambda t: t.stats.linf if t.stats else None, "max|x|"),
+    "max-tensor-rms": (lambda t: t.stats.rms if t.stats else None, "RMS"),
+    "max-tensor-l2-ratio": (lambda t: t.diff.ratio_l2 if t.diff else None, "‖B‖₂/‖A‖₂"),
+    "max-tensor-rel-update": (lambda t: t.diff.rel_l2 if t.diff else None, "‖B−A‖₂/‖A‖₂"),
+    "min-cosine": (lambda t: t.diff.cosine if t.diff else None, "cosine"),
+}
+
+
+def _breaks(key: str, value: float, limit: float) -> bool:
+    if key == "min-cosine":
+        return value < limit
+    if key.endswith("l2-ratio"):
+        return value > limit or value < 1 / limit
+    return value > limit
+
+
+def _describe(key: str, label: str, value: float, limit: float) -> str:
+    if key == "min-cosine":
+        return f"{label} {value:.6g} < {limit:g}"
+    if key.endswith("l2-ratio"):
+        return f"{label} {value:.6g} outside [{1 / limit:.6g}, {limit:g}]"
+    return f"{label} {value:.6g} > {limit:g}"
+
+
+def _evaluate(
+    config: CheckConfig,
+    tensors: Sequence[_Tensor],
+    total: TensorStats,
+    comparison: CompareResult | None,
+) -> tuple[list[Violation], list[RuleOutcome]]:
+    violations: list[Violation] = []
+    outcomes: list[RuleOutcome] = []
+
+    def judge(key: str, found: list[Violation], limit: float | None, scoped: bool = False) -> None:
+        violations.extend(found)
+        outcomes.append(RuleOutcome(RULES[key].code, key, limit, scoped, len(found)))
+
+    if not config.allow_nonfinite:
+        rule = RULES["nonfinite"]
+        judge(
+            "nonfinite",
+            [
+                Violation(
+                    rule.code,
+                    rule.key,
+                    t.name,
+                    float(t.stats.nan + t.stats.inf),
+                    0.0,
+                    f"{t.stats.nan} NaN and {t.stats.inf} Inf values",
+                )
+                for t in tensors
+                if t.stats is not None and (t.stats.nan or t.stats.inf)
+            ],
+            0.0,
+        )
+
+    model_values: dict[str, tuple[float | None, str]] = {
+        "max-l2": (total.l2, "whole-model L2"),
+        "max-l1": (total.l1, "whole-model L1"),
+    }
+    if comparison is not None:
+        model_values["max-l2-ratio"] = (comparison.total.ratio_l2, "whole-model ‖B‖₂/‖A‖₂")
+        model_values["max-rel-update"] = (comparison.total.rel_l2, "whole-model ‖B−A‖₂/‖A‖₂")
+        model_values["min-cosine"] = (comparison.total.cosine, "whole-model cosine")
+
+    for key in LIMIT_KEYS:
+        rule = RULES[key]
+        found: list[Violation] = []
+        limit = config.limits.get(key)
+        if rule.scope in ("model", "both") and limit is not None:
+            value, label = model_values.get(key, (None, key))
+            if value is not None and _breaks(key, value, limit):
+                found.append(
+                    Violation(
+                        rule.code, key, None, value, limit, _describe(key, label, value, limit)
+                    )
+                )
+        scoped = any(key in s.limits for s in config.scopes)
+        if rule.scope in ("tensor", "both") and (limit is not None or scoped):
+            read, label = _TENSOR_VALUES[key]
+            for t in tensors:
+                tensor_limit = _limit(config, key, t.name)
+                value = read(t) if t.covered else None
+                if (
+                    tensor_limit is not None
+                    and value is not None
+                    and _breaks(key, value, tensor_limit)
+                ):
+                    found.append(
+                        Violation(
+                            rule.code,
+                            key,
+                            t.name,
+                            value,
+                            tensor_limit,
+                            _describe(key, label, value, tensor_limit),
+                        )
+                    )
+        if limit is not None or scoped:
+            judge(key, found, limit, scoped)
+
+    if config.require_same_tensors and comparison is not None:
+        rule = RULES["require-same-tensors"]
+        judge(
+            "require-same-tensors",
+            [
+                Violation(
+                    rule.code,
+                    rule.key,
+                    r.name,
+                    None,
+                    None,
+                    r.status.replace("_", " ")
+                    + (f" {list(r.a.shape)} → {list(r.b.shape)}" if r.a and r.b else ""),
+                )
+                for r in comparison.tensors
+                if r.status in ("added", "removed", "shape_changed")
+            ],
+            None,
+        )
+    return violations, outcomes

@@ -1,0 +1,179 @@
+"""The check gate's outputs: a readable report, GitHub annotations, Markdown and JUnit XML."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..check import RULES, CheckResult
+from .text import printable
+
+FAILED = "bold red"
+PASSED = "green"
+
+
+def verdict(result: CheckResult) -> str:
+    """The one-line verdict, for stderr."""
+    rules = len(result.rules)
+    if result.passed:
+        return f"normcli check: passed ({rules} rules, {result.tensors} tensors)"
+    codes = sorted({v.code for v in result.violations})
+    return (
+        f"normcli check: FAILED, {len(result.violations)} violation"
+        f"{'s' if len(result.violations) != 1 else ''} ({', '.join(codes)})"
+    )
+
+
+def _limit_text(rule: str, limit: float | None, scoped: bool) -> str:
+    if limit is None:
+        return "scoped" if scoped else "-"
+    text = f"[{1 / limit:.6g}, {limit:g}]" if rule.endswith("l2-ratio") else f"{limit:g}"
+    return text + (" + scoped" if scoped else "")
+
+
+def render_table(results: list[CheckResult], console: Console) -> None:
+    for result in results:
+        console.print(
+            Text.assemble(
+                ("check ", "bold"),
+                printable(result.checkpoint),
+                f"  against {printable(result.baseline)}" if result.baseline else "",
+            )
+        )
+        if result.violations:
+            table = Table(
+                box=box.SIMPLE_HEAD,
+                pad_edge=False,
+                show_edge=False,
+                title="Violations",
+                title_justify="left",
+                title_style="bold red",
+            )
+            for column in ("code", "rule", "tensor", "finding"):
+                table.add_column(column, overflow="fold")
+            for v in result.violations:
+                table.add_row(
+                    v.code,
+                    v.rule,
+                    Text(printable(v.tensor or "(whole model)")),
+                    Text(printable(v.message)),
+                    style=FAILED,
+                )
+            console.print(table)
+        rules = Table(
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            show_edge=False,
+            title="Rules",
+            title_justify="left",
+            title_style="bold",
+        )
+        for column in ("code", "rule", "limit", "result"):
+            rules.add_column(column)
+        for outcome in result.rules:
+            bad = outcome.violations
+            rules.add_row(
+                outcome.code,
+                outcome.rule,
+                _limit_text(outcome.rule, outcome.limit, outcome.scoped),
+                Text(
+                    f"{bad} violation{'s' if bad != 1 else ''}" if bad else "pass",
+                    FAILED if bad else PASSED,
+                ),
+            )
+        console.print(rules)
+        if result.config:
+            console.print(f"settings from {printable(result.config)}", style="dim")
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def render_github(results: list[CheckResult]) -> str:
+    """Workflow commands that GitHub Actions shows as error annotations."""
+    lines = []
+    for result in results:
+        for v in result.violations:
+            where = v.tensor if v.tensor is not None else "whole model"
+            lines.append(
+                f"::error file={_escape_property(result.checkpoint)},"
+                f"title={_escape_property(f'normcli {v.code} {v.rule}')}::"
+                f"{_escape_data(f'{where}: {v.message}')}"
+            )
+        lines.append(f"::notice title=normcli check::{_escape_data(verdict(result))}")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(results: list[CheckResult]) -> str:
+    """A summary for pull requests and $GITHUB_STEP_SUMMARY."""
+    lines = []
+    for result in results:
+        mark = "✅ passed" if result.passed else "❌ failed"
+        lines += [
+            f"### normcli check: {mark}",
+            "",
+            f"`{printable(result.checkpoint)}`"
+            + (f" against `{printable(result.baseline)}`" if result.baseline else ""),
+            "",
+        ]
+        if result.violations:
+            lines += ["| code | rule | tensor | finding |", "|---|---|---|---|"]
+            lines += [
+                f"| {v.code} | {v.rule} | `{_cell(v.tensor or '(whole model)')}` | "
+                f"{_cell(v.message)} |"
+                for v in result.violations
+            ]
+            lines.append("")
+        lines += ["| code | rule | limit | result |", "|---|---|---|---|"]
+        lines += [
+            f"| {o.code} | {o.rule} | {_limit_text(o.rule, o.limit, o.scoped)} | "
+            f"{'pass' if not o.violations else f'{o.violations} violations'} |"
+            for o in result.rules
+        ]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return printable(text).replace("|", "\\|").replace("`", "'")
+
+
+def render_junit(results: list[CheckResult]) -> str:
+    """One test suite per checked checkpoint, one test case per rule, a failure per breach."""
+    suites = ET.Element("testsuites", name="normcli check")
+    for result in results:
+        suite = ET.SubElement(
+            suites,
+            "testsuite",
+            name=printable(f"normcli check {result.checkpoint}"),
+            tests=str(len(result.rules)),
+            failures=str(sum(1 for o in result.rules if o.violations)),
+            errors="0",
+        )
+        for outcome in result.rules:
+            case = ET.SubElement(
+                suite, "testcase", classname="normcli.check", name=f"{outcome.code} {outcome.rule}"
+            )
+            # XML 1.0 cannot carry control characters, which tensor names from files may hold
+            breaches = [v for v in result.violations if v.code == outcome.code]
+            if breaches:
+                failure = ET.SubElement(
+                    case,
+                    "failure",
+                    message=f"{len(breaches)} violation(s) of {RULES[outcome.rule].summary}",
+                    type=outcome.code,
+                )
+                failure.text = "\n".join(
+                    printable(f"{v.tensor or '(whole model)'}: {v.message}") for v in breaches
+                )
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
