@@ -337,7 +337,7 @@ def _limit_option(flag: str, help_text: str) -> Callable[[F], F]:
 
 
 @cli.command(epilog=CHECK_EXAMPLES)
-@click.argument("checkpoint", metavar="CKPT")
+@click.argument("checkpoints", nargs=-1, required=True, metavar="CKPT...")
 @click.option(
     "--baseline",
     metavar="REF",
@@ -391,7 +391,7 @@ def _limit_option(flag: str, help_text: str) -> Callable[[F], F]:
 )
 @reading_options
 def check(
-    checkpoint: str,
+    checkpoints: tuple[str, ...],
     baseline: str | None,
     config_file: str | None,
     output_format: str,
@@ -403,8 +403,8 @@ def check(
     no_progress: bool,
     **limits: Any,
 ) -> None:
-    """Fail (exit 1) when CKPT breaks a rule: NaN/Inf values (always, unless allowed), norms
-    past a limit, or drift from a baseline. Exit 0 when every rule passes, 2 when the input or
+    """Fail (exit 1) when a CKPT breaks a rule: NaN/Inf values (always, unless allowed), norms
+    past a limit, or drift from a baseline. Exit 0 when every rule passes, 2 when an input or
     the settings cannot be judged."""
     from . import check as gate
     from .report import json as json_report
@@ -420,34 +420,43 @@ def check(
     settings, source = gate.find_config(config_file)
     overrides = {key.replace("_", "-"): value for key, value in limits.items()}
     config = gate.parse_config(settings, source).merged(overrides)
-    with _progress(not no_progress, f"check {checkpoint}") as bar:
-        result = gate.run_check(
-            checkpoint,
-            config,
-            baseline,
-            input_format=input_format,
-            include_int=include_int,
-            threads=threads,
-            progress=bar,
-        )
+    results = []
+    for path in checkpoints:
+        with _progress(not no_progress, f"check {path}") as bar:
+            results.append(
+                gate.run_check(
+                    path,
+                    config,
+                    baseline,
+                    input_format=input_format,
+                    include_int=include_int,
+                    threads=threads,
+                    progress=bar,
+                )
+            )
     with _output(output) as file:
         console = output_console(file)
         if output_format == "table":
-            render_table([result], console)
+            render_table(results, console)
         else:
             text = {"json": json_report.dumps, "github": render_github, "md": render_markdown}[
                 output_format
-            ]([result])
+            ](results)
             console.file.write(text)
     if junit:
-        _write_text(junit, render_junit([result]))
+        _write_text(junit, render_junit(results))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if output_format == "github" and summary:
-        _write_text(summary, render_markdown([result]), append=True)
-    error_console().print(
-        verdict(result), style="green" if result.passed else "bold red", highlight=False
-    )
-    if not result.passed:
+        _write_text(summary, render_markdown(results), append=True)
+    errors = error_console()
+    for result in results:
+        errors.print(
+            verdict(result),
+            style="green" if result.passed else "bold red",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if not all(result.passed for result in results):
         click.get_current_context().exit(EXIT_VIOLATION)
 
 

@@ -16,15 +16,22 @@ FAILED = "bold red"
 PASSED = "green"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def verdict(result: CheckResult) -> str:
     """The one-line verdict, for stderr."""
-    rules = len(result.rules)
+    where = printable(result.checkpoint)
     if result.passed:
-        return f"normcli check: passed ({rules} rules, {result.tensors} tensors)"
+        return (
+            f"normcli check: passed {where} ({_plural(len(result.rules), 'rule')}, "
+            f"{_plural(result.tensors, 'tensor')})"
+        )
     codes = sorted({v.code for v in result.violations})
     return (
-        f"normcli check: FAILED, {len(result.violations)} violation"
-        f"{'s' if len(result.violations) != 1 else ''} ({', '.join(codes)})"
+        f"normcli check: FAILED {where}, {_plural(len(result.violations), 'violation')} "
+        f"({', '.join(codes)})"
     )
 
 
