@@ -21,7 +21,7 @@ from .results import (
     Total,
 )
 from .scan import Progress, scan_tensors
-from .select import SORT_KEYS, group_names, name_selected, natural_key
+from .select import SORT_KEYS, group_names, name_selected, natural_key, require_some
 
 
 class _Row(Protocol):
@@ -123,6 +123,7 @@ def _inspect_open(
 ) -> InspectResult:
     _check_selection(sort, top, group_by)
     sources = [t for t in checkpoint.tensors if name_selected(t.name, filter, exclude)]
+    require_some(len(sources), len(checkpoint.tensors), filter, exclude)
     all_stats = scan_tensors(sources, threads=threads, progress=progress)
     rows = [
         TensorReport(

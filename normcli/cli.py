@@ -64,7 +64,13 @@ class NormcliGroup(click.Group):
         except (click.Abort, KeyboardInterrupt):
             code = _fail("interrupted", 130)
         except BrokenPipeError:
-            code = EXIT_OK  # the reader went away (`| head`); nothing left to say
+            # the reader went away (`| head`): nothing left to say, and nothing to flush at exit
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code = EXIT_OK
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            code = _fail(f"{where}{e.strerror or e}")
         except Exception as e:  # a bug: still one line, with the way to see more
             if debug:
                 raise
@@ -94,11 +100,15 @@ def cli(debug: bool) -> None:
 
 
 @contextlib.contextmanager
-def _output(path: str | None) -> Iterator[TextIO | None]:
+def _output(path: str | None, inputs: Sequence[str] = ()) -> Iterator[TextIO | None]:
     if path is None:
         yield None
         return
-    from .errors import InputError
+    from .errors import InputError, UsageError
+
+    for source in inputs:
+        if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise UsageError("-o would overwrite an input file", path)
 
     try:
         with open(path, "w", encoding="utf-8", newline="") as f:
@@ -197,11 +207,15 @@ def _progress(enabled: bool, label: str) -> Iterator[Any]:
 
 
 def _render(
-    renderers: dict[str, Any], output_format: str, results: list[Any], output: str | None
+    renderers: dict[str, Any],
+    output_format: str,
+    results: list[Any],
+    output: str | None,
+    inputs: Sequence[str],
 ) -> None:
     from .report.console import output_console
 
-    with _output(output) as file:
+    with _output(output, inputs) as file:
         renderers[output_format](results, output_console(file))
 
 
@@ -250,7 +264,7 @@ def inspect(
                     progress=bar,
                 )
             )
-    _render(INSPECT_RENDERERS, output_format, results, output)
+    _render(INSPECT_RENDERERS, output_format, results, output, checkpoints)
 
 
 @cli.command(epilog=COMPARE_EXAMPLES)
@@ -318,7 +332,7 @@ def compare(
             threads=threads,
             progress=bar,
         )
-    _render(COMPARE_RENDERERS, output_format, [result], output)
+    _render(COMPARE_RENDERERS, output_format, [result], output, (a, b))
 
 
 CHECK_EXAMPLES = """
@@ -434,7 +448,7 @@ def check(
                     progress=bar,
                 )
             )
-    with _output(output) as file:
+    with _output(output, (*checkpoints, *([baseline] if baseline else []))) as file:
         console = output_console(file)
         if output_format == "table":
             render_table(results, console)

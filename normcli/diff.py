@@ -17,7 +17,7 @@ from .readers import Checkpoint, TensorSource, open_checkpoint
 from .readers.files import open_regular
 from .results import INSPECT_SCHEMA, CheckpointInfo, number, stats_dict
 from .scan import Progress, scan_all
-from .select import group_names, name_selected, natural_key
+from .select import group_names, name_selected, natural_key, require_some
 
 COMPARE_SCHEMA = "normcli/compare/v1"
 STATUSES = ("changed", "unchanged", "added", "removed", "shape_changed")
@@ -333,7 +333,9 @@ def compare(
         (a_info, a_entries), (b_info, b_entries) = sides
         a_named = _by_name(a_entries, normalize, a_info.path)
         b_named = _by_name(b_entries, normalize, b_info.path)
-        names = [n for n in _union_order(a_named, b_named) if name_selected(n, filter, exclude)]
+        every = _union_order(a_named, b_named)
+        names = [n for n in every if name_selected(n, filter, exclude)]
+        require_some(len(names), len(every), filter, exclude)
         rows = _diff_rows(names, a_named, b_named, include_int, threads, progress)
     finally:
         for checkpoint in opened:

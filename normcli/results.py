@@ -23,7 +23,8 @@ def stats_dict(stats: TensorStats) -> dict[str, Any]:
         "numel": stats.numel,
         "l1": number(stats.l1),
         "l2": number(stats.l2),
-        "linf": number(stats.linf),
+        # the max of no values does not exist (an empty or all-NaN tensor)
+        "linf": number(stats.linf) if stats.finite else None,
         "rms": number(stats.rms),
         "mean": number(stats.mean),
         "zeros": stats.zeros,

@@ -6,6 +6,8 @@ import re
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 
+from .errors import UsageError
+
 SORT_KEYS = ("name", "l1", "l2", "linf", "numel")
 _DIGITS = re.compile(r"(\d+)")
 
@@ -22,6 +24,17 @@ def name_selected(name: str, include: Sequence[str], exclude: Sequence[str]) -> 
     if include and not any(fnmatchcase(name, g) for g in include):
         return False
     return not any(fnmatchcase(name, g) for g in exclude)
+
+
+def require_some(
+    selected: int, available: int, include: Sequence[str], exclude: Sequence[str]
+) -> None:
+    """A selection that matches nothing is almost always a typo; say so instead of reporting 0."""
+    if available and not selected and (include or exclude):
+        globs = " ".join(
+            [*(f"--filter {g!r}" for g in include), *(f"--exclude {g!r}" for g in exclude)]
+        )
+        raise UsageError(f"{globs} left none of the {available} tensors")
 
 
 def group_name(name: str, depth: int) -> str:

@@ -64,6 +64,14 @@ def open_npy(path: str) -> Checkpoint:
             f"but the file holds {size - data_start}",
             path,
         )
+    extra = size - data_start - tensor.nbytes
+    if extra:
+        close()
+        raise CorruptFileError(
+            f"{extra} bytes after the array belong to no tensor (several arrays written one "
+            "after another, as in an Equinox .eqx file, are not an .npy file)",
+            path,
+        )
     return Checkpoint(path, "npy", size, [tensor], [close])
 
 
@@ -94,6 +102,18 @@ def open_npz(path: str) -> Checkpoint:
     except BaseException:
         archive.close()
         raise
+    names = archive.namelist()
+    if names and not tensors:
+        archive.close()
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            raise UnsupportedError(
+                "a PyTorch checkpoint (zip with data.pkl), which normcli does not read yet; "
+                "it never unpickles",
+                path,
+            )
+        raise UnsupportedError(
+            f"zip archive holds no .npy arrays ({len(names)} other members): not an .npz", path
+        )
     streams = [t.read_bytes.close for t in tensors if isinstance(t.read_bytes, _StreamReader)]
     return Checkpoint(path, "npz", size, tensors, [archive.close, unmap, *streams])
 

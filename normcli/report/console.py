@@ -26,11 +26,18 @@ def output_console(file: TextIO | None = None) -> Console:
     """Where results go: stdout or the -o file; colour only on a terminal and without NO_COLOR."""
     if file is not None:
         return Console(file=file, no_color=True, highlight=False, width=200, soft_wrap=False)
-    console = Console(highlight=False)
+    console = _Console(highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         # piped into a file or a pager: nothing to wrap to, so keep every column whole
         console.width = 240
     return console
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich would exit 1, which the contract keeps for failed checks; let the CLI decide
+        self.quiet = True
+        raise BrokenPipeError
 
 
 def error_console() -> Console:

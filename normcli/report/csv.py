@@ -53,6 +53,8 @@ def _cell(value: Any) -> Any:
         return ""
     if isinstance(value, str):
         return printable(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, list):
         return (
             "x".join(str(v) for v in value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from ..diff import CompareResult
@@ -11,7 +12,16 @@ from .text import fmt_float, fmt_int, fmt_percent, fmt_shape, printable
 
 
 def _escape(text: str) -> str:
-    return printable(text).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+    return printable(text).replace("|", "\\|")
+
+
+def _code(text: str) -> str:
+    """A code span that holds any name: fenced by more backticks than the name has in a row."""
+    runs = re.findall(r"`+", text)
+    if not runs:
+        return f"`{_escape(text)}`"
+    fence = "`" * (max(len(r) for r in runs) + 1)
+    return f"{fence} {_escape(text)} {fence}"
 
 
 def _stat_cells(s: TensorStats) -> list[str]:
@@ -45,7 +55,7 @@ def render_inspect(results: Sequence[InspectResult]) -> str:
     for result in results:
         info = result.checkpoint
         lines += [
-            f"### `{_escape(info.path)}`",
+            f"### {_code(info.path)}",
             "",
             f"{info.format}, {info.tensors} tensors, {fmt_int(info.nbytes)} bytes",
             "",
@@ -62,7 +72,7 @@ def render_inspect(results: Sequence[InspectResult]) -> str:
             lines += _table(
                 ["tensor", "dtype", "shape", *STAT_HEADER],
                 [
-                    [f"`{_escape(t.name)}`", t.dtype, fmt_shape(t.shape), *_stat_cells(t.stats)]
+                    [_code(t.name), t.dtype, fmt_shape(t.shape), *_stat_cells(t.stats)]
                     for t in result.tensors
                 ],
             )
@@ -82,7 +92,7 @@ def render_inspect(results: Sequence[InspectResult]) -> str:
 def render_compare(results: Sequence[CompareResult]) -> str:
     lines: list[str] = []
     for result in results:
-        lines += [f"### `{_escape(result.a.path)}` → `{_escape(result.b.path)}`", ""]
+        lines += [f"### {_code(result.a.path)} → {_code(result.b.path)}", ""]
         header = ["‖A‖₂", "‖B‖₂", "‖B−A‖₂", "rel", "ratio", "cosine", "NaN A/B"]
         if result.groups is not None:
             lines += _table(
@@ -107,7 +117,7 @@ def render_compare(results: Sequence[CompareResult]) -> str:
                 ["tensor", "status", *header],
                 [
                     [
-                        f"`{_escape(t.name)}`",
+                        _code(t.name),
                         t.status + (" (dtype changed)" if t.dtype_changed else ""),
                         fmt_float(t.a.stats.l2) if t.a else "-",
                         fmt_float(t.b.stats.l2) if t.b else "-",

@@ -29,7 +29,7 @@ def _render_one(result: InspectResult, console: Console) -> None:
     console.print(
         Text.assemble(
             (printable(info.path), "bold"),
-            f"  {info.format}, {info.tensors} tensors, {fmt_bytes(info.nbytes)}",
+            f"  {info.format}, {_plural(info.tensors, 'tensor')}, {fmt_bytes(info.nbytes)}",
         )
     )
     if result.groups is not None:
@@ -218,5 +218,6 @@ def _render_total(result: InspectResult, console: Console) -> None:
             f"Linf {fmt_float(d.stats.linf)}",
             Text(f"NaN {d.stats.nan}  Inf {d.stats.inf}", NONFINITE) if bad else "",
         )
-    console.print(Text("By dtype:", "bold"))
-    console.print(grid)
+    if total.by_dtype:
+        console.print(Text("By dtype:", "bold"))
+        console.print(grid)
