@@ -17,6 +17,14 @@ def fmt_float(value: float | None, digits: int = 6) -> str:
         return "nan"
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
+    magnitude = abs(value)
+    if magnitude == 0:
+        return "0"
+    if 1e-4 <= magnitude < 1e15:
+        # plain digits, as many decimals as `digits` significant figures need (1,003,914)
+        decimals = max(0, digits - 1 - math.floor(math.log10(magnitude)))
+        text = f"{value:,.{decimals}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
     return f"{value:.{digits}g}"
 
 
