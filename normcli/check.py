@@ -106,17 +106,15 @@ class CheckConfig:
 
     def merged(self, overrides: Mapping[str, Any]) -> CheckConfig:
         """Command-line values (None: not given) take precedence over the file's."""
-        limits = dict(self.limits)
-        limits.update({k: v for k, v in overrides.items() if k in LIMIT_KEYS and v is not None})
-        config = CheckConfig(
-            limits,
+        given = {k: v for k, v in overrides.items() if k in LIMIT_KEYS and v is not None}
+        CheckConfig(given).validate()  # a bad option is the command line's fault, not the file's
+        return CheckConfig(
+            {**self.limits, **given},
             self.scopes,
-            overrides.get("allow-nonfinite") or self.allow_nonfinite,
-            overrides.get("require-same-tensors") or self.require_same_tensors,
+            bool(overrides.get("allow-nonfinite")) or self.allow_nonfinite,
+            bool(overrides.get("require-same-tensors")) or self.require_same_tensors,
             self.source,
         )
-        config.validate()
-        return config
 
     def validate(self) -> None:
         where = self.source
@@ -146,17 +144,31 @@ def find_config(explicit: str | None, folder: str = ".") -> tuple[dict[str, Any]
     [tool.normcli.check]; nothing found is an empty config."""
     if explicit is not None:
         doc = _read_toml(explicit)
-        section = doc.get("tool", {}).get("normcli", {}).get("check", doc.get("check", doc))
+        section = _section(doc, ("tool", "normcli", "check"), explicit)
+        if section is None:
+            section = doc.get("check", doc)
         return _table(section, explicit), explicit
     own = os.path.join(folder, "normcli.toml")
     if os.path.isfile(own):
         return _table(_read_toml(own).get("check", {}), own), own
     project = os.path.join(folder, "pyproject.toml")
     if os.path.isfile(project):
-        section = _read_toml(project).get("tool", {}).get("normcli", {}).get("check")
+        section = _section(_read_toml(project), ("tool", "normcli", "check"), project)
         if section is not None:
             return _table(section, project), project
     return {}, None
+
+
+def _section(doc: dict[str, Any], keys: tuple[str, ...], path: str) -> Any:
+    """doc[keys[0]][keys[1]]..., None where absent; a non-table on the way is an error."""
+    node: Any = doc
+    for depth, key in enumerate(keys):
+        if not isinstance(node, dict):
+            raise UsageError(f"{'.'.join(keys[:depth])} must be a TOML table", path)
+        if key not in node:
+            return None
+        node = node[key]
+    return node
 
 
 def _read_toml(path: str) -> dict[str, Any]:

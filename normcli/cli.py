@@ -420,6 +420,8 @@ def check(
     """Fail (exit 1) when a CKPT breaks a rule: NaN/Inf values (always, unless allowed), norms
     past a limit, or drift from a baseline. Exit 0 when every rule passes, 2 when an input or
     the settings cannot be judged."""
+    from rich.text import Text
+
     from . import check as gate
     from .report import json as json_report
     from .report.check_report import (
@@ -465,7 +467,7 @@ def check(
     errors = error_console()
     for result in results:
         errors.print(
-            verdict(result),
+            Text(verdict(result)),
             style="green" if result.passed else "bold red",
             highlight=False,
             soft_wrap=True,

@@ -32,7 +32,9 @@ def _read_npy_header(f: IO[bytes], where: str, path: str) -> tuple[tuple[int, ..
             else np.lib.format.read_array_header_2_0
         )
         shape, fortran_order, dtype = read_header(f, max_header_size=1 << 20)
-    except (ValueError, OSError, EOFError, SyntaxError) as e:
+    except Exception as e:
+        # numpy parses the header as a Python literal; a damaged one fails in many ways
+        # (ValueError, SyntaxError, tokenize.TokenError, ...), all of which mean one thing
         raise CorruptFileError(f"{where}: not a valid .npy header ({e})", path) from e
     if any(d < 0 for d in shape):
         raise CorruptFileError(f"{where}: negative dimension in shape {shape}", path)

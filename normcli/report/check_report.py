@@ -94,7 +94,7 @@ def render_table(results: list[CheckResult], console: Console) -> None:
             )
         console.print(rules)
         if result.config:
-            console.print(f"settings from {printable(result.config)}", style="dim")
+            console.print(Text(f"settings from {printable(result.config)}", "dim"))
 
 
 def _escape_data(text: str) -> str:
@@ -143,7 +143,7 @@ def render_markdown(results: list[CheckResult]) -> str:
         lines += ["| code | rule | limit | result |", "|---|---|---|---|"]
         lines += [
             f"| {o.code} | {o.rule} | {_limit_text(o.rule, o.limit, o.scoped)} | "
-            f"{'pass' if not o.violations else f'{o.violations} violations'} |"
+            f"{_plural(o.violations, 'violation') if o.violations else 'pass'} |"
             for o in result.rules
         ]
         lines.append("")
