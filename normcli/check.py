@@ -16,7 +16,7 @@ from typing import Any
 
 from .diff import CompareResult, TensorDiff, compare, is_report
 from .errors import UsageError
-from .norms import TensorStats
+from .norms import PairStats, TensorStats
 from .results import InspectResult, number
 from .scan import Progress
 
@@ -402,10 +402,34 @@ _TENSOR_VALUES: dict[str, tuple[TensorValue, str]] = {
     "max-tensor-l2": (lambda t: t.stats.l2 if t.stats else None, "L2"),
     "max-tensor-linf": (lambda t: t.stats.linf if t.stats else None, "max|x|"),
     "max-tensor-rms": (lambda t: t.stats.rms if t.stats else None, "RMS"),
-    "max-tensor-l2-ratio": (lambda t: t.diff.ratio_l2 if t.diff else None, "‖B‖₂/‖A‖₂"),
-    "max-tensor-rel-update": (lambda t: t.diff.rel_l2 if t.diff else None, "‖B−A‖₂/‖A‖₂"),
+    "max-tensor-l2-ratio": (
+        lambda t: (
+            _ratio(t.diff.a.stats, t.diff.b.stats)
+            if t.diff and t.diff.a and t.diff.b and t.diff.status != "shape_changed"
+            else None
+        ),
+        "‖B‖₂/‖A‖₂",
+    ),
+    "max-tensor-rel-update": (
+        lambda t: _rel_update(t.diff.pair) if t.diff and t.diff.pair else None,
+        "‖B−A‖₂/‖A‖₂",
+    ),
     "min-cosine": (lambda t: t.diff.cosine if t.diff else None, "cosine"),
 }
+
+
+def _ratio(a: TensorStats, b: TensorStats) -> float | None:
+    """‖B‖₂/‖A‖₂, where a zero baseline that became non-zero has grown without bound (inf, which
+    breaks any limit) rather than having no ratio at all."""
+    if a.sumsq:
+        return b.l2 / a.l2
+    return math.inf if b.sumsq else None
+
+
+def _rel_update(pair: PairStats) -> float | None:
+    if pair.a.sumsq:
+        return pair.diff.l2 / pair.a.l2
+    return math.inf if pair.diff.sumsq else 0.0
 
 
 def _breaks(key: str, value: float, limit: float) -> bool:
@@ -461,8 +485,15 @@ def _evaluate(
         "max-l1": (total.l1, "whole-model L1"),
     }
     if comparison is not None:
-        model_values["max-l2-ratio"] = (comparison.total.ratio_l2, "whole-model ‖B‖₂/‖A‖₂")
-        model_values["max-rel-update"] = (comparison.total.rel_l2, "whole-model ‖B−A‖₂/‖A‖₂")
+        total_pair = comparison.total.pair
+        model_values["max-l2-ratio"] = (
+            _ratio(comparison.total.a, comparison.total.b),
+            "whole-model ‖B‖₂/‖A‖₂",
+        )
+        model_values["max-rel-update"] = (
+            _rel_update(total_pair) if total_pair else None,
+            "whole-model ‖B−A‖₂/‖A‖₂",
+        )
         model_values["min-cosine"] = (comparison.total.cosine, "whole-model cosine")
 
     for key in LIMIT_KEYS:
