@@ -89,7 +89,7 @@ def _array_source(name: str, value: Any) -> TensorSource:
         raise UnsupportedError(f"tensor {name!r}: dtype {array.dtype} is not numeric")
     flat = array.reshape(-1)
 
-    def read(start: int, stop: int) -> np.ndarray:
+    def read(start: int, stop: int, out: np.ndarray) -> np.ndarray:
         itemsize = array.dtype.itemsize
         return np.ascontiguousarray(flat[start // itemsize : stop // itemsize]).view(np.uint8)
 

@@ -112,7 +112,7 @@ def source_of(name: str, array: np.ndarray, label: str = "t") -> TensorSource:
     """A TensorSource over the stored bytes of `array`, as a reader would yield it."""
     data = stored_bytes(name, array)
 
-    def read(start: int, stop: int) -> bytes:
+    def read(start: int, stop: int, out: np.ndarray) -> bytes:
         return data[start:stop]
 
     return TensorSource(label, SAFETENSORS_DTYPES[name], tuple(array.shape), read)

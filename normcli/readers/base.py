@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..dtypes import DType
-
-# Reads the raw bytes of whole element groups [start, stop) of one tensor's data.
-ByteReader = Callable[[int, int], "bytes | memoryview | np.ndarray"]
+from .files import ByteReader
 
 
 @dataclass(frozen=True)
@@ -35,14 +33,18 @@ class TensorSource:
     def nbytes(self) -> int:
         return self.numel * self.dtype.bits // 8
 
-    def chunks(self, max_elements: int) -> Iterator[np.ndarray]:
-        """The values in storage order, as 1-D arrays of at most about `max_elements` each."""
-        group = self.dtype.group_elements
-        step_groups = max(1, max_elements // group)
-        total_groups = self.numel // group
-        for first in range(0, total_groups, step_groups):
-            last = min(first + step_groups, total_groups)
-            raw = self.read_bytes(first * self.dtype.group_bytes, last * self.dtype.group_bytes)
+    def chunks(
+        self, max_elements: int, first: int = 0, last: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Elements [first, last) in storage order, as 1-D arrays of at most about
+        `max_elements` each. One buffer is reused: each array is valid until the next."""
+        group, group_bytes = self.dtype.group_elements, self.dtype.group_bytes
+        step = max(1, max_elements // group)
+        begin, end = first // group, (self.numel if last is None else last) // group
+        buffer = np.empty(min(step, max(end - begin, 0)) * group_bytes, dtype=np.uint8)
+        for g in range(begin, end, step):
+            stop = min(g + step, end)
+            raw = self.read_bytes(g * group_bytes, stop * group_bytes, buffer)
             yield self.dtype.decode(raw)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from ..dtypes import DType, from_numpy
 from ..errors import CorruptFileError, UnsupportedError
 from .base import Checkpoint, TensorSource
-from .files import Mapped, map_file, open_regular, slice_reader
+from .files import DataFile, open_regular
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -55,10 +55,9 @@ def open_npy(path: str) -> Checkpoint:
         f.seek(0)
         shape, fortran, dtype = _read_npy_header(f, "array", path)
         data_start = f.tell()
-    buffer, close = map_file(path, size)
-    tensor = TensorSource(
-        _stem(path), dtype, shape, slice_reader(buffer, data_start), fortran_order=fortran
-    )
+    data = DataFile(path)
+    close = data.close
+    tensor = TensorSource(_stem(path), dtype, shape, data.reader(data_start), fortran_order=fortran)
     if data_start + tensor.nbytes > size:
         close()
         raise CorruptFileError(
@@ -94,19 +93,21 @@ def open_npz(path: str) -> Checkpoint:
     if duplicates:
         archive.close()
         raise CorruptFileError(f"zip archive holds member {duplicates[0]!r} more than once", path)
+    data = DataFile(path)
     try:
-        buffer, unmap = map_file(path, size)
         tensors = [
-            _member_source(archive, info, buffer, path)
+            _member_source(archive, info, data, path)
             for info in archive.infolist()
             if info.filename.endswith(".npy")
         ]
     except BaseException:
         archive.close()
+        data.close()
         raise
     names = archive.namelist()
     if names and not tensors:
         archive.close()
+        data.close()
         if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
             raise UnsupportedError(
                 "a PyTorch checkpoint (zip with data.pkl), which normcli does not read yet; "
@@ -117,11 +118,11 @@ def open_npz(path: str) -> Checkpoint:
             f"zip archive holds no .npy arrays ({len(names)} other members): not an .npz", path
         )
     streams = [t.read_bytes.close for t in tensors if isinstance(t.read_bytes, _StreamReader)]
-    return Checkpoint(path, "npz", size, tensors, [archive.close, unmap, *streams])
+    return Checkpoint(path, "npz", size, tensors, [archive.close, data.close, *streams])
 
 
 def _member_source(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, buffer: Mapped, path: str
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, buffer: DataFile, path: str
 ) -> TensorSource:
     name = info.filename[: -len(".npy")]
     where = f"member {info.filename!r}"
@@ -162,7 +163,7 @@ def _member_source(
     return source
 
 
-def _stored_data_start(info: zipfile.ZipInfo, buffer: Mapped, where: str, path: str) -> int:
+def _stored_data_start(info: zipfile.ZipInfo, buffer: DataFile, where: str, path: str) -> int:
     offset = info.header_offset
     header = bytes(buffer[offset : offset + _LOCAL_HEADER.size])
     if len(header) < _LOCAL_HEADER.size:
@@ -187,7 +188,7 @@ class _StreamReader:
         self.stream: Any = None
         self.position = 0
 
-    def __call__(self, start: int, stop: int) -> bytes:
+    def __call__(self, start: int, stop: int, out: np.ndarray) -> bytes:
         try:
             if self.stream is None or start != self.position:
                 self._restart(start)
@@ -230,7 +231,7 @@ class _CrcCheckedReader:
 
     def __init__(
         self,
-        buffer: Mapped,
+        buffer: DataFile,
         start: int,
         header: int,
         data_bytes: int,
@@ -238,15 +239,15 @@ class _CrcCheckedReader:
         where: str,
         path: str,
     ) -> None:
-        self.read = slice_reader(buffer, start + header)
+        self.read = buffer.reader(start + header)
         self.buffer, self.info, self.where, self.path = buffer, info, where, path
         self.tail = slice(start + header + data_bytes, start + info.file_size)
         self.data_bytes = data_bytes
         self.header_crc = zlib.crc32(buffer[start : start + header])
         self.crc, self.position = self.header_crc, 0
 
-    def __call__(self, start: int, stop: int) -> np.ndarray:
-        data = self.read(start, stop)
+    def __call__(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        data = self.read(start, stop, out)
         if start == 0:  # a scan starting over: so does the running CRC
             self.crc, self.position = self.header_crc, 0
         if start != self.position:

@@ -10,7 +10,7 @@ from typing import Any
 from ..dtypes import SAFETENSORS_DTYPES
 from ..errors import CorruptFileError
 from .base import Checkpoint, TensorSource
-from .files import map_file, open_regular, slice_reader
+from .files import DataFile, open_regular
 
 # The reference implementation refuses larger headers; so do we.
 MAX_HEADER_BYTES = 100_000_000
@@ -47,14 +47,12 @@ def open_safetensors(path: str) -> Checkpoint:
         header = _parse_header(f.read(header_len), path)
     data_start = 8 + header_len
     entries = _validate(header, size - data_start, path)
-    buffer, close = map_file(path, size)
+    data = DataFile(path)
     tensors = [
-        TensorSource(
-            name, SAFETENSORS_DTYPES[dtype], shape, slice_reader(buffer, data_start + begin)
-        )
+        TensorSource(name, SAFETENSORS_DTYPES[dtype], shape, data.reader(data_start + begin))
         for name, dtype, shape, begin in entries
     ]
-    return Checkpoint(path, "safetensors", size, tensors, [close])
+    return Checkpoint(path, "safetensors", size, tensors, [data.close])
 
 
 def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
