@@ -28,7 +28,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check normcli tests $(SAMPLES)
+	$(BIN)/ruff check normcli tests benchmarks $(SAMPLES)
 	$(BIN)/mypy
 
 samples: $(VENV)/.installed
@@ -37,3 +37,6 @@ samples: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench.py

@@ -9,15 +9,24 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
+import numpy as np
+
+from . import kernels
 from .errors import UnsupportedError
 from .norms import PairStats, TensorStats, merge_all, merge_pairs, reduce_chunk, reduce_pair
 from .readers import TensorSource
 
-# 1 Mi elements, a multiple of every packed group size (1, 2 and 4 elements), so two tensors
-# of different dtypes split into chunks of the same lengths and can be walked in lockstep.
-CHUNK_ELEMENTS = 1 << 20
+# 256 Ki elements, a multiple of every packed group size (1, 2 and 4 elements), so two tensors
+# of different dtypes split into chunks of the same lengths and can be walked in lockstep; small
+# enough for a chunk's float64 work to stay in cache, large enough to drown per-chunk overhead.
+CHUNK_ELEMENTS = 1 << 18
+# A tensor larger than this is cut into pieces of about this size, scanned on separate threads.
+PIECE_BYTES = 64 << 20
+# Below this much data, importing numba and loading its kernels costs more than it saves.
+COMPILED_MIN_BYTES = 256 << 20
 
 T = TypeVar("T")
+Reduce = Callable[[np.ndarray], TensorStats]
 
 
 class Progress(Protocol):
@@ -32,22 +41,56 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
+def choose_reducer(total_bytes: int) -> Reduce:
+    """The compiled kernels for big jobs (or when NORMCLI_KERNELS=numba), else plain numpy."""
+    mode = kernels.wanted()
+    if mode == "numpy" or (mode == "auto" and total_bytes < COMPILED_MIN_BYTES):
+        return reduce_chunk
+    compiled = kernels.load()
+    if compiled is None:
+        return reduce_chunk
+
+    def reduce(values: np.ndarray) -> TensorStats:
+        return compiled(values) or reduce_chunk(values)
+
+    return reduce
+
+
 def _chunk_bytes(chunk_size: int, source: TensorSource) -> int:
     return chunk_size * source.dtype.bits // 8
 
 
+def _pieces(source: TensorSource) -> list[tuple[int, int]]:
+    """Element ranges [first, last) to scan separately: whole groups, about PIECE_BYTES each."""
+    if not source.seekable or source.nbytes <= PIECE_BYTES:
+        return [(0, source.numel)]
+    step = max(
+        CHUNK_ELEMENTS, PIECE_BYTES * 8 // source.dtype.bits // CHUNK_ELEMENTS * CHUNK_ELEMENTS
+    )
+    return [(first, min(first + step, source.numel)) for first in range(0, source.numel, step)]
+
+
 def scan_tensor(
-    source: TensorSource, chunk_elements: int = CHUNK_ELEMENTS, progress: Progress | None = None
+    source: TensorSource,
+    chunk_elements: int = CHUNK_ELEMENTS,
+    progress: Progress | None = None,
+    reduce: Reduce = reduce_chunk,
+    first: int = 0,
+    last: int | None = None,
 ) -> TensorStats:
-    """Statistics of one tensor, read in chunks so memory stays flat whatever its size."""
+    """Statistics of one tensor (or of its elements [first, last)), read in chunks so memory
+    stays flat whatever its size."""
     parts = []
-    for chunk in source.chunks(chunk_elements):
-        parts.append(reduce_chunk(chunk))
+    for chunk in source.chunks(chunk_elements, first, last):
+        parts.append(reduce(chunk))
         if progress is not None:
             progress.advance(_chunk_bytes(chunk.size, source))
-    stats = merge_all(parts)
+    return _as_kind(merge_all(parts), source)
+
+
+def _as_kind(stats: TensorStats, source: TensorSource) -> TensorStats:
     if source.dtype.kind == "complex" and stats.total is not None:
-        stats = TensorStats.of_complex().merge(stats)
+        return TensorStats.of_complex().merge(stats)
     return stats
 
 
@@ -56,6 +99,8 @@ def scan_pair(
     b: TensorSource,
     chunk_elements: int = CHUNK_ELEMENTS,
     progress: Progress | None = None,
+    first: int = 0,
+    last: int | None = None,
 ) -> PairStats:
     """A and B (same shape) walked in lockstep, one chunk of each at a time."""
     if a.fortran_order != b.fortran_order and len(a.shape) > 1:
@@ -64,20 +109,26 @@ def scan_pair(
             "with row-major storage"
         )
     parts = []
-    for a_chunk, b_chunk in zip(a.chunks(chunk_elements), b.chunks(chunk_elements), strict=True):
+    chunks = zip(
+        a.chunks(chunk_elements, first, last), b.chunks(chunk_elements, first, last), strict=True
+    )
+    for a_chunk, b_chunk in chunks:
         parts.append(reduce_pair(a_chunk, b_chunk))
         if progress is not None:
             progress.advance(_chunk_bytes(a_chunk.size, a) + _chunk_bytes(b_chunk.size, b))
-    pair = merge_pairs(parts) if parts else merge_pairs([_empty_pair()])
-    if a.dtype.kind == "complex" or b.dtype.kind == "complex":
-        pair = PairStats(
-            a=TensorStats.of_complex().merge(pair.a) if a.dtype.kind == "complex" else pair.a,
-            b=TensorStats.of_complex().merge(pair.b) if b.dtype.kind == "complex" else pair.b,
-            diff=TensorStats.of_complex().merge(pair.diff),
-            dot=pair.dot,
-            identical=pair.identical,
-        )
-    return pair
+    return _pair_as_kind(merge_pairs(parts) if parts else _empty_pair(), a, b)
+
+
+def _pair_as_kind(pair: PairStats, a: TensorSource, b: TensorSource) -> PairStats:
+    if a.dtype.kind != "complex" and b.dtype.kind != "complex":
+        return pair
+    return PairStats(
+        a=_as_kind(pair.a, a),
+        b=_as_kind(pair.b, b),
+        diff=TensorStats.of_complex().merge(pair.diff),
+        dot=pair.dot,
+        identical=pair.identical,
+    )
 
 
 def _empty_pair() -> PairStats:
@@ -87,7 +138,7 @@ def _empty_pair() -> PairStats:
 def _parallel(
     jobs: Sequence[Callable[[], T]], sizes: Sequence[int], threads: int | None
 ) -> list[T]:
-    """Run the jobs, largest first so one big tensor does not start last and run alone;
+    """Run the jobs, largest first so one big piece does not start last and run alone;
     results come back in the order given."""
     workers = min(threads or default_threads(), max(1, len(jobs)))
     if workers == 1:
@@ -115,15 +166,42 @@ def scan_all(
     progress: Progress | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> tuple[list[TensorStats], list[PairStats]]:
-    """Single tensors and aligned pairs, scanned on one pool: every byte is read once."""
-    sizes = [s.nbytes for s in singles] + [a.nbytes + b.nbytes for a, b in pairs]
+    """Single tensors and aligned pairs, scanned as one stream of pieces on one pool, largest
+    first: every byte is read once, and a big tensor keeps every core busy."""
+    total = sum(s.nbytes for s in singles) + sum(a.nbytes + b.nbytes for a, b in pairs)
     if progress is not None:
-        progress.start(sum(sizes))
-    jobs: list[Callable[[], TensorStats | PairStats]] = [
-        functools.partial(scan_tensor, s, chunk_elements, progress) for s in singles
-    ]
-    jobs += [functools.partial(scan_pair, a, b, chunk_elements, progress) for a, b in pairs]
+        progress.start(total)
+    reduce = choose_reducer(total)
+    jobs: list[Callable[[], TensorStats | PairStats]] = []
+    sizes: list[int] = []
+    owners: list[tuple[str, int]] = []
+    for i, source in enumerate(singles):
+        for first, last in _pieces(source):
+            jobs.append(
+                functools.partial(
+                    scan_tensor, source, chunk_elements, progress, reduce, first, last
+                )
+            )
+            sizes.append((last - first) * source.dtype.bits // 8)
+            owners.append(("single", i))
+    for i, (a, b) in enumerate(pairs):
+        ranges = _pieces(a) if b.seekable else [(0, a.numel)]
+        for first, last in ranges:
+            jobs.append(functools.partial(scan_pair, a, b, chunk_elements, progress, first, last))
+            sizes.append((last - first) * (a.dtype.bits + b.dtype.bits) // 8)
+            owners.append(("pair", i))
     results = _parallel(jobs, sizes, threads)
-    single_stats = [r for r in results[: len(singles)] if isinstance(r, TensorStats)]
-    pair_stats = [r for r in results[len(singles) :] if isinstance(r, PairStats)]
-    return single_stats, pair_stats
+    single_parts: list[list[TensorStats]] = [[] for _ in singles]
+    pair_parts: list[list[PairStats]] = [[] for _ in pairs]
+    for (kind, i), result in zip(owners, results, strict=True):
+        if kind == "single" and isinstance(result, TensorStats):
+            single_parts[i].append(result)
+        elif isinstance(result, PairStats):
+            pair_parts[i].append(result)
+    return (
+        [_as_kind(merge_all(parts), s) for parts, s in zip(single_parts, singles, strict=True)],
+        [
+            _pair_as_kind(merge_pairs(parts), a, b)
+            for parts, (a, b) in zip(pair_parts, pairs, strict=True)
+        ],
+    )

@@ -130,3 +130,10 @@ def validate_json(doc: Any, schema_name: str) -> None:
 @pytest.fixture(name="validate_json")
 def validate_json_fixture() -> Callable[[Any, str], None]:
     return validate_json
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def both_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on the pure-numpy path and on the compiled one (forced even for small data)."""
+    monkeypatch.setenv("NORMCLI_KERNELS", request.param)
+    return str(request.param)

@@ -19,6 +19,9 @@ from safetensors.numpy import load_file, save_file
 import normcli
 from normcli.cli import cli
 
+# every figure here is checked on the numpy path and on the compiled kernels
+pytestmark = pytest.mark.usefixtures("both_kernels")
+
 SAMPLES = Path(__file__).parent.parent / "sample_checkpoints"
 SCALED = "model.layers.1.mlp.down_proj.weight"
 POISONED = "model.layers.0.self_attn.v_proj.weight"

@@ -31,6 +31,9 @@ from normcli.api import inspect as api_inspect
 from normcli.api import stats as api_stats
 from normcli.norms import TensorStats, reduce_chunk
 
+# every figure here is checked on the numpy path and on the compiled kernels
+pytestmark = pytest.mark.usefixtures("both_kernels")
+
 # The contract: within 1e-10 relative of the correctly rounded value (a naive float64 sum of
 # 10^8 elements already misses that; a float32 one misses it by orders of magnitude).
 EXACT = 1e-10

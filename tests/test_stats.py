@@ -29,6 +29,9 @@ from normcli.norms import TensorStats, merge_all, reduce_chunk
 from normcli.readers import TensorSource
 from normcli.scan import scan_tensor, scan_tensors
 
+# every figure here is checked on the numpy path and on the compiled kernels
+pytestmark = pytest.mark.usefixtures("both_kernels")
+
 DTYPES = list(SAFETENSORS_NUMPY)
 RTOL = 1e-12
 CHUNK_SIZES = [1, 2, 3, 5, 7, 11, 13, 97, 1 << 20]

@@ -1,0 +1,223 @@
+"""`make bench`: normcli against the limits of this machine and against the naive way, on
+generated safetensors files (2 GiB float32, 2 GiB bfloat16, 1 GiB float16; BENCH_LARGE=1 adds a
+10 GiB bfloat16 one). Every figure is measured in this run; nothing is compared to constants.
+
+naive = the safetensors package loads the file, then numpy norms in the stored dtype (bfloat16,
+which the package's numpy loader does not know, is loaded by its bytes and widened to float32).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+GIB = 1 << 30
+NORMCLI = [sys.executable, "-m", "normcli"]
+
+
+def write_safetensors(path: Path, dtype_name: str, dtype: object, nbytes: int) -> None:
+    """Tensors of 256 MiB of normal values each, written without holding the file in memory."""
+    itemsize = np.dtype(dtype).itemsize
+    per_tensor = (256 << 20) // itemsize
+    count = nbytes // (per_tensor * itemsize)
+    header: dict[str, object] = {}
+    for i in range(count):
+        begin = i * per_tensor * itemsize
+        header[f"model.layers.{i}.weight"] = {
+            "dtype": dtype_name,
+            "shape": [per_tensor // 4096, 4096],
+            "data_offsets": [begin, begin + per_tensor * itemsize],
+        }
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    rng = np.random.default_rng(0)
+    block = (rng.standard_normal(per_tensor // 16, dtype=np.float32) * 0.02).astype(dtype)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for i in range(count):
+            for j in range(16):
+                # a different scale per block, so no two blocks are alike
+                f.write((block * (1 + (i * 16 + j) / 1000)).astype(dtype).tobytes())
+
+
+def timed(command: list[str]) -> float:
+    """Wall time of a child process."""
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def peak_rss(command: list[str]) -> int:
+    """Peak RSS (KiB) of one run, read by /usr/bin/time -v when present."""
+    if not os.path.exists("/usr/bin/time"):
+        return -1
+    done = subprocess.run(
+        ["/usr/bin/time", "-v", *command],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in done.stderr.splitlines():
+        if "Maximum resident set size" in line:
+            return int(line.split(":")[1])
+    return -1
+
+
+def best_of(n: int, command: list[str]) -> float:
+    return min(timed(command) for _ in range(n))
+
+
+def mmap_rate(path: Path) -> float:
+    """Bytes per second summing the page-cached file through a memory map (warm, second pass)."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        words = np.frombuffer(mm, dtype=np.uint64, count=len(mm) // 8)
+        step = 1 << 20
+        for _ in range(2):
+            start = time.perf_counter()
+            for i in range(0, words.size, step):
+                words[i : i + step].sum()
+            elapsed = time.perf_counter() - start
+        del words
+    return path.stat().st_size / elapsed
+
+
+def dd_rate(path: Path, cold: bool) -> float:
+    if cold:
+        evict(path)
+    start = time.perf_counter()
+    subprocess.run(
+        ["dd", f"if={path}", "of=/dev/null", "bs=8M"], check=True, stderr=subprocess.DEVNULL
+    )
+    return path.stat().st_size / (time.perf_counter() - start)
+
+
+def evict(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+NAIVE = """
+import sys, numpy as np, ml_dtypes, json, struct
+path = sys.argv[1]
+if sys.argv[2] == "BF16":
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    tensors = {k: np.frombuffer(raw, ml_dtypes.bfloat16, offset=8 + n + v["data_offsets"][0],
+               count=(v["data_offsets"][1] - v["data_offsets"][0]) // 2)
+               for k, v in header.items()}
+    tensors = {k: v.astype(np.float32) for k, v in tensors.items()}
+else:
+    from safetensors.numpy import load_file
+    tensors = load_file(path)
+for x in tensors.values():
+    np.abs(x).sum(); np.linalg.norm(x)
+"""
+
+
+def main() -> None:
+    folder = Path(os.environ.get("BENCH_DIR") or tempfile.mkdtemp(prefix="normcli-bench-"))
+    files = [
+        ("F32", np.float32, 2 * GIB),
+        ("BF16", ml_dtypes.bfloat16, 2 * GIB),
+        ("F16", np.float16, 1 * GIB),
+    ]
+    if os.environ.get("BENCH_LARGE"):
+        files.append(("BF16", ml_dtypes.bfloat16, 10 * GIB))
+    threads = len(os.sched_getaffinity(0))
+    print(f"normcli bench: {threads} cores, files in {folder}\n")
+    try:
+        for name, dtype, size in files:
+            path = folder / f"{name.lower()}-{size // GIB}g.safetensors"
+            if not path.exists():
+                write_safetensors(path, name, dtype, size)
+            bench_file(path, name, threads)
+        print_startup()
+    finally:
+        if not os.environ.get("BENCH_DIR"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def rate(gigabytes: float, seconds: float) -> float:
+    return gigabytes / seconds
+
+
+def bench_file(path: Path, name: str, threads: int) -> None:
+    size = path.stat().st_size
+    gb = size / 1e9
+    dd_rate(path, cold=False)  # warm the page cache
+    limit_mmap = mmap_rate(path)
+    limit_dd = dd_rate(path, cold=False)
+    naive = best_of(1, [sys.executable, "-c", NAIVE, str(path), name])
+    one = best_of(
+        2, [*NORMCLI, "inspect", str(path), "--no-progress", "--threads", "1", "-f", "json"]
+    )
+    every = best_of(2, [*NORMCLI, "inspect", str(path), "--no-progress", "-f", "json"])
+    numpy_path = best_of(
+        1,
+        [
+            "env",
+            "NORMCLI_KERNELS=numpy",
+            *NORMCLI,
+            "inspect",
+            str(path),
+            "--no-progress",
+            "-f",
+            "json",
+        ],
+    )
+    compare = best_of(1, [*NORMCLI, "compare", str(path), str(path), "--no-progress", "-f", "json"])
+    rss = peak_rss([*NORMCLI, "inspect", str(path), "--no-progress", "-f", "json"])
+    cold_dd = dd_rate(path, cold=True)
+    evict(path)
+    cold = best_of(1, [*NORMCLI, "inspect", str(path), "--no-progress", "-f", "json"])
+    print(f"{path.name}  ({name}, {gb:.2f} GB)")
+    print(
+        f"  limits      page-cache mmap {limit_mmap / 1e9:6.2f} GB/s   "
+        f"dd {limit_dd / 1e9:6.2f} GB/s   cold dd {cold_dd / 1e9:6.2f} GB/s"
+    )
+    one_rate, every_rate, both_rate = rate(gb, one), rate(gb, every), rate(2 * gb, compare)
+    print(f"  naive       {rate(gb, naive):6.2f} GB/s")
+    print(
+        f"  inspect  1t {one_rate:6.2f} GB/s  = {one_rate * 1e9 / limit_mmap:4.2f}x mmap, "
+        f"{naive / one:5.1f}x naive"
+    )
+    print(
+        f"  inspect {threads}t {every_rate:6.2f} GB/s  = {one / every:4.2f}x one thread, "
+        f"{naive / every:5.1f}x naive   (numpy kernels: {rate(gb, numpy_path):5.2f} GB/s)"
+    )
+    print(
+        f"  compare {threads}t {both_rate:6.2f} GB/s over both files = "
+        f"{both_rate * 1e9 / limit_mmap:4.2f}x mmap"
+    )
+    print(
+        f"  cold        {rate(gb, cold):6.2f} GB/s  = {rate(gb, cold) * 1e9 / cold_dd:4.2f}x cold dd"
+    )
+    print(f"  peak RSS    {f'{rss / 1024:6.0f} MiB' if rss >= 0 else 'n/a (no /usr/bin/time)'}\n")
+
+
+def print_startup() -> None:
+    sample = Path(__file__).parent.parent / "sample_checkpoints" / "base.safetensors"
+    version = statistics.median(timed([*NORMCLI, "--version"]) for _ in range(5))
+    inspect = statistics.median(timed([*NORMCLI, "inspect", str(sample)]) for _ in range(5))
+    print(
+        f"start-up: normcli --version {version:.3f} s; inspect of a bundled sample {inspect:.3f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
