@@ -204,9 +204,8 @@ def bench_file(path: Path, name: str, threads: int) -> None:
         f"  compare {threads}t {both_rate:6.2f} GB/s over both files = "
         f"{both_rate * 1e9 / limit_mmap:4.2f}x mmap"
     )
-    print(
-        f"  cold        {rate(gb, cold):6.2f} GB/s  = {rate(gb, cold) * 1e9 / cold_dd:4.2f}x cold dd"
-    )
+    cold_rate = rate(gb, cold)
+    print(f"  cold        {cold_rate:6.2f} GB/s  = {cold_rate * 1e9 / cold_dd:4.2f}x cold dd")
     print(f"  peak RSS    {f'{rss / 1024:6.0f} MiB' if rss >= 0 else 'n/a (no /usr/bin/time)'}\n")
 
 
