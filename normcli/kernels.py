@@ -12,14 +12,22 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
-from .norms import TensorStats
+from .norms import PairStats, TensorStats
 
-Reducer = Callable[[np.ndarray], "TensorStats | None"]
+
+@dataclass(frozen=True)
+class Kernels:
+    """Each returns None where it does not apply, and the numpy path in norms.py takes over."""
+
+    reduce: Callable[[np.ndarray], TensorStats | None]
+    reduce_pair: Callable[[np.ndarray, np.ndarray], PairStats | None]
+
 
 _lock = threading.Lock()
 _compiled: dict[str, Any] | None = None
@@ -32,8 +40,8 @@ def wanted() -> str:
     return choice if choice in ("numpy", "numba") else "auto"
 
 
-def load() -> Reducer | None:
-    """The compiled reducer, or None where numba cannot be imported."""
+def load() -> Kernels | None:
+    """The compiled kernels, or None where numba cannot be imported."""
     global _compiled
     with _lock:
         if _compiled is None:
@@ -41,7 +49,7 @@ def load() -> Reducer | None:
                 _compiled = _compile()
             except ImportError:
                 _compiled = {}
-    return reduce_compiled if _compiled else None
+    return Kernels(reduce_compiled, reduce_pair_compiled) if _compiled else None
 
 
 def _compile() -> dict[str, Any]:
@@ -69,7 +77,61 @@ def _compile() -> dict[str, Any]:
             bad += b >= exp_mask
         return l1, sq, total, top, zeros, bad
 
-    return {"float_bits": float_bits}
+    @fast
+    def pair_bits(a: Any, b: Any, a_bits: Any, b_bits: Any, sign_mask: Any, exp_mask: Any) -> Any:
+        a_l1 = a_sq = a_total = 0.0
+        b_l1 = b_sq = b_total = 0.0
+        d_l1 = d_sq = d_total = d_top = dot = 0.0
+        a_top = b_top = sign_mask ^ sign_mask
+        a_zeros = b_zeros = d_zeros = same_bits = same_values = bad = 0
+        for i in range(a.size):
+            va = np.float64(a[i])
+            vb = np.float64(b[i])
+            d = vb - va
+            a_l1 += abs(va)
+            a_sq += va * va
+            a_total += va
+            b_l1 += abs(vb)
+            b_sq += vb * vb
+            b_total += vb
+            d_l1 += abs(d)
+            d_sq += d * d
+            d_total += d
+            d_top = max(d_top, abs(d))
+            dot += va * vb
+            ab = a_bits[i] & sign_mask
+            bb = b_bits[i] & sign_mask
+            a_top = max(a_top, ab)
+            b_top = max(b_top, bb)
+            a_zeros += ab == 0
+            b_zeros += bb == 0
+            d_zeros += d == 0.0
+            same_bits += a_bits[i] == b_bits[i]
+            same_values += va == vb
+            bad += (ab >= exp_mask) | (bb >= exp_mask)
+        return (
+            a_l1,
+            a_sq,
+            a_total,
+            a_top,
+            a_zeros,
+            b_l1,
+            b_sq,
+            b_total,
+            b_top,
+            b_zeros,
+            d_l1,
+            d_sq,
+            d_total,
+            d_top,
+            d_zeros,
+            dot,
+            same_bits,
+            same_values,
+            bad,
+        )
+
+    return {"float_bits": float_bits, "pair_bits": pair_bits}
 
 
 _F32 = np.dtype("<f4")
@@ -82,31 +144,98 @@ _MASKS = {
 }
 
 
-def _widened(values: np.ndarray) -> np.ndarray:
-    """bf16 / f16 chunk -> float32 (exact), in this thread's reused scratch buffer."""
-    buffer = getattr(_scratch, "buffer", None)
+def _widened(values: np.ndarray, slot: str = "a") -> np.ndarray:
+    """bf16 / f16 chunk -> float32 (exact), in this thread's reused scratch buffer `slot`."""
+    buffer = getattr(_scratch, slot, None)
     if buffer is None or buffer.size < values.size:
-        buffer = _scratch.buffer = np.empty(values.size, dtype=np.float32)
+        buffer = np.empty(values.size, dtype=np.float32)
+        setattr(_scratch, slot, buffer)
     out: np.ndarray = buffer[: values.size]
     np.copyto(out, values, casting="unsafe")
     return out
+
+
+def _float_chunk(values: np.ndarray, slot: str = "a") -> np.ndarray | None:
+    """The chunk as float32 or float64 the kernels read, or None for other dtypes."""
+    if values.dtype in (_BF16, _F16):
+        return _widened(values, slot)
+    if values.dtype in (_F32, _F64) and values.flags.c_contiguous and values.size:
+        return values
+    return None
+
+
+def _as_float(bits: Any, uint: type, dtype: np.dtype[Any]) -> float:
+    return float(np.array([bits], dtype=uint).view(dtype)[0])
 
 
 def reduce_compiled(values: np.ndarray) -> TensorStats | None:
     """Statistics of a chunk, or None when the compiled path does not apply (another dtype, a
     non-finite value, a float64 sum that overflowed)."""
     assert _compiled
-    dtype = values.dtype
-    if dtype in (_BF16, _F16):
-        values = _widened(values)
-    elif dtype not in (_F32, _F64) or not values.flags.c_contiguous:
+    x = _float_chunk(values)
+    if x is None or not x.size:
         return None
-    if values.size == 0:
+    sign_mask, exp_mask, uint = _MASKS[x.dtype.itemsize]
+    l1, sq, total, top, zeros, bad = _compiled["float_bits"](x, x.view(uint), sign_mask, exp_mask)
+    if bad or not (np.isfinite(sq) and np.isfinite(l1)):
         return None
-    sign_mask, exp_mask, uint = _MASKS[values.dtype.itemsize]
-    bits = values.view(uint)
-    l1, sq, total, top, zeros, bad = _compiled["float_bits"](values, bits, sign_mask, exp_mask)
-    if bad or not np.isfinite(sq) or not np.isfinite(l1):
+    return TensorStats(
+        int(x.size), float(l1), float(sq), _as_float(top, uint, x.dtype), float(total), int(zeros)
+    )
+
+
+def reduce_pair_compiled(a_values: np.ndarray, b_values: np.ndarray) -> PairStats | None:
+    """A and B of one aligned chunk in one pass, or None where the compiled path does not apply
+    (the same cases as reduce_compiled, or the two sides widened to different float types)."""
+    assert _compiled
+    a, b = _float_chunk(a_values, "a"), _float_chunk(b_values, "b")
+    if a is None or b is None or a.dtype != b.dtype or not a.size:
         return None
-    linf = float(np.array([top], dtype=uint).view(values.dtype)[0])
-    return TensorStats(int(values.size), float(l1), float(sq), linf, float(total), int(zeros))
+    sign_mask, exp_mask, uint = _MASKS[a.dtype.itemsize]
+    (
+        a_l1,
+        a_sq,
+        a_total,
+        a_top,
+        a_zeros,
+        b_l1,
+        b_sq,
+        b_total,
+        b_top,
+        b_zeros,
+        d_l1,
+        d_sq,
+        d_total,
+        d_top,
+        d_zeros,
+        dot,
+        same_bits,
+        same_values,
+        bad,
+    ) = _compiled["pair_bits"](a, b, a.view(uint), b.view(uint), sign_mask, exp_mask)
+    if bad or not all(np.isfinite(v) for v in (a_sq, b_sq, d_sq, a_l1, b_l1, d_l1, dot)):
+        return None
+    n = int(a.size)
+    # bit-identical for the same stored dtype (so -0.0 differs from 0.0), equal values otherwise
+    same = same_bits if a_values.dtype == b_values.dtype else same_values
+    return PairStats(
+        a=TensorStats(
+            n,
+            float(a_l1),
+            float(a_sq),
+            _as_float(a_top, uint, a.dtype),
+            float(a_total),
+            int(a_zeros),
+        ),
+        b=TensorStats(
+            n,
+            float(b_l1),
+            float(b_sq),
+            _as_float(b_top, uint, b.dtype),
+            float(b_total),
+            int(b_zeros),
+        ),
+        diff=TensorStats(n, float(d_l1), float(d_sq), float(d_top), float(d_total), int(d_zeros)),
+        dot=float(dot),
+        identical=bool(same == n),
+    )

@@ -27,6 +27,7 @@ COMPILED_MIN_BYTES = 256 << 20
 
 T = TypeVar("T")
 Reduce = Callable[[np.ndarray], TensorStats]
+ReducePair = Callable[[np.ndarray, np.ndarray], PairStats]
 
 
 class Progress(Protocol):
@@ -41,19 +42,23 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
-def choose_reducer(total_bytes: int) -> Reduce:
-    """The compiled kernels for big jobs (or when NORMCLI_KERNELS=numba), else plain numpy."""
+def choose_kernels(total_bytes: int) -> tuple[Reduce, ReducePair]:
+    """The compiled kernels for big jobs (or when NORMCLI_KERNELS=numba), else plain numpy;
+    a chunk the compiled ones decline (NaN, Inf, other dtypes) goes to numpy all the same."""
     mode = kernels.wanted()
     if mode == "numpy" or (mode == "auto" and total_bytes < COMPILED_MIN_BYTES):
-        return reduce_chunk
+        return reduce_chunk, reduce_pair
     compiled = kernels.load()
     if compiled is None:
-        return reduce_chunk
+        return reduce_chunk, reduce_pair
 
     def reduce(values: np.ndarray) -> TensorStats:
-        return compiled(values) or reduce_chunk(values)
+        return compiled.reduce(values) or reduce_chunk(values)
 
-    return reduce
+    def pair(a: np.ndarray, b: np.ndarray) -> PairStats:
+        return compiled.reduce_pair(a, b) or reduce_pair(a, b)
+
+    return reduce, pair
 
 
 def _chunk_bytes(chunk_size: int, source: TensorSource) -> int:
@@ -101,6 +106,7 @@ def scan_pair(
     progress: Progress | None = None,
     first: int = 0,
     last: int | None = None,
+    reduce: ReducePair = reduce_pair,
 ) -> PairStats:
     """A and B (same shape) walked in lockstep, one chunk of each at a time."""
     if a.fortran_order != b.fortran_order and len(a.shape) > 1:
@@ -113,7 +119,7 @@ def scan_pair(
         a.chunks(chunk_elements, first, last), b.chunks(chunk_elements, first, last), strict=True
     )
     for a_chunk, b_chunk in chunks:
-        parts.append(reduce_pair(a_chunk, b_chunk))
+        parts.append(reduce(a_chunk, b_chunk))
         if progress is not None:
             progress.advance(_chunk_bytes(a_chunk.size, a) + _chunk_bytes(b_chunk.size, b))
     return _pair_as_kind(merge_pairs(parts) if parts else _empty_pair(), a, b)
@@ -171,7 +177,7 @@ def scan_all(
     total = sum(s.nbytes for s in singles) + sum(a.nbytes + b.nbytes for a, b in pairs)
     if progress is not None:
         progress.start(total)
-    reduce = choose_reducer(total)
+    reduce, reduce_two = choose_kernels(total)
     jobs: list[Callable[[], TensorStats | PairStats]] = []
     sizes: list[int] = []
     owners: list[tuple[str, int]] = []
@@ -187,7 +193,11 @@ def scan_all(
     for i, (a, b) in enumerate(pairs):
         ranges = _pieces(a) if b.seekable else [(0, a.numel)]
         for first, last in ranges:
-            jobs.append(functools.partial(scan_pair, a, b, chunk_elements, progress, first, last))
+            jobs.append(
+                functools.partial(
+                    scan_pair, a, b, chunk_elements, progress, first, last, reduce_two
+                )
+            )
             sizes.append((last - first) * (a.dtype.bits + b.dtype.bits) // 8)
             owners.append(("pair", i))
     results = _parallel(jobs, sizes, threads)

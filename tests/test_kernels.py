@@ -38,7 +38,7 @@ def finite_arrays(draw: st.DrawFn) -> np.ndarray:
 @given(finite_arrays())
 def test_compiled_figures_match_the_exact_reference(values: np.ndarray) -> None:
     assert compiled is not None
-    stats = compiled(values)
+    stats = compiled.reduce(values)
     assert stats is not None
     assert_matches(stats, reference(values), rtol=1e-12, what=str(values.dtype))
 
@@ -48,7 +48,7 @@ def test_compiled_figures_match_the_exact_reference(values: np.ndarray) -> None:
 def test_a_chunk_with_non_finite_values_goes_back_to_numpy(dtype: type, bad: float) -> None:
     assert compiled is not None
     values = np.array([1.0, bad, 2.0]).astype(dtype)
-    assert compiled(values) is None
+    assert compiled.reduce(values) is None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -63,7 +63,7 @@ def test_every_16_bit_pattern_and_the_edges_agree_with_numpy(dtype: type) -> Non
                            1.0, -1.0], dtype=dtype)
     else:
         values = np.array([0.0, -0.0, 1e-150, -1e150, 1.0, -1.0], dtype=dtype)
-    stats = compiled(values)
+    stats = compiled.reduce(values)
     assert stats is not None
     assert_matches(stats, reference(values), rtol=1e-12, what=str(values.dtype))
     exact = reduce_chunk(values)
@@ -72,21 +72,62 @@ def test_every_16_bit_pattern_and_the_edges_agree_with_numpy(dtype: type) -> Non
 
 def test_other_dtypes_and_strided_chunks_are_left_to_numpy() -> None:
     assert compiled is not None
-    assert compiled(np.arange(10, dtype=np.int32)) is None
-    assert compiled(np.ones(10, np.complex64)) is None
-    assert compiled(np.ones(10, np.float32)[::2]) is None
+    assert compiled.reduce(np.arange(10, dtype=np.int32)) is None
+    assert compiled.reduce(np.ones(10, np.complex64)) is None
+    assert compiled.reduce(np.ones(10, np.float32)[::2]) is None
 
 
 def test_small_jobs_use_numpy_and_big_or_forced_ones_the_kernels(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("NORMCLI_KERNELS", "auto")
-    assert scan.choose_reducer(1 << 20) is reduce_chunk
-    assert scan.choose_reducer(scan.COMPILED_MIN_BYTES) is not reduce_chunk
+    assert scan.choose_kernels(1 << 20)[0] is reduce_chunk
+    assert scan.choose_kernels(scan.COMPILED_MIN_BYTES)[0] is not reduce_chunk
     monkeypatch.setenv("NORMCLI_KERNELS", "numpy")
-    assert scan.choose_reducer(1 << 40) is reduce_chunk
+    assert scan.choose_kernels(1 << 40)[0] is reduce_chunk
     monkeypatch.setenv("NORMCLI_KERNELS", "numba")
-    forced = scan.choose_reducer(0)
+    forced = scan.choose_kernels(0)[0]
     assert forced is not reduce_chunk
     with_nan = np.array([1.0, np.nan, -3.0], np.float32)
     assert forced(with_nan) == reduce_chunk(with_nan)  # handed back to numpy, counted there
+
+
+@st.composite
+def aligned_pairs(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    a = draw(finite_arrays())
+    kind = draw(st.sampled_from(["same", "nudged", "other dtype", "copy"]))
+    if kind == "copy":
+        return a, a.copy()
+    b = (a.astype(np.float64) * draw(st.floats(0.25, 1.0))).astype(a.dtype)
+    if kind == "other dtype" and a.dtype != np.float64:
+        b = a.astype(draw(st.sampled_from([d for d in DTYPES if d is not np.float64])))
+    return a, b
+
+
+@settings(max_examples=120, deadline=None)
+@given(aligned_pairs())
+def test_compiled_pairs_match_the_numpy_path(pair: tuple[np.ndarray, np.ndarray]) -> None:
+    from normcli.norms import reduce_pair
+
+    assert compiled is not None
+    a, b = pair
+    fast, exact = compiled.reduce_pair(a, b), reduce_pair(a, b)
+    if fast is None:  # declined: only for float types the kernels cannot align
+        assert a.dtype == np.float64 or b.dtype == np.float64
+        return
+    assert fast.identical == exact.identical
+    assert fast.diff.linf == exact.diff.linf and fast.diff.zeros == exact.diff.zeros
+    for side in ("a", "b", "diff"):
+        mine, theirs = getattr(fast, side), getattr(exact, side)
+        assert (mine.numel, mine.zeros, mine.linf) == (theirs.numel, theirs.zeros, theirs.linf)
+        for figure in ("l1", "sumsq", "total"):
+            assert getattr(mine, figure) == pytest.approx(getattr(theirs, figure), rel=1e-12,
+                                                          abs=1e-300)
+    scale = np.sqrt(fast.a.sumsq * fast.b.sumsq)
+    assert fast.dot == pytest.approx(exact.dot, rel=1e-12, abs=1e-12 * scale)
+
+
+def test_a_pair_with_a_nan_goes_back_to_numpy() -> None:
+    assert compiled is not None
+    a = np.array([1.0, 2.0], np.float32)
+    assert compiled.reduce_pair(a, np.array([1.0, np.nan], np.float32)) is None
