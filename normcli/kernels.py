@@ -2,7 +2,8 @@
 
 One fused pass per chunk, accumulated in float64 with reassociation allowed (so the loop runs in
 SIMD lanes: several partial sums, a tighter error than one running sum; about 1e-14 relative on
-a chunk of 2^18 values). bf16 and f16 are widened exactly to float32 first. Chunks holding NaN or
+a chunk of 2^18 values). bf16 and f16 are widened exactly in registers (in a reused buffer, for
+the two sides of a compare). Chunks holding NaN or
 Inf are handed back (None) to the numpy path in norms.py, which stays the reference and the
 fallback: NORMCLI_KERNELS=numpy selects it, and it is used wherever numba is missing.
 """
@@ -52,6 +53,11 @@ def load() -> Kernels | None:
     return Kernels(reduce_compiled, reduce_pair_compiled) if _compiled else None
 
 
+def loaded() -> Kernels | None:
+    """The kernels if they are ready, without waiting for them."""
+    return Kernels(reduce_compiled, reduce_pair_compiled) if _compiled else None
+
+
 def _compile() -> dict[str, Any]:
     from numba import njit
 
@@ -75,6 +81,51 @@ def _compile() -> dict[str, Any]:
             top = max(top, b)
             zeros += b == 0
             bad += b >= exp_mask
+        return l1, sq, total, top, zeros, bad
+
+    # bf16 and f16 are widened in registers: writing the float32 bit pattern to a one-element
+    # scratch array and reading it back as float32 compiles to a plain bit cast
+    @fast
+    def bf16_bits(u: Any, scratch: Any) -> Any:
+        as_float = scratch.view(np.float32)
+        l1 = sq = total = 0.0
+        top = np.uint32(0)
+        zeros = bad = 0
+        for i in range(u.size):
+            bits = np.uint32(u[i]) << np.uint32(16)
+            scratch[0] = bits
+            v = np.float64(as_float[0])
+            l1 += abs(v)
+            sq += v * v
+            total += v
+            b = bits & np.uint32(0x7FFFFFFF)
+            top = max(top, b)
+            zeros += b == 0
+            bad += b >= np.uint32(0x7F800000)
+        return l1, sq, total, top, zeros, bad
+
+    @fast
+    def f16_bits(u: Any, scratch: Any) -> Any:
+        as_float = scratch.view(np.float32)
+        l1 = sq = total = 0.0
+        top = np.uint16(0)
+        zeros = bad = 0
+        for i in range(u.size):
+            h = u[i]
+            magnitude = h & np.uint16(0x7FFF)
+            e = np.uint32(magnitude >> np.uint16(10))
+            m = np.uint32(h & np.uint16(0x3FF))
+            sign = np.uint32(h & np.uint16(0x8000)) << np.uint32(16)
+            scratch[0] = sign | ((e + np.uint32(112)) << np.uint32(23)) | (m << np.uint32(13))
+            subnormal = np.float64(m) * 5.9604644775390625e-08  # m * 2**-24, exact
+            subnormal = -subnormal if sign else subnormal
+            v = subnormal if e == 0 else np.float64(as_float[0])
+            l1 += abs(v)
+            sq += v * v
+            total += v
+            top = max(top, magnitude)
+            zeros += magnitude == 0
+            bad += magnitude >= np.uint16(0x7C00)
         return l1, sq, total, top, zeros, bad
 
     @fast
@@ -131,7 +182,12 @@ def _compile() -> dict[str, Any]:
             bad,
         )
 
-    return {"float_bits": float_bits, "pair_bits": pair_bits}
+    return {
+        "float_bits": float_bits,
+        "bf16_bits": bf16_bits,
+        "f16_bits": f16_bits,
+        "pair_bits": pair_bits,
+    }
 
 
 _F32 = np.dtype("<f4")
@@ -172,16 +228,27 @@ def reduce_compiled(values: np.ndarray) -> TensorStats | None:
     """Statistics of a chunk, or None when the compiled path does not apply (another dtype, a
     non-finite value, a float64 sum that overflowed)."""
     assert _compiled
-    x = _float_chunk(values)
-    if x is None or not x.size:
+    if not values.size or not values.flags.c_contiguous:
         return None
-    sign_mask, exp_mask, uint = _MASKS[x.dtype.itemsize]
-    l1, sq, total, top, zeros, bad = _compiled["float_bits"](x, x.view(uint), sign_mask, exp_mask)
+    if values.dtype in (_BF16, _F16):
+        raw, scratch = values.view(np.uint16), np.empty(1, dtype=np.uint32)
+        if values.dtype == _BF16:
+            l1, sq, total, top, zeros, bad = _compiled["bf16_bits"](raw, scratch)
+            linf = _as_float(top, np.uint32, _F32)
+        else:
+            l1, sq, total, top, zeros, bad = _compiled["f16_bits"](raw, scratch)
+            linf = _as_float(top, np.uint16, _F16)
+    elif values.dtype in (_F32, _F64):
+        sign_mask, exp_mask, uint = _MASKS[values.dtype.itemsize]
+        l1, sq, total, top, zeros, bad = _compiled["float_bits"](
+            values, values.view(uint), sign_mask, exp_mask
+        )
+        linf = _as_float(top, uint, values.dtype)
+    else:
+        return None
     if bad or not (np.isfinite(sq) and np.isfinite(l1)):
         return None
-    return TensorStats(
-        int(x.size), float(l1), float(sq), _as_float(top, uint, x.dtype), float(total), int(zeros)
-    )
+    return TensorStats(int(values.size), float(l1), float(sq), linf, float(total), int(zeros))
 
 
 def reduce_pair_compiled(a_values: np.ndarray, b_values: np.ndarray) -> PairStats | None:

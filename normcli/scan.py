@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
@@ -48,15 +49,19 @@ def choose_kernels(total_bytes: int) -> tuple[Reduce, ReducePair]:
     mode = kernels.wanted()
     if mode == "numpy" or (mode == "auto" and total_bytes < COMPILED_MIN_BYTES):
         return reduce_chunk, reduce_pair
-    compiled = kernels.load()
-    if compiled is None:
-        return reduce_chunk, reduce_pair
+    if mode == "numba":
+        kernels.load()
+    else:
+        # importing numba takes about 0.3 s: the first chunks go through numpy meanwhile
+        threading.Thread(target=kernels.load, name="normcli-kernels", daemon=True).start()
 
     def reduce(values: np.ndarray) -> TensorStats:
-        return compiled.reduce(values) or reduce_chunk(values)
+        compiled = kernels.loaded()
+        return (compiled and compiled.reduce(values)) or reduce_chunk(values)
 
     def pair(a: np.ndarray, b: np.ndarray) -> PairStats:
-        return compiled.reduce_pair(a, b) or reduce_pair(a, b)
+        compiled = kernels.loaded()
+        return (compiled and compiled.reduce_pair(a, b)) or reduce_pair(a, b)
 
     return reduce, pair
 
