@@ -110,6 +110,21 @@ def evict(path: Path) -> None:
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
+IN_PROCESS = """
+import sys, time, normcli
+from normcli import kernels
+kernels.load()  # start-up is measured apart: this is the scan alone
+best = {}
+for threads in (1, None):
+    runs = []
+    for _ in range(2):
+        start = time.perf_counter()
+        normcli.inspect(sys.argv[1], threads=threads)
+        runs.append(time.perf_counter() - start)
+    best[threads] = min(runs)
+print(best[1], best[None])
+"""
+
 NAIVE = """
 import sys, numpy as np, ml_dtypes, json, struct
 path = sys.argv[1]
@@ -181,6 +196,15 @@ def bench_file(path: Path, name: str, threads: int) -> None:
         ],
     )
     compare = best_of(1, [*NORMCLI, "compare", str(path), str(path), "--no-progress", "-f", "json"])
+    scan_one, scan_every = map(
+        float,
+        subprocess.run(
+            [sys.executable, "-c", IN_PROCESS, str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split(),
+    )
     rss = peak_rss([*NORMCLI, "inspect", str(path), "--no-progress", "-f", "json"])
     cold_dd = dd_rate(path, cold=True)
     evict(path)
@@ -203,6 +227,12 @@ def bench_file(path: Path, name: str, threads: int) -> None:
     print(
         f"  compare {threads}t {both_rate:6.2f} GB/s over both files = "
         f"{both_rate * 1e9 / limit_mmap:4.2f}x mmap"
+    )
+    alone_one, alone_every = rate(gb, scan_one), rate(gb, scan_every)
+    print(
+        f"  scan alone  {alone_one:6.2f} GB/s 1t = {alone_one * 1e9 / limit_mmap:4.2f}x mmap; "
+        f"{alone_every:6.2f} GB/s {threads}t = {scan_one / scan_every:4.2f}x one thread "
+        "(in-process, kernels loaded)"
     )
     cold_rate = rate(gb, cold)
     print(f"  cold        {cold_rate:6.2f} GB/s  = {cold_rate * 1e9 / cold_dd:4.2f}x cold dd")
