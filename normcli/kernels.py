@@ -160,27 +160,10 @@ def _compile() -> dict[str, Any]:
             same_bits += a_bits[i] == b_bits[i]
             same_values += va == vb
             bad += (ab >= exp_mask) | (bb >= exp_mask)
-        return (
-            a_l1,
-            a_sq,
-            a_total,
-            a_top,
-            a_zeros,
-            b_l1,
-            b_sq,
-            b_total,
-            b_top,
-            b_zeros,
-            d_l1,
-            d_sq,
-            d_total,
-            d_top,
-            d_zeros,
-            dot,
-            same_bits,
-            same_values,
-            bad,
-        )
+        # per side (A, B, B-A): l1, sum of squares, signed sum; then tops and counts
+        sums = np.array((a_l1, a_sq, a_total, b_l1, b_sq, b_total, d_l1, d_sq, d_total, dot, d_top))
+        counts = np.array((a_zeros, b_zeros, d_zeros, same_bits, same_values, bad))
+        return sums, counts, a_top, b_top
 
     return {
         "float_bits": float_bits,
@@ -259,50 +242,22 @@ def reduce_pair_compiled(a_values: np.ndarray, b_values: np.ndarray) -> PairStat
     if a is None or b is None or a.dtype != b.dtype or not a.size:
         return None
     sign_mask, exp_mask, uint = _MASKS[a.dtype.itemsize]
-    (
-        a_l1,
-        a_sq,
-        a_total,
-        a_top,
-        a_zeros,
-        b_l1,
-        b_sq,
-        b_total,
-        b_top,
-        b_zeros,
-        d_l1,
-        d_sq,
-        d_total,
-        d_top,
-        d_zeros,
-        dot,
-        same_bits,
-        same_values,
-        bad,
-    ) = _compiled["pair_bits"](a, b, a.view(uint), b.view(uint), sign_mask, exp_mask)
-    if bad or not all(np.isfinite(v) for v in (a_sq, b_sq, d_sq, a_l1, b_l1, d_l1, dot)):
+    sums, counts, a_top, b_top = _compiled["pair_bits"](
+        a, b, a.view(uint), b.view(uint), sign_mask, exp_mask
+    )
+    a_zeros, b_zeros, d_zeros, same_bits, same_values, bad = (int(c) for c in counts)
+    if bad or not np.isfinite(sums).all():
         return None
+    (a_l1, a_sq, a_total, b_l1, b_sq, b_total, d_l1, d_sq, d_total, dot, d_top) = (
+        float(v) for v in sums
+    )
     n = int(a.size)
     # bit-identical for the same stored dtype (so -0.0 differs from 0.0), equal values otherwise
     same = same_bits if a_values.dtype == b_values.dtype else same_values
     return PairStats(
-        a=TensorStats(
-            n,
-            float(a_l1),
-            float(a_sq),
-            _as_float(a_top, uint, a.dtype),
-            float(a_total),
-            int(a_zeros),
-        ),
-        b=TensorStats(
-            n,
-            float(b_l1),
-            float(b_sq),
-            _as_float(b_top, uint, b.dtype),
-            float(b_total),
-            int(b_zeros),
-        ),
-        diff=TensorStats(n, float(d_l1), float(d_sq), float(d_top), float(d_total), int(d_zeros)),
-        dot=float(dot),
+        a=TensorStats(n, a_l1, a_sq, _as_float(a_top, uint, a.dtype), a_total, a_zeros),
+        b=TensorStats(n, b_l1, b_sq, _as_float(b_top, uint, b.dtype), b_total, b_zeros),
+        diff=TensorStats(n, d_l1, d_sq, d_top, d_total, d_zeros),
+        dot=dot,
         identical=bool(same == n),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..diff import CompareResult
@@ -64,18 +64,25 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def render_inspect(results: Sequence[InspectResult]) -> str:
-    grouped = results[0].groups is not None
-    columns = GROUP_COLUMNS if grouped else TENSOR_COLUMNS
+def _table(columns: list[str], records: Iterable[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
-    for result in results:
-        rows = result.groups if result.groups is not None else result.tensors
-        for row in rows:
-            record = {"checkpoint": result.checkpoint.path, **row.to_dict()}
-            writer.writerow([_cell(record[c]) for c in columns])
+    for record in records:
+        writer.writerow([_cell(record.get(c)) for c in columns])
     return out.getvalue()
+
+
+def render_inspect(results: Sequence[InspectResult]) -> str:
+    grouped = results[0].groups is not None
+    return _table(
+        GROUP_COLUMNS if grouped else TENSOR_COLUMNS,
+        (
+            {"checkpoint": result.checkpoint.path, **row.to_dict()}
+            for result in results
+            for row in (result.groups if result.groups is not None else result.tensors)
+        ),
+    )
 
 
 SIDE_FIELDS = ("name", "dtype", "shape", "numel", "l1", "l2", "linf", "nan", "inf")
@@ -105,14 +112,11 @@ def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def render_compare(results: Sequence[CompareResult]) -> str:
     grouped = results[0].groups is not None
-    columns = COMPARE_GROUP_COLUMNS if grouped else COMPARE_COLUMNS
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    for result in results:
-        rows = result.groups if result.groups is not None else result.tensors
-        for row in rows:
-            record = _flatten(row.to_dict())
-            record.update(a=result.a.path, b=result.b.path)
-            writer.writerow([_cell(record.get(c)) for c in columns])
-    return out.getvalue()
+    return _table(
+        COMPARE_GROUP_COLUMNS if grouped else COMPARE_COLUMNS,
+        (
+            {**_flatten(row.to_dict()), "a": result.a.path, "b": result.b.path}
+            for result in results
+            for row in (result.groups if result.groups is not None else result.tensors)
+        ),
+    )
