@@ -13,12 +13,12 @@ from .errors import UnsupportedError, UsageError
 from .norms import TensorStats, merge_all
 from .readers import Checkpoint, TensorSource, open_checkpoint
 from .results import (
-    CheckpointInfo,
     DtypeSummary,
     GroupReport,
     InspectResult,
     TensorReport,
     Total,
+    checkpoint_info,
 )
 from .scan import Progress, scan_tensors
 from .select import SORT_KEYS, group_names, name_selected, natural_key, require_some
@@ -127,7 +127,13 @@ def _inspect_open(
     all_stats = scan_tensors(sources, threads=threads, progress=progress)
     rows = [
         TensorReport(
-            s.name, s.dtype.name, s.shape, s.nbytes, st, covered=include_int or s.dtype.is_floating
+            s.name,
+            s.dtype.name,
+            s.shape,
+            s.nbytes,
+            st,
+            covered=include_int or s.dtype.is_floating,
+            shard=s.shard,
         )
         for s, st in zip(sources, all_stats, strict=True)
     ]
@@ -136,9 +142,7 @@ def _inspect_open(
     if group_by is not None:
         groups = _sorted_rows(_groups(covered, group_by), sort, top)
     return InspectResult(
-        checkpoint=CheckpointInfo(
-            checkpoint.path, checkpoint.format, checkpoint.nbytes, len(checkpoint.tensors)
-        ),
+        checkpoint=checkpoint_info(checkpoint),
         tensors=_sorted_rows(rows, sort, top if group_by is None else None),
         groups=groups,
         total=_total(rows, covered, include_int),

@@ -15,7 +15,8 @@ from .errors import CorruptFileError, UsageError
 from .norms import PairStats, TensorStats, merge_all, merge_pairs
 from .readers import Checkpoint, TensorSource, open_checkpoint
 from .readers.files import open_regular
-from .results import INSPECT_SCHEMA, CheckpointInfo, number, stats_dict
+from .readers.sharded import is_sharded
+from .results import INSPECT_SCHEMA, CheckpointInfo, checkpoint_info, number, stats_dict
 from .scan import Progress, scan_all
 from .select import group_names, name_selected, natural_key, require_some
 
@@ -32,6 +33,7 @@ class SideFigures:
     dtype: str
     shape: tuple[int, ...]
     stats: TensorStats
+    shard: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         figures = stats_dict(self.stats)
@@ -47,6 +49,7 @@ class SideFigures:
             "zeros": figures["zeros"],
             "nan": figures["nan"],
             "inf": figures["inf"],
+            "shard": self.shard,
         }
 
 
@@ -181,6 +184,9 @@ Entry = TensorSource | StoredTensor
 
 
 def is_report(path: str) -> bool:
+    """A saved JSON report rather than a checkpoint (a folder or an index file is a checkpoint)."""
+    if is_sharded(path):
+        return False
     with open_regular(path) as f:
         head = f.read(64).lstrip()
     return head[:1] in (b"{", b"[")
@@ -319,17 +325,7 @@ def compare(
             else:
                 checkpoint = open_checkpoint(path, input_format)
                 opened.append(checkpoint)
-                sides.append(
-                    (
-                        CheckpointInfo(
-                            checkpoint.path,
-                            checkpoint.format,
-                            checkpoint.nbytes,
-                            len(checkpoint.tensors),
-                        ),
-                        list[Entry](checkpoint.tensors),
-                    )
-                )
+                sides.append((checkpoint_info(checkpoint), list[Entry](checkpoint.tensors)))
         (a_info, a_entries), (b_info, b_entries) = sides
         a_named = _by_name(a_entries, normalize, a_info.path)
         b_named = _by_name(b_entries, normalize, b_info.path)
@@ -408,7 +404,8 @@ def _diff_rows(
             stats = pair.a if side == "a" else pair.b
         else:
             stats = scanned[id(entry)]
-        return SideFigures(entry.name, _dtype_name(entry), entry.shape, stats)
+        shard = entry.shard if isinstance(entry, TensorSource) else None
+        return SideFigures(entry.name, _dtype_name(entry), entry.shape, stats, shard)
 
     rows = []
     for name in names:

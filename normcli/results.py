@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .norms import TensorStats
+from .readers import Checkpoint
 
 INSPECT_SCHEMA = "normcli/inspect/v1"
 
@@ -43,6 +44,8 @@ class TensorReport:
     stats: TensorStats
     # whether whole-model totals count this tensor (floating point, or all with --include-int)
     covered: bool = True
+    # the file holding it, in a sharded checkpoint
+    shard: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +55,7 @@ class TensorReport:
             "bytes": self.nbytes,
             **stats_dict(self.stats),
             "in_total": self.covered,
+            "shard": self.shard,
         }
 
 
@@ -124,6 +128,7 @@ class CheckpointInfo:
     format: str
     nbytes: int
     tensors: int
+    shards: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -131,7 +136,18 @@ class CheckpointInfo:
             "format": self.format,
             "bytes": self.nbytes,
             "tensors": self.tensors,
+            "shards": self.shards,
         }
+
+
+def checkpoint_info(checkpoint: Checkpoint) -> CheckpointInfo:
+    return CheckpointInfo(
+        checkpoint.path,
+        checkpoint.format,
+        checkpoint.nbytes,
+        len(checkpoint.tensors),
+        checkpoint.shards,
+    )
 
 
 @dataclass(frozen=True)

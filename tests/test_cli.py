@@ -322,6 +322,7 @@ def test_json_of_every_sample_matches_schema_and_float64_reference(
         "format": path.suffix[1:],
         "bytes": path.stat().st_size,
         "tensors": len(arrays),
+        "shards": 1,
     }
     assert doc["selected"] == len(arrays)
     assert doc["groups"] is None

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from ..errors import UnsupportedError, UsageError
 from . import numpy as numpy_reader
 from . import safetensors as safetensors_reader
+from . import sharded
 from .base import Checkpoint, TensorSource
 from .files import open_regular
 
@@ -48,6 +49,8 @@ def detect_format(path: str) -> str:
 def open_checkpoint(path: str | os.PathLike[str], input_format: str | None = None) -> Checkpoint:
     """Open `path` lazily: headers are read and validated, tensor data is not touched."""
     path = os.fspath(path)
+    if sharded.is_sharded(path):
+        return sharded.open_sharded(path, lambda shard: open_checkpoint(shard, input_format))
     fmt = input_format or detect_format(path)
     if fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (choose from {', '.join(FORMATS)})")

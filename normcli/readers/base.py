@@ -24,6 +24,8 @@ class TensorSource:
     seekable: bool = True
     # values stored column-major: storage order is the C order of the reversed shape
     fortran_order: bool = False
+    # the file of a sharded checkpoint that holds this tensor (None: a single-file checkpoint)
+    shard: str | None = None
 
     @property
     def numel(self) -> int:
@@ -57,6 +59,8 @@ class Checkpoint:
     nbytes: int
     tensors: list[TensorSource]
     closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    # how many files the checkpoint spans
+    shards: int = 1
 
     def close(self) -> None:
         for close in reversed(self.closers):

@@ -29,7 +29,9 @@ def _render_one(result: InspectResult, console: Console) -> None:
     console.print(
         Text.assemble(
             (printable(info.path), "bold"),
-            f"  {info.format}, {_plural(info.tensors, 'tensor')}, {fmt_bytes(info.nbytes)}",
+            f"  {info.format}, "
+            + (f"{info.shards} shards, " if info.shards > 1 else "")
+            + f"{_plural(info.tensors, 'tensor')}, {fmt_bytes(info.nbytes)}",
         )
     )
     if result.groups is not None:
@@ -37,7 +39,8 @@ def _render_one(result: InspectResult, console: Console) -> None:
             console, lambda hide: _group_table(result.groups or (), hide), GROUP_OPTIONAL_COLUMNS
         )
     elif result.tensors:
-        fit_table(console, lambda hide: _tensor_table(result, hide))
+        optional = [c for c in OPTIONAL_COLUMNS if c != "shard" or info.shards > 1]
+        fit_table(console, lambda hide: _tensor_table(result, hide), optional)
     shown = len(result.groups) if result.groups is not None else len(result.tensors)
     hidden = (result.total.tensors if result.groups is not None else result.selected) - shown
     if result.groups is None and hidden > 0:
@@ -46,7 +49,7 @@ def _render_one(result: InspectResult, console: Console) -> None:
 
 
 # Dropped in this order when the terminal is too narrow for every column.
-OPTIONAL_COLUMNS = ("mean", "zeros", "numel", "RMS", "shape", "L1")
+OPTIONAL_COLUMNS = ("shard", "mean", "zeros", "numel", "RMS", "shape", "L1")
 GROUP_OPTIONAL_COLUMNS = ("mean", "zeros", "numel", "RMS", "L1")
 
 
@@ -122,7 +125,8 @@ def _notes(stats: TensorStats, max_l2: bool, max_linf: bool) -> tuple[str, str]:
 
 
 def _tensor_table(result: InspectResult, hidden: frozenset[str]) -> Table:
-    table = _Rows("tensor", ["dtype", "shape"], hidden)
+    sharded = result.checkpoint.shards > 1
+    table = _Rows("tensor", ["dtype", "shape", *(["shard"] if sharded else [])], hidden)
     total = result.total
     for row in result.tensors:
         note, style = (
@@ -135,6 +139,7 @@ def _tensor_table(result: InspectResult, hidden: frozenset[str]) -> Table:
                 Text(printable(row.name)),
                 row.dtype,
                 fmt_shape(row.shape),
+                *([Text(printable(row.shard or ""))] if sharded else []),
                 *_stat_cells(row.stats),
                 Text(note, style),
             ],
