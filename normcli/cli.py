@@ -142,6 +142,12 @@ output_options = _options(
     click.option(
         "-o", "--output", metavar="FILE", help="Write the report to FILE instead of stdout."
     ),
+    click.option(
+        "--plot",
+        metavar="FILE",
+        help="Also draw a picture: .svg or .html (self-contained), or .png (needs "
+        "'normcli[plot]').",
+    ),
 )
 
 selection_options = _options(
@@ -212,11 +218,32 @@ def _render(
     results: list[Any],
     output: str | None,
     inputs: Sequence[str],
+    plot: str | None = None,
+    draw: Callable[[Any, str], bytes] | None = None,
 ) -> None:
     from .report.console import output_console
 
+    if plot is not None and draw is not None:
+        if len(results) != 1:
+            from .errors import UsageError
+
+            raise UsageError("--plot draws one checkpoint at a time")
+        _write_bytes(plot, draw(results[0], plot), inputs)
     with _output(output, inputs) as file:
         renderers[output_format](results, output_console(file))
+
+
+def _write_bytes(path: str, data: bytes, inputs: Sequence[str]) -> None:
+    from .errors import InputError, UsageError
+
+    for source in inputs:
+        if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise UsageError("--plot would overwrite an input file", path)
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise InputError(f"cannot write: {e.strerror or e}", path) from e
 
 
 @cli.command(epilog=INSPECT_EXAMPLES)
@@ -233,6 +260,7 @@ def inspect(
     checkpoints: tuple[str, ...],
     output_format: str,
     output: str | None,
+    plot: str | None,
     sort: str | None,
     top: int | None,
     filters: tuple[str, ...],
@@ -246,6 +274,7 @@ def inspect(
     """Norms of every tensor in each CKPT, and of the whole model."""
     from . import api
     from .report import INSPECT_RENDERERS
+    from .report.plots import plot_inspect
 
     results = []
     for path in checkpoints:
@@ -264,7 +293,7 @@ def inspect(
                     progress=bar,
                 )
             )
-    _render(INSPECT_RENDERERS, output_format, results, output, checkpoints)
+    _render(INSPECT_RENDERERS, output_format, results, output, checkpoints, plot, plot_inspect)
 
 
 @cli.command(epilog=COMPARE_EXAMPLES)
@@ -298,6 +327,7 @@ def compare(
     b: str,
     output_format: str,
     output: str | None,
+    plot: str | None,
     sort: str | None,
     top: int | None,
     filters: tuple[str, ...],
@@ -315,6 +345,7 @@ def compare(
     (then only the stored norms are compared). Exits 0 whatever the differences."""
     from . import diff
     from .report import COMPARE_RENDERERS
+    from .report.plots import plot_compare
 
     with _progress(not no_progress, f"compare {a} {b}") as bar:
         result = diff.compare(
@@ -332,7 +363,96 @@ def compare(
             threads=threads,
             progress=bar,
         )
-    _render(COMPARE_RENDERERS, output_format, [result], output, (a, b))
+    _render(COMPARE_RENDERERS, output_format, [result], output, (a, b), plot, plot_compare)
+
+
+TREND_EXAMPLES = """
+\b
+Examples:
+  normcli trend runs/exp1/                       # every checkpoint in the folder, by step
+  normcli trend 'ckpt/step-*.safetensors' --group-by 3 --plot trend.png
+  normcli trend step-*.json --metric linf        # saved inspect reports are enough
+  normcli trend runs/exp1/ --group-by 0 -f csv -o trend.csv
+"""
+
+
+@cli.command(epilog=TREND_EXAMPLES)
+@click.argument("checkpoints", nargs=-1, required=True, metavar="CKPT...")
+@output_options
+@click.option(
+    "--metric",
+    type=click.Choice(["l2", "l1", "linf", "rms"]),
+    default="l2",
+    show_default=True,
+    help="The figure followed through the run.",
+)
+@click.option(
+    "--order",
+    type=click.Choice(["name", "mtime", "given"]),
+    default="name",
+    show_default=True,
+    help="name: natural order of the names (step numbers as numbers); mtime: "
+    "modification time; given: as listed.",
+)
+@click.option(
+    "--group-by",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="One row per group of tensors sharing the first N name parts; 0 for every "
+    "tensor. Default: every tensor, or groups of at most 64 rows for big models.",
+)
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="GLOB",
+    help="Only tensors whose name matches GLOB (repeatable).",
+)
+@click.option(
+    "--exclude",
+    "excludes",
+    multiple=True,
+    metavar="GLOB",
+    help="Leave out tensors whose name matches GLOB (repeatable).",
+)
+@click.option("--include-int", is_flag=True, help="Follow integer and bool tensors too.")
+@reading_options
+def trend(
+    checkpoints: tuple[str, ...],
+    output_format: str,
+    output: str | None,
+    plot: str | None,
+    metric: str,
+    order: str,
+    group_by: int | None,
+    filters: tuple[str, ...],
+    excludes: tuple[str, ...],
+    include_int: bool,
+    input_format: str | None,
+    threads: int | None,
+    no_progress: bool,
+) -> None:
+    """Norms across a training run: each tensor (or group) through the checkpoints, in step
+    order, with the update from one checkpoint to the next. CKPT may be files, folders of
+    checkpoints, glob patterns, or saved `inspect -f json` reports."""
+    from . import trend as trends
+    from .report import TREND_RENDERERS
+    from .report.plots import plot_trend
+
+    with _progress(not no_progress, "trend") as bar:
+        result = trends.trend(
+            checkpoints,
+            metric=metric,
+            order=order,
+            group_by=group_by,
+            include_int=include_int,
+            filter=filters,
+            exclude=excludes,
+            input_format=input_format,
+            threads=threads,
+            progress=bar,
+        )
+    _render(TREND_RENDERERS, output_format, [result], output, checkpoints, plot, plot_trend)
 
 
 CHECK_EXAMPLES = """

@@ -220,3 +220,72 @@ def scan_all(
             for parts, (a, b) in zip(pair_parts, pairs, strict=True)
         ],
     )
+
+
+def _series_chunk(count: int) -> int:
+    """Chunk length for reading `count` checkpoints in lockstep: a buffer each, kept to about
+    8 ordinary chunks in all, in whole packed groups (a multiple of 4 elements)."""
+    return max(1 << 14, min(CHUNK_ELEMENTS, CHUNK_ELEMENTS * 8 // max(count, 1)) // 4 * 4)
+
+
+def scan_series(
+    sources: Sequence[TensorSource | None],
+    progress: Progress | None = None,
+    reduce: Reduce = reduce_chunk,
+    reduce_two: ReducePair = reduce_pair,
+) -> tuple[list[TensorStats | None], list[PairStats | None]]:
+    """One tensor across checkpoints (None where a checkpoint lacks it), every file read once:
+    all are walked in lockstep, chunk by chunk. Returns each checkpoint's statistics and, for
+    each consecutive pair of the same shape, the update (index t: from t-1 to t)."""
+    chunk = _series_chunk(sum(s is not None for s in sources))
+    iterators = [iter(s.chunks(chunk)) if s is not None else None for s in sources]
+    aligned = [
+        t > 0
+        and a is not None
+        and b is not None
+        and a.shape == b.shape
+        and (a.fortran_order == b.fortran_order or len(a.shape) < 2)
+        for t, (a, b) in enumerate(zip([None, *sources[:-1]], sources, strict=True))
+    ]
+    parts: list[list[TensorStats]] = [[] for _ in sources]
+    pair_parts: list[list[PairStats]] = [[] for _ in sources]
+    while True:
+        chunks = [next(it, None) if it is not None else None for it in iterators]
+        if all(c is None for c in chunks):
+            break
+        for t, values in enumerate(chunks):
+            if values is None:
+                continue
+            parts[t].append(reduce(values))
+            previous = chunks[t - 1] if t else None
+            if aligned[t] and previous is not None:
+                pair_parts[t].append(reduce_two(previous, values))
+            if progress is not None:
+                progress.advance(_chunk_bytes(values.size, sources[t]))  # type: ignore[arg-type]
+    stats = [
+        _as_kind(merge_all(p), s) if s is not None else None
+        for p, s in zip(parts, sources, strict=True)
+    ]
+    updates: list[PairStats | None] = [None] * len(sources)
+    for t, ok in enumerate(aligned):
+        a, b = sources[t - 1], sources[t]
+        if ok and a is not None and b is not None:
+            updates[t] = _pair_as_kind(
+                merge_pairs(pair_parts[t]) if pair_parts[t] else _empty_pair(), a, b
+            )
+    return stats, updates
+
+
+def scan_many_series(
+    series: Sequence[Sequence[TensorSource | None]],
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> list[tuple[list[TensorStats | None], list[PairStats | None]]]:
+    """Every tensor's series, in parallel over tensors."""
+    sizes = [sum(s.nbytes for s in row if s is not None) for row in series]
+    total = sum(sizes)
+    if progress is not None:
+        progress.start(total)
+    reduce, reduce_two = choose_kernels(total)
+    jobs = [functools.partial(scan_series, row, progress, reduce, reduce_two) for row in series]
+    return _parallel(jobs, sizes, threads)

@@ -28,7 +28,7 @@ CHECKPOINT_SUFFIXES = (
     ".h5",
     ".keras",
 )
-_SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<part>\d+)-of-(?P<count>\d+)(?P<suffix>\.[^.]+)$")
+SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<part>\d+)-of-(?P<count>\d+)(?P<suffix>\.[^.]+)$")
 
 OpenOne = Callable[[str], Checkpoint]
 
@@ -68,7 +68,7 @@ def open_sharded(path: str, open_one: OpenOne) -> Checkpoint:
 
 def _shard_set(files: list[str], folder: str) -> list[str] | None:
     """The files, in order, if they are exactly the parts 1..N of one set; else None."""
-    matches = [_SHARD_NAME.match(name) for name in files]
+    matches = [SHARD_NAME.match(name) for name in files]
     if not all(matches):
         return None
     found = [m for m in matches if m]
@@ -84,7 +84,7 @@ def _shard_set(files: list[str], folder: str) -> list[str] | None:
                 folder,
             )
         return None
-    return sorted(files, key=lambda name: int(_SHARD_NAME.match(name)["part"]))  # type: ignore[index]
+    return sorted(files, key=lambda name: int(SHARD_NAME.match(name)["part"]))  # type: ignore[index]
 
 
 def _from_index(index_path: str, open_one: OpenOne, shown: str | None = None) -> Checkpoint:

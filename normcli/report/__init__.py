@@ -9,7 +9,8 @@ from rich.console import Console
 
 from ..diff import CompareResult
 from ..results import InspectResult
-from . import compare_table, csv, json, markdown, table
+from ..trend import TrendResult
+from . import compare_table, csv, json, markdown, table, trend_report
 
 OUTPUT_FORMATS = ("table", "json", "csv", "md")
 
@@ -33,4 +34,11 @@ COMPARE_RENDERERS: dict[str, Callable[[Sequence[CompareResult], Console], None]]
     "json": _text(json.dumps),
     "csv": _text(csv.render_compare),
     "md": _text(markdown.render_compare),
+}
+
+TREND_RENDERERS: dict[str, Callable[[Sequence[TrendResult], Console], None]] = {
+    "table": trend_report.render_table,
+    "json": _text(json.dumps),
+    "csv": _text(trend_report.render_csv),
+    "md": _text(trend_report.render_markdown),
 }

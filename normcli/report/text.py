@@ -49,3 +49,31 @@ def fmt_percent(fraction: float | None) -> str:
     if fraction is None:
         return "-"
     return f"{100 * fraction:.1f}%" if fraction >= 0.001 or fraction == 0 else "<0.1%"
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float | None]) -> str:
+    """One block character per value, low to high; on a log scale when the values span more
+    than a factor of 10 (an exponential blow-up then reads as a straight ramp). The scale spans
+    at least a quarter of the largest value, so a row that barely moves stays flat instead of
+    stretching its noise over every block. A missing value is a middle dot."""
+    present = [v for v in values if v is not None and math.isfinite(v)]
+    if not present:
+        return "·" * len(values)
+    low, high = min(present), max(present)
+    logarithmic = low > 0 and high / low > 10
+    scale = math.log if logarithmic else (lambda v: v)
+    lo, hi = scale(low), scale(high)
+    if not logarithmic:
+        hi = max(hi, lo + 0.25 * abs(high))
+    marks = []
+    for v in values:
+        if v is None or not math.isfinite(v) or (logarithmic and v <= 0):
+            marks.append("·")
+        elif hi == lo:
+            marks.append(SPARK[len(SPARK) // 2])
+        else:
+            marks.append(SPARK[round((scale(v) - lo) / (hi - lo) * (len(SPARK) - 1))])
+    return "".join(marks)

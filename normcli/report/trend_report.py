@@ -1,0 +1,162 @@
+"""The trend report: a table with a sparkline per row (terminal, Markdown) and long-form CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..trend import TrendResult, TrendRow
+from .table import NONFINITE, STANDOUT
+from .text import fmt_float, printable, sparkline
+
+METRIC_NAMES = {"l2": "L2", "l1": "L1", "linf": "Linf", "rms": "RMS"}
+
+
+def _jump_text(row: TrendRow, result: TrendResult) -> str:
+    """Where the row first moved by JUMP_FACTOR or more; nothing for a row that never did."""
+    jump = row.first_jump(result.metric)
+    if jump is None:
+        return "-"
+    return f"{result.points[jump[0]].label} (×{jump[1]:.3g})"
+
+
+def _change(row: TrendRow, metric: str) -> str:
+    present = [v for v in row.values(metric) if v is not None]
+    if len(present) < 2 or not present[0]:
+        return "-"
+    return f"×{present[-1] / present[0]:.3g}"
+
+
+def _style(row: TrendRow, metric: str) -> str | None:
+    if row.nonfinite:
+        return NONFINITE
+    return STANDOUT if row.jumped(metric) else None
+
+
+def render_table(results: Sequence[TrendResult], console: Console) -> None:
+    for result in results:
+        name = METRIC_NAMES[result.metric]
+        first, last = result.points[0], result.points[-1]
+        grouping = (
+            f"grouped by {result.group_by} name parts"
+            + (
+                " (automatically; --group-by 0 shows every tensor)"
+                if result.grouped_automatically
+                else ""
+            )
+            if result.group_by
+            else "every tensor"
+        )
+        console.print(
+            Text.assemble(
+                ("Trend", "bold"),
+                f" of {name} over {len(result.points)} checkpoints, "
+                f"{printable(first.label)} → {printable(last.label)}; {grouping}",
+            )
+        )
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        table.add_column("group" if result.group_by else "tensor", overflow="fold")
+        table.add_column(name, no_wrap=True)
+        for column in ("first", "last", "change", "jump at", "max rel. update"):
+            table.add_column(column, justify="right", no_wrap=True)
+        table.add_column("", no_wrap=True)
+        for row in (*result.rows, result.total):
+            values = row.values(result.metric)
+            present = [v for v in values if v is not None]
+            updates = [u for u in row.rel_update if u is not None]
+            note = "non-finite!" if row.nonfinite else "jumped" if row.jumped(result.metric) else ""
+            table.add_row(
+                Text(
+                    printable(row.name) if row is not result.total else "whole model",
+                    "bold" if row is result.total else "",
+                ),
+                sparkline(values),
+                fmt_float(present[0] if present else None),
+                fmt_float(present[-1] if present else None),
+                _change(row, result.metric),
+                _jump_text(row, result),
+                fmt_float(max(updates) if updates else None),
+                Text(note),
+                style=_style(row, result.metric),
+                end_section=row is result.rows[-1] if result.rows else False,
+            )
+        console.print(table)
+        steps = "  ".join(printable(p.label) for p in result.points)
+        console.print(Text(f"checkpoints: {steps}", "dim"))
+
+
+def render_markdown(results: Sequence[TrendResult]) -> str:
+    lines: list[str] = []
+    for result in results:
+        name = METRIC_NAMES[result.metric]
+        lines += [
+            f"### Trend of {name} over {len(result.points)} checkpoints",
+            "",
+            f"| {'group' if result.group_by else 'tensor'} | {name} | first | last | "
+            "change | jump at | |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
+        for row in (*result.rows, result.total):
+            present = [v for v in row.values(result.metric) if v is not None]
+            note = (
+                "**non-finite**"
+                if row.nonfinite
+                else "**jumped**"
+                if row.jumped(result.metric)
+                else ""
+            )
+            label = "whole model" if row is result.total else printable(row.name)
+            label = label.replace("|", "\\|")
+            lines.append(
+                f"| {label} | {sparkline(row.values(result.metric))} | "
+                f"{fmt_float(present[0] if present else None)} | "
+                f"{fmt_float(present[-1] if present else None)} | {_change(row, result.metric)} | "
+                f"{_jump_text(row, result)} | {note} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_csv(results: Sequence[TrendResult]) -> str:
+    """Long form: one line per row and checkpoint, for spreadsheets and plotting tools."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        [
+            "name",
+            "tensors",
+            "checkpoint",
+            "step",
+            "metric",
+            "value",
+            "update_l2",
+            "rel_update",
+            "nan",
+            "inf",
+        ]
+    )
+    for result in results:
+        for row in (*result.rows, result.total):
+            values = row.values(result.metric)
+            for t, point in enumerate(result.points):
+                stats = row.stats[t]
+                cells = [
+                    printable(row.name),
+                    row.tensors,
+                    printable(point.path),
+                    point.step,
+                    result.metric,
+                    values[t],
+                    row.update_l2[t],
+                    row.rel_update[t],
+                    stats.nan if stats else None,
+                    stats.inf if stats else None,
+                ]
+                writer.writerow(["" if c is None else c for c in cells])
+    return out.getvalue()

@@ -1,0 +1,182 @@
+"""trend: a run of checkpoints in step order, every figure against a float64 fsum reference."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import Run, validate_json
+from safetensors.numpy import load_file, save_file
+
+from normcli import trend as trends
+from normcli.readers import files
+
+BLOCKS, STEPS, ONSET = 8, 10, 5  # block 5 grows 1.8x a step from the 6th checkpoint on
+GROWING = "model.layers.5"
+
+
+def make_run(folder: Path) -> list[Path]:
+    rng = np.random.default_rng(7)
+    state = {f"model.layers.{i}.{part}.weight": rng.standard_normal((16, 16)).astype(np.float32)
+             for i in range(BLOCKS) for part in ("attn", "mlp")}
+    state["model.embed.weight"] = rng.standard_normal((32, 16)).astype(np.float32)
+    paths = []
+    for step in range(STEPS):
+        for name in state:
+            state[name] = (state[name] + 0.01 * rng.standard_normal(state[name].shape)
+                           ).astype(np.float32)
+            if step >= ONSET and name.startswith(GROWING + "."):
+                state[name] = (state[name] * np.float32(1.8)).astype(np.float32)
+        path = folder / f"checkpoint-{(step + 1) * 100}.safetensors"
+        save_file(state, str(path))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("run")
+    make_run(folder)
+    return folder
+
+
+def l2(arrays: list[np.ndarray]) -> float:
+    return math.sqrt(math.fsum(float(v) ** 2 for a in arrays for v in a.astype(np.float64).ravel()))
+
+
+def test_the_growing_block_and_the_step_stand_out(run_folder: Path, run: Run) -> None:
+    doc = json.loads(run("trend", run_folder, "--group-by", "3", "-f", "json").stdout)
+    validate_json(doc, "trend.v1")
+    assert [p["step"] for p in doc["checkpoints"]] == [100 * (i + 1) for i in range(STEPS)]
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert [name for name, r in rows.items() if r["jumped"]] == [GROWING]
+    assert rows[GROWING]["first_jump"]["step"] == (ONSET + 1) * 100
+    assert rows[GROWING]["first_jump"]["factor"] == pytest.approx(1.8, rel=0.02)
+    table = run("trend", run_folder, "--group-by", "3", env={"COLUMNS": "200"}).stdout
+    line = next(line for line in table.splitlines() if line.startswith(GROWING + " "))
+    assert "jumped" in line and "600 (×1.8)" in line
+
+
+def test_every_value_and_update_matches_the_reference(run_folder: Path) -> None:
+    result = trends.trend([str(run_folder)], group_by=3)
+    paths = sorted(run_folder.iterdir(), key=lambda p: int(p.stem.split("-")[1]))
+    loaded = [load_file(str(p)) for p in paths]
+    row = next(r for r in result.rows if r.name == GROWING)
+    members = [n for n in loaded[0] if n.startswith(GROWING + ".")]
+    for t, tensors in enumerate(loaded):
+        assert row.values("l2")[t] == pytest.approx(l2([tensors[n] for n in members]), rel=1e-12)
+        if t:
+            diffs = [tensors[n].astype(np.float64) - loaded[t - 1][n].astype(np.float64)
+                     for n in members]
+            assert row.update_l2[t] == pytest.approx(l2(diffs), rel=1e-12)
+    assert row.update_l2[0] is None
+    total = result.total.values("l2")
+    assert total[-1] == pytest.approx(l2(list(loaded[-1].values())), rel=1e-12)
+
+
+def test_each_file_is_read_once(run_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[int] = []
+    original = files.DataFile.reader
+
+    def counting(self: files.DataFile, base: int):  # type: ignore[no-untyped-def]
+        inner = original(self, base)
+
+        def read_bytes(start: int, stop: int, out: np.ndarray) -> np.ndarray:
+            read.append(stop - start)
+            return inner(start, stop, out)
+
+        return read_bytes
+
+    monkeypatch.setattr(files.DataFile, "reader", counting)
+    trends.trend([str(run_folder)], group_by=0)
+    data = sum(sum(a.nbytes for a in load_file(str(p)).values()) for p in run_folder.iterdir())
+    assert sum(read) == data
+
+
+def test_saved_reports_make_the_same_trend_without_updates(
+    run_folder: Path, tmp_path: Path, run: Run
+) -> None:
+    for path in sorted(run_folder.iterdir()):
+        run("inspect", path, "-f", "json", "-o", tmp_path / (path.stem + ".json"))
+    from_files = trends.trend([str(run_folder)], group_by=3)
+    from_reports = trends.trend([str(tmp_path)], group_by=3)
+    for a, b in zip(from_files.rows, from_reports.rows, strict=True):
+        assert a.name == b.name
+        assert b.values("l2") == pytest.approx(a.values("l2"), rel=1e-12)
+        assert all(u is None for u in b.update_l2)
+    assert next(r for r in from_reports.rows if r.name == GROWING).jumped("l2")
+
+
+def test_order_by_name_is_numeric_and_by_mtime_follows_the_clock(tmp_path: Path) -> None:
+    for i, step in enumerate((1000, 200, 30)):
+        path = tmp_path / f"step-{step}.safetensors"
+        save_file({"w": np.full(4, step, np.float32)}, str(path))
+        os.utime(path, (i, i))
+    by_name = trends.trend([str(tmp_path)], group_by=0)
+    assert [p.step for p in by_name.points] == [30, 200, 1000]
+    by_time = trends.trend([str(tmp_path)], group_by=0, order="mtime")
+    assert [p.step for p in by_time.points] == [1000, 200, 30]
+
+
+def test_big_models_are_grouped_automatically(tmp_path: Path) -> None:
+    tensors = {f"model.layers.{i}.{p}.weight": np.ones(2, np.float32)
+               for i in range(40) for p in ("q", "k", "v")}
+    for step in (1, 2):
+        save_file(tensors, str(tmp_path / f"c-{step}.safetensors"))
+    result = trends.trend([str(tmp_path)])
+    assert result.grouped_automatically and result.group_by == 3 and len(result.rows) == 40
+    assert len(trends.trend([str(tmp_path)], group_by=0).rows) == 120
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".html", ".png"])
+def test_pictures(suffix: str, run_folder: Path, tmp_path: Path, run: Run) -> None:
+    if suffix == ".png":
+        pytest.importorskip("matplotlib")
+    picture = tmp_path / f"trend{suffix}"
+    run("trend", run_folder, "--group-by", "3", "--plot", picture, "-o", tmp_path / "t.txt")
+    data = picture.read_bytes()
+    if suffix == ".png":
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000
+    elif suffix == ".svg":
+        root = ET.fromstring(data)
+        assert GROWING in data.decode() and root.tag.endswith("svg")
+    else:
+        text = data.decode()
+        assert "<svg" in text and "<table>" in text and "http" not in text.replace(
+            "http://www.w3.org/2000/svg", "")
+
+
+@pytest.mark.parametrize("command", ["inspect", "compare"])
+def test_inspect_and_compare_draw_their_bars(command: str, tmp_path: Path, run: Run) -> None:
+    from conftest import SAMPLES
+
+    picture = tmp_path / "bars.svg"
+    paths = [SAMPLES / "blowup.safetensors"] if command == "inspect" else [
+        SAMPLES / "base.safetensors", SAMPLES / "blowup.safetensors"]
+    run(command, *paths, "--group-by", "3", "--plot", picture)
+    text = picture.read_text()
+    ET.fromstring(text)
+    assert "model.layers.1" in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["one.safetensors"], "at least two checkpoints"),
+    (["nothing-*.safetensors"], "matches no file"),
+    (["--plot", "x.gif"], "--plot writes"),
+])
+def test_bad_trend_input_is_one_line(args: list[str], message: str, run_folder: Path, run: Run,
+                                     tmp_path: Path) -> None:
+    if args == ["one.safetensors"]:
+        save_file({"w": np.ones(2, np.float32)}, str(tmp_path / "one.safetensors"))
+        args = [str(tmp_path / "one.safetensors")]
+    elif args[0] == "--plot":
+        args = [str(run_folder), "--plot", str(tmp_path / "x.gif")]
+    else:
+        args = [str(tmp_path / args[0])]
+    result = run("trend", *args, code=2)
+    assert result.stdout == "" and result.stderr.count("\n") == 1 and message in result.stderr
