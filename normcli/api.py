@@ -39,6 +39,7 @@ def inspect(
     path: str | os.PathLike[str],
     *,
     input_format: str | None = None,
+    key: str | None = None,
     include_int: bool = False,
     filter: Sequence[str] = (),
     exclude: Sequence[str] = (),
@@ -49,7 +50,7 @@ def inspect(
     progress: Progress | None = None,
 ) -> InspectResult:
     """Norms of every tensor in the checkpoint at `path`, and of the whole model."""
-    with open_checkpoint(path, input_format) as checkpoint:
+    with open_checkpoint(path, input_format, key) as checkpoint:
         return _inspect_open(
             checkpoint, include_int, filter, exclude, sort, top, group_by, threads, progress
         )

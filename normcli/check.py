@@ -333,6 +333,7 @@ def run_check(
     baseline: str | None = None,
     *,
     input_format: str | None = None,
+    key: str | None = None,
     include_int: bool = False,
     threads: int | None = None,
     progress: Progress | None = None,
@@ -355,6 +356,7 @@ def run_check(
         inspected = inspect(
             path,
             input_format=input_format,
+            key=key,
             include_int=include_int,
             threads=threads,
             progress=progress,
@@ -366,6 +368,7 @@ def run_check(
             baseline,
             path,
             input_format=input_format,
+            key=key,
             include_int=include_int,
             threads=threads,
             progress=progress,

@@ -185,8 +185,13 @@ selection_options = _options(
 reading_options = _options(
     click.option(
         "--input-format",
-        type=click.Choice(["safetensors", "npz", "npy"]),
+        type=click.Choice(["safetensors", "npz", "npy", "pytorch"]),
         help="Read as this format instead of detecting it.",
+    ),
+    click.option(
+        "--key",
+        metavar="PATH",
+        help="In a nested PyTorch checkpoint, read only this dotted sub-tree (e.g. model).",
     ),
     click.option(
         "--threads",
@@ -268,6 +273,7 @@ def inspect(
     group_by: int | None,
     include_int: bool,
     input_format: str | None,
+    key: str | None,
     threads: int | None,
     no_progress: bool,
 ) -> None:
@@ -283,6 +289,7 @@ def inspect(
                 api.inspect(
                     path,
                     input_format=input_format,
+                    key=key,
                     include_int=include_int,
                     filter=filters,
                     exclude=excludes,
@@ -337,6 +344,7 @@ def compare(
     strip_prefix: tuple[str, ...],
     rename: tuple[str, ...],
     input_format: str | None,
+    key: str | None,
     threads: int | None,
     no_progress: bool,
 ) -> None:
@@ -352,6 +360,7 @@ def compare(
             a,
             b,
             input_format=input_format,
+            key=key,
             include_int=include_int,
             strip_prefix=strip_prefix,
             rename=rename,
@@ -429,6 +438,7 @@ def trend(
     excludes: tuple[str, ...],
     include_int: bool,
     input_format: str | None,
+    key: str | None,
     threads: int | None,
     no_progress: bool,
 ) -> None:
@@ -449,6 +459,7 @@ def trend(
             filter=filters,
             exclude=excludes,
             input_format=input_format,
+            key=key,
             threads=threads,
             progress=bar,
         )
@@ -533,6 +544,7 @@ def check(
     junit: str | None,
     include_int: bool,
     input_format: str | None,
+    key: str | None,
     threads: int | None,
     no_progress: bool,
     **limits: Any,
@@ -565,6 +577,7 @@ def check(
                     config,
                     baseline,
                     input_format=input_format,
+                    key=key,
                     include_int=include_int,
                     threads=threads,
                     progress=bar,

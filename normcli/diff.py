@@ -300,6 +300,7 @@ def compare(
     b_path: str | os.PathLike[str],
     *,
     input_format: str | None = None,
+    key: str | None = None,
     include_int: bool = False,
     strip_prefix: Sequence[str] = (),
     rename: Sequence[str] = (),
@@ -323,7 +324,7 @@ def compare(
                 info, stored = load_report(path)
                 sides.append((info, list[Entry](stored)))
             else:
-                checkpoint = open_checkpoint(path, input_format)
+                checkpoint = open_checkpoint(path, input_format, key)
                 opened.append(checkpoint)
                 sides.append((checkpoint_info(checkpoint), list[Entry](checkpoint.tensors)))
         (a_info, a_entries), (b_info, b_entries) = sides

@@ -8,6 +8,7 @@ from typing import Any
 
 from .norms import TensorStats
 from .readers import Checkpoint
+from .readers.pytorch import skipped_values
 
 INSPECT_SCHEMA = "normcli/inspect/v1"
 
@@ -129,6 +130,8 @@ class CheckpointInfo:
     nbytes: int
     tensors: int
     shards: int = 1
+    # values of a PyTorch checkpoint that are not tensors (numbers, strings...), left out
+    skipped_values: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +140,7 @@ class CheckpointInfo:
             "bytes": self.nbytes,
             "tensors": self.tensors,
             "shards": self.shards,
+            "skipped_values": self.skipped_values,
         }
 
 
@@ -147,6 +151,7 @@ def checkpoint_info(checkpoint: Checkpoint) -> CheckpointInfo:
         checkpoint.nbytes,
         len(checkpoint.tensors),
         checkpoint.shards,
+        skipped_values(checkpoint),
     )
 
 

@@ -230,6 +230,7 @@ def trend(
     filter: Sequence[str] = (),
     exclude: Sequence[str] = (),
     input_format: str | None = None,
+    key: str | None = None,
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> TrendResult:
@@ -247,7 +248,7 @@ def trend(
                 entries: list[Entry] = list(stored)
                 fmt = "report"
             else:
-                checkpoint = open_checkpoint(path, input_format)
+                checkpoint = open_checkpoint(path, input_format, key)
                 opened.append(checkpoint)
                 entries, fmt = list(checkpoint.tensors), checkpoint.format
             step = step_of(path)

@@ -323,6 +323,7 @@ def test_json_of_every_sample_matches_schema_and_float64_reference(
         "bytes": path.stat().st_size,
         "tensors": len(arrays),
         "shards": 1,
+        "skipped_values": 0,
     }
     assert doc["selected"] == len(arrays)
     assert doc["groups"] is None
@@ -809,14 +810,17 @@ def test_schema_rejects_documents_that_break_the_contract(
 # --- found by trying real published files ------------------------------------------------------
 
 
-def test_a_pytorch_zip_is_named_not_read_as_an_empty_npz(run: Run, tmp_path: Path) -> None:
+def test_a_pytorch_zip_is_read_as_pytorch_not_as_an_empty_npz(run: Run, tmp_path: Path) -> None:
     import zipfile
 
     path = tmp_path / "model.pt"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
         archive.writestr("archive/data/0", b"\x00" * 16)
-    assert_one_error_line(run("inspect", path, code=2), "PyTorch checkpoint")
+    assert json.loads(run("inspect", path, "-f", "json").stdout)["checkpoint"]["format"] == (
+        "pytorch")
+    forced = run("inspect", path, "--input-format", "npz", code=2)
+    assert_one_error_line(forced, "PyTorch checkpoint")
     other = tmp_path / "docs.zip"
     with zipfile.ZipFile(other, "w") as archive:
         archive.writestr("README.txt", "hello")

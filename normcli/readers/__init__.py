@@ -7,10 +7,12 @@ from collections.abc import Callable
 
 from ..errors import UnsupportedError, UsageError
 from . import numpy as numpy_reader
+from . import pytorch as pytorch_reader
 from . import safetensors as safetensors_reader
 from . import sharded
 from .base import Checkpoint, TensorSource
 from .files import open_regular
+from .zipped import ZIP_MAGIC
 
 __all__ = ["FORMATS", "Checkpoint", "TensorSource", "detect_format", "open_checkpoint"]
 
@@ -18,9 +20,17 @@ FORMATS: dict[str, Callable[[str], Checkpoint]] = {
     "safetensors": safetensors_reader.open_safetensors,
     "npz": numpy_reader.open_npz,
     "npy": numpy_reader.open_npy,
+    "pytorch": pytorch_reader.open_pytorch,
 }
 
-_SUFFIXES = {".safetensors": "safetensors", ".npz": "npz", ".npy": "npy"}
+# .bin says too little to guess from: a PyTorch .bin is recognised by its content
+_SUFFIXES = {
+    ".safetensors": "safetensors",
+    ".npz": "npz",
+    ".npy": "npy",
+    ".pt": "pytorch",
+    ".pth": "pytorch",
+}
 
 
 def detect_format(path: str) -> str:
@@ -30,7 +40,9 @@ def detect_format(path: str) -> str:
         size = f.seek(0, 2)
     if head.startswith(numpy_reader.NPY_MAGIC):
         return "npy"
-    if head.startswith(numpy_reader.ZIP_MAGIC):
+    if pytorch_reader.looks_like_pytorch(head, path):
+        return "pytorch"
+    if head.startswith(ZIP_MAGIC):
         return "npz"
     if safetensors_reader.looks_like(head, size):
         return "safetensors"
@@ -40,18 +52,25 @@ def detect_format(path: str) -> str:
     if size == 0:
         raise UnsupportedError("file is empty", path)
     raise UnsupportedError(
-        "unrecognised format (normcli reads safetensors, npz and npy; "
+        "unrecognised format (normcli reads safetensors, npz, npy and PyTorch files; "
         "--input-format names one explicitly)",
         path,
     )
 
 
-def open_checkpoint(path: str | os.PathLike[str], input_format: str | None = None) -> Checkpoint:
-    """Open `path` lazily: headers are read and validated, tensor data is not touched."""
+def open_checkpoint(
+    path: str | os.PathLike[str], input_format: str | None = None, key: str | None = None
+) -> Checkpoint:
+    """Open `path` lazily: headers are read and validated, tensor data is not touched. `key`
+    selects a sub-tree of a nested PyTorch checkpoint (e.g. "model")."""
     path = os.fspath(path)
     if sharded.is_sharded(path):
-        return sharded.open_sharded(path, lambda shard: open_checkpoint(shard, input_format))
+        return sharded.open_sharded(path, lambda shard: open_checkpoint(shard, input_format, key))
     fmt = input_format or detect_format(path)
     if fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if fmt == "pytorch":
+        return pytorch_reader.open_pytorch(path, key)
+    if key is not None:
+        raise UsageError(f"--key selects inside a PyTorch checkpoint; this is {fmt}", path)
     return FORMATS[fmt](path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import io
 import math
-import struct
 import zipfile
 import zlib
 from typing import IO, Any
@@ -16,10 +15,9 @@ from ..dtypes import DType, from_numpy
 from ..errors import CorruptFileError, UnsupportedError
 from .base import Checkpoint, TensorSource
 from .files import DataFile, open_regular
+from .zipped import CrcCheckedReader, stored_data_start
 
 NPY_MAGIC = b"\x93NUMPY"
-ZIP_MAGIC = b"PK\x03\x04"
-_LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 
 def _read_npy_header(f: IO[bytes], where: str, path: str) -> tuple[tuple[int, ...], bool, DType]:
@@ -110,8 +108,8 @@ def open_npz(path: str) -> Checkpoint:
         data.close()
         if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
             raise UnsupportedError(
-                "a PyTorch checkpoint (zip with data.pkl), which normcli does not read yet; "
-                "it never unpickles",
+                "a PyTorch checkpoint (zip with data.pkl), not an npz: drop --input-format "
+                "npz, or give --input-format pytorch",
                 path,
             )
         raise UnsupportedError(
@@ -129,12 +127,12 @@ def _member_source(
     if info.flag_bits & 0x1:
         raise UnsupportedError(f"{where} is encrypted", path)
     if info.compress_type == zipfile.ZIP_STORED:
-        start = _stored_data_start(info, buffer, where, path)
+        start = stored_data_start(info, buffer, where, path)
         member = io.BytesIO(bytes(buffer[start : start + min(info.file_size, 1 << 20)]))
         shape, fortran, dtype = _read_npy_header(member, where, path)
         data_size = info.file_size - member.tell()
         data_bytes = math.prod(shape) * dtype.bits // 8
-        checked = _CrcCheckedReader(
+        checked = CrcCheckedReader(
             buffer, start, member.tell(), min(data_bytes, data_size), info, where, path
         )
         source = TensorSource(name, dtype, shape, checked, fortran_order=fortran)
@@ -161,20 +159,6 @@ def _member_source(
             path,
         )
     return source
-
-
-def _stored_data_start(info: zipfile.ZipInfo, buffer: DataFile, where: str, path: str) -> int:
-    offset = info.header_offset
-    header = bytes(buffer[offset : offset + _LOCAL_HEADER.size])
-    if len(header) < _LOCAL_HEADER.size:
-        raise CorruptFileError(f"{where}: local header lies past the end of the file", path)
-    magic, name_len, extra_len = _LOCAL_HEADER.unpack(header)
-    if magic != ZIP_MAGIC:
-        raise CorruptFileError(f"{where}: local header is damaged", path)
-    start: int = offset + _LOCAL_HEADER.size + name_len + extra_len
-    if start + info.file_size > len(buffer):
-        raise CorruptFileError(f"{where}: data runs past the end of the file (truncated)", path)
-    return start
 
 
 class _StreamReader:
@@ -223,40 +207,3 @@ class _StreamReader:
             self.stream.close()
             self.stream = None
         self.position = 0
-
-
-class _CrcCheckedReader:
-    """Reads a stored member straight from the map, and checks the member's CRC-32 as a
-    front-to-back scan passes over it, as unzipping it would."""
-
-    def __init__(
-        self,
-        buffer: DataFile,
-        start: int,
-        header: int,
-        data_bytes: int,
-        info: zipfile.ZipInfo,
-        where: str,
-        path: str,
-    ) -> None:
-        self.read = buffer.reader(start + header)
-        self.buffer, self.info, self.where, self.path = buffer, info, where, path
-        self.tail = slice(start + header + data_bytes, start + info.file_size)
-        self.data_bytes = data_bytes
-        self.header_crc = zlib.crc32(buffer[start : start + header])
-        self.crc, self.position = self.header_crc, 0
-
-    def __call__(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
-        data = self.read(start, stop, out)
-        if start == 0:  # a scan starting over: so does the running CRC
-            self.crc, self.position = self.header_crc, 0
-        if start != self.position:
-            self.position = -1  # read out of order: a running CRC no longer applies
-            return data
-        self.crc = zlib.crc32(data.data, self.crc)
-        self.position = stop
-        if stop == self.data_bytes:
-            crc = zlib.crc32(self.buffer[self.tail], self.crc)
-            if crc != self.info.CRC:
-                raise CorruptFileError(f"{self.where}: CRC-32 mismatch (damaged data)", self.path)
-        return data

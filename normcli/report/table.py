@@ -31,7 +31,12 @@ def _render_one(result: InspectResult, console: Console) -> None:
             (printable(info.path), "bold"),
             f"  {info.format}, "
             + (f"{info.shards} shards, " if info.shards > 1 else "")
-            + f"{_plural(info.tensors, 'tensor')}, {fmt_bytes(info.nbytes)}",
+            + f"{_plural(info.tensors, 'tensor')}, {fmt_bytes(info.nbytes)}"
+            + (
+                f" ({_plural(info.skipped_values, 'non-tensor value')} left out)"
+                if info.skipped_values
+                else ""
+            ),
         )
     )
     if result.groups is not None:

@@ -1,0 +1,505 @@
+"""PyTorch checkpoints (torch.save, zip and legacy formats), read without torch: a restricted
+unpickler turns the few globals a tensor checkpoint needs into inert stand-ins and refuses all
+others, so nothing from the file is ever run; tensor data is read where it lies."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import re
+import struct
+import threading
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..dtypes import DType
+from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
+from .base import Checkpoint, TensorSource
+from .files import DataFile, open_regular
+from .torch_pickle import (
+    TORCH_DTYPES,
+    RestrictedUnpickler,
+    StorageStub,
+    TensorStub,
+    is_size,
+    pickled_text,
+    unpickle,
+)
+from .zipped import ZIP_MAGIC, CrcCheckedReader, stored_data_start
+
+FORMAT = "pytorch"
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+# A strided view touching at most this much storage has that span read once and held while it
+# is scanned; a larger one is gathered window by window, each chunk on its own (flat memory).
+HELD_SPAN_BYTES = 64 << 20
+WINDOW_BYTES = 4 << 20
+# Shared references can make a small pickle name a huge tree; past these, refuse.
+MAX_DEPTH = 100
+MAX_VALUES = 10_000_000
+
+_ARCHIVE_PICKLE = re.compile(r"[^/]+/data\.pkl")
+
+
+def looks_like_pytorch(head: bytes, path: str) -> bool:
+    """A zip holding <archive>/data.pkl, or a pickle stream that starts with torch's legacy
+    magic number. `head` is the file's first 64 bytes."""
+    if head.startswith(ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any(_ARCHIVE_PICKLE.fullmatch(n) for n in archive.namelist())
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
+            return False
+    if head[:1] != b"\x80":
+        return False
+    try:
+        magic = RestrictedUnpickler(io.BytesIO(head)).load()
+    except Exception:
+        return False
+    return type(magic) is int and magic == LEGACY_MAGIC
+
+
+# --- opening -------------------------------------------------------------------------------------
+
+
+@dataclass
+class PyTorchCheckpoint(Checkpoint):
+    """A PyTorch checkpoint: its tensors, and how many other values (numbers, strings, None,
+    ...) its object held beside them, which were left out."""
+
+    skipped: int = 0
+
+
+def skipped_values(checkpoint: Checkpoint) -> int:
+    """The non-tensor values a PyTorch checkpoint held (0 for any other checkpoint)."""
+    return checkpoint.skipped if isinstance(checkpoint, PyTorchCheckpoint) else 0
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """The unpickled object, and where each storage's bytes begin in the file."""
+
+    root: Any
+    starts: dict[str, int]
+    # storage key -> the zip member holding it (for its CRC), in the zip format
+    members: dict[str, zipfile.ZipInfo]
+
+
+def open_pytorch(path: str, key: str | None = None) -> Checkpoint:
+    """Open a torch.save checkpoint; `key` (dotted, e.g. "model" or "state_dict") reads only
+    that part of it, and names its tensors from there."""
+    with open_regular(path) as f:
+        head = f.read(len(ZIP_MAGIC))
+        size = f.seek(0, 2)
+    if size == 0:
+        raise CorruptFileError("file is empty")
+    data = DataFile(path)
+    closers: list[Callable[[], None]] = [data.close]
+    try:
+        loaded = _load_zip(path, data) if head == ZIP_MAGIC else _load_legacy(path, data)
+        root = loaded.root if key is None else _select(loaded.root, key, path)
+        stem = key or _stem(path)
+        tensors, skipped = _flatten(root, stem if isinstance(root, TensorStub) else "")
+        sources = []
+        for name, tensor in tensors:
+            source, closer = _source(name, tensor, loaded, data)
+            sources.append(source)
+            if closer is not None:
+                closers.append(closer)
+    except NormcliError as e:
+        data.close()
+        if e.path is None:
+            e.path = path
+        raise
+    except BaseException:
+        data.close()
+        raise
+    return PyTorchCheckpoint(path, FORMAT, size, sources, closers, skipped=skipped)
+
+
+def _stem(path: str) -> str:
+    base = path.replace("\\", "/").rsplit("/", 1)[-1]
+    return base.rsplit(".", 1)[0] if "." in base[1:] else base
+
+
+def _load_zip(path: str, data: DataFile) -> _Loaded:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        raise CorruptFileError(f"not a readable zip archive: {e}") from e
+    with archive:
+        names = archive.namelist()
+        if len(set(names)) != len(names):
+            raise CorruptFileError("zip archive holds a member more than once")
+        pickles = [n for n in names if _ARCHIVE_PICKLE.fullmatch(n)]
+        if not pickles:
+            raise UnsupportedError("zip archive holds no <archive>/data.pkl: not PyTorch's")
+        if len(pickles) > 1:
+            raise CorruptFileError(f"zip archive holds {len(pickles)} <archive>/data.pkl members")
+        prefix = pickles[0][: -len("data.pkl")]
+        torchscript = f"{prefix}constants.pkl" in names or any(
+            n.startswith(f"{prefix}code/") for n in names
+        )
+        _check_byteorder(archive, f"{prefix}byteorder", data)
+        raw = _member_bytes(archive, archive.getinfo(pickles[0]), data)
+        unpickler = RestrictedUnpickler(io.BytesIO(raw), torchscript=torchscript)
+        root = unpickle(unpickler, pickles[0])
+        starts, members = {}, {}
+        for key, (_, nbytes) in unpickler.storages.items():
+            member = f"{prefix}data/{key}"
+            where = f"storage {key!r} (member {member!r})"
+            try:
+                info = archive.getinfo(member)
+            except KeyError:
+                raise CorruptFileError(f"{where} is missing from the archive") from None
+            if info.flag_bits & 0x1:
+                raise UnsupportedError(f"{where} is encrypted")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise UnsupportedError(f"{where} is compressed; torch.save stores members as is")
+            if info.file_size != nbytes:
+                raise CorruptFileError(
+                    f"{where} holds {info.file_size} bytes but the pickle declares {nbytes}"
+                )
+            starts[key] = stored_data_start(info, data, where, data.path)
+            members[key] = info
+    return _Loaded(root, starts, members)
+
+
+def _check_byteorder(archive: zipfile.ZipFile, member: str, data: DataFile) -> None:
+    try:
+        info = archive.getinfo(member)
+    except KeyError:
+        return  # written before torch 1.10: little-endian
+    order = _member_bytes(archive, info, data)
+    if order != b"little":
+        raise UnsupportedError(
+            f"tensors stored with byte order {order!r:.20}; normcli reads little-endian ones"
+        )
+
+
+def _member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: DataFile) -> bytes:
+    """A small member's bytes. Stored ones are read here rather than by zipfile: torch told
+    not to compute CRCs writes 0 for every member, which zipfile takes for damage."""
+    where = f"member {info.filename!r}"
+    if info.flag_bits & 0x1:
+        raise UnsupportedError(f"{where} is encrypted")
+    if info.compress_type == zipfile.ZIP_STORED:
+        start = stored_data_start(info, data, where, data.path)
+        raw = data[start : start + info.file_size]
+        if info.CRC and zlib.crc32(raw) != info.CRC:
+            raise CorruptFileError(f"{where}: CRC-32 mismatch (damaged data)")
+        return raw
+    try:
+        return archive.read(info)
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, OSError, EOFError) as e:
+        raise CorruptFileError(f"{where} cannot be read ({e})") from e
+
+
+def _load_legacy(path: str, data: DataFile) -> _Loaded:
+    """torch.save(..., _use_new_zipfile_serialization=False): pickles of the magic number, the
+    protocol version, system information, the object, then the list of storage keys; then each
+    storage as its element count (8 bytes, little-endian) and its bytes, in that list's order."""
+    with open_regular(path) as f:
+        magic = unpickle(RestrictedUnpickler(f, legacy=True), "the first pickle")
+        if type(magic) is not int or magic != LEGACY_MAGIC:
+            raise CorruptFileError(
+                "not a PyTorch checkpoint: neither a zip archive nor a pickle stream that "
+                "starts with torch's magic number"
+            )
+        protocol = unpickle(RestrictedUnpickler(f, legacy=True), "the protocol version")
+        if type(protocol) is not int or protocol != LEGACY_PROTOCOL:
+            raise UnsupportedError(f"legacy format version {protocol!r:.40} (torch writes 1001)")
+        if not isinstance(unpickle(RestrictedUnpickler(f, legacy=True), "system info"), dict):
+            raise CorruptFileError("the system information pickle is not a dict")
+        unpickler = RestrictedUnpickler(f, legacy=True)
+        root = unpickle(unpickler, "the checkpoint's pickle")
+        keys = unpickle(RestrictedUnpickler(f, legacy=True), "the storage key list")
+        # the C unpickler reads ahead only with peek(), and gives back what it did not use
+        position = f.tell()
+    if not isinstance(keys, list):
+        raise CorruptFileError("the storage key list is not a list")
+    starts: dict[str, int] = {}
+    for raw_key in keys:
+        key = pickled_text(raw_key)
+        if key in starts:
+            raise CorruptFileError(f"storage key {key!r} is listed twice")
+        if key not in unpickler.storages:
+            raise CorruptFileError(f"storage key {key!r} is listed but no tensor uses it")
+        dtype_name, nbytes = unpickler.storages[key]
+        header = data[position : position + 8]
+        if len(header) < 8:
+            raise CorruptFileError(f"truncated: the file ends before storage {key!r}")
+        (count,) = struct.unpack("<q", header)
+        itemsize = _dtype(dtype_name).bits // 8
+        if count * itemsize != nbytes:
+            raise CorruptFileError(
+                f"storage {key!r} holds {count} elements of {dtype_name} but the pickle "
+                f"declares {nbytes // itemsize}"
+            )
+        starts[key] = position + 8
+        position += 8 + nbytes
+        if position > len(data):
+            raise CorruptFileError(
+                f"truncated: storage {key!r} needs {nbytes} bytes but the file holds "
+                f"{max(0, len(data) - starts[key])} after its header"
+            )
+    missing = sorted(set(unpickler.storages) - set(starts))
+    if missing:
+        raise CorruptFileError(f"storage {missing[0]!r} is used but never written")
+    if position != len(data):
+        raise CorruptFileError(f"{len(data) - position} bytes after the last storage")
+    return _Loaded(root, starts, {})
+
+
+def _dtype(name: str) -> DType:
+    dtype = TORCH_DTYPES.get(name)
+    if dtype is None:
+        raise UnsupportedError(f"dtype torch.{name} is not supported")
+    return dtype
+
+
+# --- the object tree -----------------------------------------------------------------------------
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "backslashreplace")
+    return str(key)
+
+
+def _children(node: Any) -> list[tuple[str, Any]] | None:
+    if isinstance(node, dict):
+        return [(_key_text(k), v) for k, v in node.items()]
+    if isinstance(node, (list, tuple)):
+        return [(str(i), v) for i, v in enumerate(node)]
+    return None
+
+
+def _select(root: Any, key: str, path: str) -> Any:
+    """The value at dotted `key`; a dict key may itself hold dots ("model.layer.weight")."""
+    node, rest = root, key
+    while rest:
+        children = dict(_children(node) or [])
+        cuts = [len(rest)] + [i for i in range(len(rest) - 1, 0, -1) if rest[i] == "."]
+        for cut in cuts:
+            if rest[:cut] in children:
+                node, rest = children[rest[:cut]], rest[cut + 1 :]
+                break
+        else:
+            raise UsageError(f"no key {key!r} in the checkpoint ({_describe_top(root)})", path)
+    return node
+
+
+def _describe_top(root: Any) -> str:
+    if isinstance(root, dict):
+        names = [_key_text(k) for k in root]
+        shown = ", ".join(repr(n) for n in names[:20])
+        more = f", and {len(names) - 20} more" if len(names) > 20 else ""
+        return f"its top-level keys: {shown}{more}" if names else "it is an empty dict"
+    if isinstance(root, (list, tuple)):
+        return f"it is a {type(root).__name__} of {len(root)} values, selected by index"
+    return "it is a single tensor" if isinstance(root, TensorStub) else "it holds no tensors"
+
+
+def _flatten(root: Any, name: str) -> tuple[list[tuple[str, TensorStub]], int]:
+    """Tensors under `root` by dotted name (dict keys, list and tuple indices), in pickle order,
+    and the count of other values (a structure that contains itself counts once there)."""
+    tensors: list[tuple[str, TensorStub]] = []
+    seen_names: set[str] = set()
+    skipped = visited = 0
+    ancestors: set[int] = set()
+
+    def walk(node: Any, name: str, depth: int) -> None:
+        nonlocal skipped, visited
+        visited += 1
+        if visited > MAX_VALUES:
+            raise UnsupportedError(f"the checkpoint's object holds more than {MAX_VALUES} values")
+        if isinstance(node, TensorStub):
+            if name in seen_names:
+                raise UnsupportedError(f"two tensors have the same name {name!r}")
+            seen_names.add(name)
+            tensors.append((name, node))
+            return
+        children = _children(node)
+        if children is None or id(node) in ancestors:
+            skipped += 1
+            return
+        if depth >= MAX_DEPTH:
+            raise UnsupportedError(f"the checkpoint nests more than {MAX_DEPTH} levels deep")
+        ancestors.add(id(node))
+        for key, child in children:
+            walk(child, f"{name}.{key}" if name else key, depth + 1)
+        ancestors.discard(id(node))
+
+    walk(root, name, 0)
+    return tensors, skipped
+
+
+# --- tensors -------------------------------------------------------------------------------------
+
+
+def _source(
+    name: str, tensor: TensorStub, loaded: _Loaded, data: DataFile
+) -> tuple[TensorSource, Callable[[], None] | None]:
+    """The TensorSource of one rebuilt tensor, its view checked against its storage."""
+    where = f"tensor {name!r}"
+    dtype = TORCH_DTYPES.get(tensor.dtype) if isinstance(tensor.dtype, str) else None
+    if dtype is None:
+        raise UnsupportedError(f"{where}: dtype torch.{tensor.dtype} is not supported")
+    shape, stride, offset = tensor.shape, tensor.stride, tensor.offset
+    if not (
+        isinstance(shape, tuple)
+        and isinstance(stride, tuple)
+        and len(shape) == len(stride)
+        and is_size(offset, *shape, *stride)
+    ):
+        raise CorruptFileError(
+            f"{where}: malformed view (offset {offset!r:.40}, size {shape!r:.80}, "
+            f"stride {stride!r:.80})"
+        )
+    flips = _sign_flips(tensor.metadata, dtype, where)
+    storage: StorageStub = tensor.storage
+    itemsize = dtype.bits // 8
+    numel = math.prod(shape)
+    last = offset + sum((n - 1) * s for n, s in zip(shape, stride, strict=True))
+    if numel and (last + 1) * itemsize > storage.nbytes:
+        raise CorruptFileError(
+            f"{where}: view (offset {offset}, size {list(shape)}, stride {list(stride)}) "
+            f"reaches past the end of its storage {storage.key!r} "
+            f"({storage.nbytes // itemsize} elements of {tensor.dtype})"
+        )
+    base = loaded.starts[storage.key] + storage.offset
+    read: Any = data.reader(base + offset * itemsize)
+    closer = None
+    if numel and not _is_contiguous(shape, stride):
+        strided = _StridedReader(data.reader(base), dtype, shape, stride, offset)
+        read, closer = strided, strided.close
+    elif numel and offset == 0 and numel * itemsize == storage.nbytes:
+        info = loaded.members.get(storage.key)
+        if info is not None and info.CRC:  # torch writes 0 when told not to compute CRCs
+            read = CrcCheckedReader(data, base, 0, storage.nbytes, info, where, data.path)
+    if flips is not None:
+        read = _SignFlipped(read, dtype, *flips)
+    return TensorSource(name, dtype, tuple(shape), read), closer
+
+
+def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    expected = 1
+    for n, s in zip(reversed(shape), reversed(stride), strict=True):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True
+
+
+def _sign_flips(metadata: Any, dtype: DType, where: str) -> tuple[bool, bool] | None:
+    """The lazy negation and conjugation bits torch saves with a view (x.conj(), x.conj().imag)."""
+    if metadata is None or metadata == {}:
+        return None
+    if not isinstance(metadata, dict) or not set(metadata) <= {"conj", "neg"}:
+        raise UnsupportedError(f"{where}: tensor metadata {metadata!r:.80} is not supported")
+    neg, conj = bool(metadata.get("neg")), bool(metadata.get("conj"))
+    conj = conj and dtype.kind == "complex"  # conjugating real values changes nothing
+    if neg and dtype.kind not in ("float", "complex", "int"):
+        raise UnsupportedError(f"{where}: a negated view of {dtype.name} values")
+    return (neg, conj) if neg or conj else None
+
+
+class _SignFlipped:
+    """Applies a view's negation or conjugation bit to the values its reader returns."""
+
+    def __init__(self, read: Callable[..., Any], dtype: DType, neg: bool, conj: bool) -> None:
+        self.read, self.element, self.neg, self.conj = read, dtype.element, neg, conj
+
+    def __call__(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        raw = np.frombuffer(self.read(start, stop, out), dtype=np.uint8)
+        if not raw.flags.writeable:
+            raw = raw.copy()
+        values = raw.view(self.element)
+        if self.neg:
+            np.negative(values, out=values)
+        if self.conj:
+            np.conjugate(values, out=values)
+        return raw
+
+
+class _StridedReader:
+    """The values of a non-contiguous view in C (row-major) order. The storage span the view
+    touches is read once and held while the view is scanned when it is small; otherwise each
+    chunk is gathered from windows of that span, so memory stays flat."""
+
+    def __init__(
+        self,
+        read: Callable[[int, int, np.ndarray], np.ndarray],
+        dtype: DType,
+        shape: tuple[int, ...],
+        stride: tuple[int, ...],
+        offset: int,
+    ) -> None:
+        self.read, self.element = read, dtype.element
+        self.itemsize = dtype.bits // 8
+        self.shape, self.stride, self.offset = shape, stride, offset
+        self.low = offset
+        self.high = offset + sum((n - 1) * s for n, s in zip(shape, stride, strict=True)) + 1
+        self.nbytes = math.prod(shape) * self.itemsize
+        self.lock = threading.Lock()
+        self.held: np.ndarray | None = None
+        self.delivered = 0
+
+    def __call__(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        positions = self._positions(start // self.itemsize, stop // self.itemsize)
+        values = out[: stop - start].view(self.element)
+        if (self.high - self.low) * self.itemsize <= HELD_SPAN_BYTES:
+            np.take(self._hold(), positions - self.low, out=values)
+            self._release_after(stop - start)
+        else:
+            self._gather(positions, values)
+        return out[: stop - start]
+
+    def _positions(self, first: int, last: int) -> np.ndarray:
+        """Storage element indices of the view's elements [first, last) in C order."""
+        linear = np.arange(first, last, dtype=np.int64)
+        index = np.full(last - first, self.offset, dtype=np.int64)
+        for n, s in zip(reversed(self.shape), reversed(self.stride), strict=True):
+            if n > 1:
+                linear, digit = np.divmod(linear, n)
+                index += digit * s
+        return index
+
+    def _hold(self) -> np.ndarray:
+        with self.lock:
+            if self.held is None:
+                span = np.empty((self.high - self.low) * self.itemsize, dtype=np.uint8)
+                self.read(self.low * self.itemsize, self.high * self.itemsize, span)
+                self.held = span.view(self.element)
+            return self.held
+
+    def _release_after(self, nbytes: int) -> None:
+        # once every element has gone out (by one scan, or by its pieces on several threads)
+        with self.lock:
+            self.delivered += nbytes
+            if self.delivered >= self.nbytes:
+                self.held, self.delivered = None, 0
+
+    def _gather(self, positions: np.ndarray, values: np.ndarray) -> None:
+        order = np.argsort(positions, kind="stable")
+        ordered = positions[order]
+        window = max(1, WINDOW_BYTES // self.itemsize)
+        gap = max(1, 4096 // self.itemsize)
+        cuts = (np.diff(ordered) > gap) | (ordered[1:] // window != ordered[:-1] // window)
+        bounds = [0, *(np.flatnonzero(cuts) + 1).tolist(), ordered.size]
+        buffer = np.empty(window * self.itemsize, dtype=np.uint8)
+        for begin, end in itertools.pairwise(bounds):
+            low, high = int(ordered[begin]), int(ordered[end - 1]) + 1
+            span = self.read(low * self.itemsize, high * self.itemsize, buffer)
+            values[order[begin:end]] = span.view(self.element)[ordered[begin:end] - low]
+
+    def close(self) -> None:
+        with self.lock:
+            self.held, self.delivered = None, 0

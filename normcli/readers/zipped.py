@@ -1,0 +1,67 @@
+"""Members of zip archives (npz, PyTorch) read in place: where a stored member's data begins, and
+its CRC-32 checked as a front-to-back scan passes over it."""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+
+from ..errors import CorruptFileError
+from .files import DataFile
+
+ZIP_MAGIC = b"PK\x03\x04"
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
+
+
+def stored_data_start(info: zipfile.ZipInfo, buffer: DataFile, where: str, path: str) -> int:
+    offset = info.header_offset
+    header = bytes(buffer[offset : offset + _LOCAL_HEADER.size])
+    if len(header) < _LOCAL_HEADER.size:
+        raise CorruptFileError(f"{where}: local header lies past the end of the file", path)
+    magic, name_len, extra_len = _LOCAL_HEADER.unpack(header)
+    if magic != ZIP_MAGIC:
+        raise CorruptFileError(f"{where}: local header is damaged", path)
+    start: int = offset + _LOCAL_HEADER.size + name_len + extra_len
+    if start + info.file_size > len(buffer):
+        raise CorruptFileError(f"{where}: data runs past the end of the file (truncated)", path)
+    return start
+
+
+class CrcCheckedReader:
+    """Reads a stored member straight from the map, and checks the member's CRC-32 as a
+    front-to-back scan passes over it, as unzipping it would."""
+
+    def __init__(
+        self,
+        buffer: DataFile,
+        start: int,
+        header: int,
+        data_bytes: int,
+        info: zipfile.ZipInfo,
+        where: str,
+        path: str,
+    ) -> None:
+        self.read = buffer.reader(start + header)
+        self.buffer, self.info, self.where, self.path = buffer, info, where, path
+        self.tail = slice(start + header + data_bytes, start + info.file_size)
+        self.data_bytes = data_bytes
+        self.header_crc = zlib.crc32(buffer[start : start + header])
+        self.crc, self.position = self.header_crc, 0
+
+    def __call__(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        data = self.read(start, stop, out)
+        if start == 0:  # a scan starting over: so does the running CRC
+            self.crc, self.position = self.header_crc, 0
+        if start != self.position:
+            self.position = -1  # read out of order: a running CRC no longer applies
+            return data
+        self.crc = zlib.crc32(data.data, self.crc)
+        self.position = stop
+        if stop == self.data_bytes:
+            crc = zlib.crc32(self.buffer[self.tail], self.crc)
+            if crc != self.info.CRC:
+                raise CorruptFileError(f"{self.where}: CRC-32 mismatch (damaged data)", self.path)
+        return data
