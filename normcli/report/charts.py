@@ -55,9 +55,11 @@ def line_chart(
     alert: frozenset[str] = frozenset(),
     width: int = 960,
     height: int = 420,
+    log: bool | None = None,
 ) -> str:
     """One line per series over the checkpoints; series named in `alert` drawn thick and red.
-    The y axis is logarithmic when the values span more than a factor of 100."""
+    The y axis is logarithmic if `log`, or (None) when the values span more than a factor of
+    100."""
     values = [v for _, vs in series for v in vs if v is not None and math.isfinite(v)]
     legend_width = 260
     left, right, top, bottom = 70, width - legend_width, 36, height - 48
@@ -69,7 +71,8 @@ def line_chart(
     if not values:
         parts.append(f'<text x="{left}" y="{top + 20}">no values</text></svg>')
         return "".join(parts)
-    log = _log_scale(values)
+    if log is None or not all(v > 0 for v in values):
+        log = _log_scale(values)
     low, high = min(values), max(values)
     ticks = _ticks(low, high, log)
     low, high = min(low, ticks[0]), max(high, ticks[-1])

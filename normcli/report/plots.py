@@ -101,7 +101,9 @@ def trend_svg(result: TrendResult) -> list[str]:
     title, labels, norms, updates, alert = _trend_panels(result)
     return [
         line_chart(title, labels, norms, alert),
-        line_chart("update ‖θₜ−θₜ₋₁‖₂ from the previous checkpoint", labels, updates, alert),
+        line_chart(
+            "update ‖θₜ−θₜ₋₁‖₂ from the previous checkpoint", labels, updates, alert, log=True
+        ),
     ]
 
 
@@ -158,7 +160,12 @@ def _png(draw: Callable[[Any], Any]) -> bytes:
 
 
 def _lines(
-    axes: Any, labels: Sequence[str], series: Sequence[Series], alert: frozenset[str], title: str
+    axes: Any,
+    labels: Sequence[str],
+    series: Sequence[Series],
+    alert: frozenset[str],
+    title: str,
+    log: bool = False,
 ) -> None:
     values = [v for _, vs in series for v in vs if v is not None and v > 0 and math.isfinite(v)]
     for n, (name, vs) in enumerate(sorted(series, key=lambda s: s[0] in alert)):
@@ -174,7 +181,7 @@ def _lines(
             label=printable(name),
             zorder=3 if hot else 2,
         )
-    if values and max(values) / min(values) > 100:
+    if values and (log or max(values) / min(values) > 100):
         axes.set_yscale("log")
     axes.set_title(title, loc="left", fontsize=11)
     axes.set_xticks(range(len(labels)))
@@ -188,7 +195,14 @@ def trend_png(result: TrendResult) -> bytes:
     def draw(plt: Any) -> Any:
         figure, (top, bottom) = plt.subplots(2, 1, figsize=(12, 8), sharex=True)
         _lines(top, labels, norms, alert, title)
-        _lines(bottom, labels, updates, alert, "update ‖θₜ−θₜ₋₁‖₂ from the previous checkpoint")
+        _lines(
+            bottom,
+            labels,
+            updates,
+            alert,
+            "update ‖θₜ−θₜ₋₁‖₂ from the previous checkpoint",
+            log=True,
+        )
         bottom.set_xlabel("checkpoint (step)")
         for row in result.rows:
             jump = row.first_jump(result.metric)
