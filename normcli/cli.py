@@ -185,7 +185,9 @@ selection_options = _options(
 reading_options = _options(
     click.option(
         "--input-format",
-        type=click.Choice(["safetensors", "npz", "npy", "pytorch"]),
+        type=click.Choice(
+            ["safetensors", "npz", "npy", "pytorch", "gguf", "onnx", "hdf5", "keras"]
+        ),
         help="Read as this format instead of detecting it.",
     ),
     click.option(

@@ -66,6 +66,16 @@ class TensorStats:
         return TensorStats(total=None)
 
 
+def _fsum(values: list[float]) -> float:
+    """math.fsum, which raises where finite parts add up past the float64 range: that sum is
+    infinite (or, parts of both signs overflowing, has no value)."""
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return float(np.sum(values))
+
+
 def merge_all(parts: list[TensorStats] | tuple[TensorStats, ...]) -> TensorStats:
     """Merge many partial results; float sums are added with math.fsum, so order never matters."""
     if not parts:
@@ -73,10 +83,10 @@ def merge_all(parts: list[TensorStats] | tuple[TensorStats, ...]) -> TensorStats
     totals = [p.total for p in parts]
     return TensorStats(
         numel=sum(p.numel for p in parts),
-        l1=math.fsum(p.l1 for p in parts),
-        sumsq=math.fsum(p.sumsq for p in parts),
+        l1=_fsum([p.l1 for p in parts]),
+        sumsq=_fsum([p.sumsq for p in parts]),
         linf=max(p.linf for p in parts),
-        total=None if None in totals else math.fsum(t for t in totals if t is not None),
+        total=None if None in totals else _fsum([t for t in totals if t is not None]),
         zeros=sum(p.zeros for p in parts),
         nan=sum(p.nan for p in parts),
         inf=sum(p.inf for p in parts),
@@ -163,7 +173,7 @@ def merge_pairs(parts: list[PairStats] | tuple[PairStats, ...]) -> PairStats:
         a=merge_all([p.a for p in parts]),
         b=merge_all([p.b for p in parts]),
         diff=merge_all([p.diff for p in parts]),
-        dot=math.fsum(p.dot for p in parts),
+        dot=_fsum([p.dot for p in parts]),
         identical=all(p.identical for p in parts),
     )
 

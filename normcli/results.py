@@ -8,7 +8,6 @@ from typing import Any
 
 from .norms import TensorStats
 from .readers import Checkpoint
-from .readers.pytorch import skipped_values
 
 INSPECT_SCHEMA = "normcli/inspect/v1"
 
@@ -132,6 +131,8 @@ class CheckpointInfo:
     shards: int = 1
     # values of a PyTorch checkpoint that are not tensors (numbers, strings...), left out
     skipped_values: int = 0
+    # (name, reason) of tensors normcli cannot read (a type it cannot dequantize, say)
+    skipped_tensors: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +142,9 @@ class CheckpointInfo:
             "tensors": self.tensors,
             "shards": self.shards,
             "skipped_values": self.skipped_values,
+            "skipped_tensors": [
+                {"name": name, "reason": reason} for name, reason in self.skipped_tensors
+            ],
         }
 
 
@@ -151,7 +155,8 @@ def checkpoint_info(checkpoint: Checkpoint) -> CheckpointInfo:
         checkpoint.nbytes,
         len(checkpoint.tensors),
         checkpoint.shards,
-        skipped_values(checkpoint),
+        checkpoint.skipped_values,
+        tuple(checkpoint.skipped),
     )
 
 

@@ -324,6 +324,7 @@ def test_json_of_every_sample_matches_schema_and_float64_reference(
         "tensors": len(arrays),
         "shards": 1,
         "skipped_values": 0,
+        "skipped_tensors": [],
     }
     assert doc["selected"] == len(arrays)
     assert doc["groups"] is None

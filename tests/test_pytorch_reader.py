@@ -21,7 +21,7 @@ import pytest
 from normcli.errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
 from normcli.readers import pytorch, torch_pickle
 from normcli.readers.base import TensorSource
-from normcli.readers.pytorch import looks_like_pytorch, open_pytorch, skipped_values
+from normcli.readers.pytorch import looks_like_pytorch, open_pytorch
 from normcli.scan import scan_tensor
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pytorch"
@@ -87,7 +87,7 @@ def test_fixture_matches_torch(name: str) -> None:
     with open_pytorch(str(FIXTURES / name)) as checkpoint:
         assert checkpoint.format == "pytorch"
         assert [t.name for t in checkpoint.tensors] == list(expected["tensors"])
-        assert skipped_values(checkpoint) == expected["skipped"]
+        assert checkpoint.skipped_values == expected["skipped"]
         for source in checkpoint.tensors:
             want = expected["tensors"][source.name]
             assert source.dtype.name == NAMES[want["dtype"]], source.name
@@ -182,12 +182,12 @@ def test_key_selects_a_subtree_and_names_from_there() -> None:
     with open_pytorch(str(FIXTURES / "checkpoint.pt"), key="model") as checkpoint:
         names = [t.name for t in checkpoint.tensors]
         assert names == [n[len("model.") :] for n in everything if n.startswith("model.")]
-        assert skipped_values(checkpoint) == 0
+        assert checkpoint.skipped_values == 0
     with open_pytorch(str(FIXTURES / "checkpoint.pt"), key="optimizer.state.1") as checkpoint:
         assert [t.name for t in checkpoint.tensors] == ["step", "exp_avg", "exp_avg_sq"]
     with open_pytorch(str(FIXTURES / "checkpoint.pt"), key="config") as checkpoint:
         # name, tags, input_shape (2 sizes), device, seed_bytes, phase, nothing
-        assert (checkpoint.tensors, skipped_values(checkpoint)) == ([], 8)
+        assert (checkpoint.tensors, checkpoint.skipped_values) == ([], 8)
 
 
 def test_key_naming_one_tensor_reads_it_under_that_name() -> None:
@@ -198,7 +198,7 @@ def test_key_naming_one_tensor_reads_it_under_that_name() -> None:
 def test_key_indexes_lists_and_tuples() -> None:
     with open_pytorch(str(FIXTURES / "sequence.pt"), key="1") as checkpoint:
         assert [t.name for t in checkpoint.tensors] == ["0", "1.w"]
-        assert skipped_values(checkpoint) == 1  # the None beside "w"
+        assert checkpoint.skipped_values == 1  # the None beside "w"
 
 
 def test_a_missing_key_lists_the_top_level_keys() -> None:
@@ -426,7 +426,7 @@ def test_a_crafted_checkpoint_reads(tmp_path: Path) -> None:
         with open_pytorch(str(path)) as checkpoint:
             (source,) = checkpoint.tensors
             np.testing.assert_array_equal(values(source), [3, 5, 7, 4, 6, 8])
-            assert skipped_values(checkpoint) == 1
+            assert checkpoint.skipped_values == 1
 
 
 @pytest.mark.parametrize(
@@ -473,7 +473,7 @@ def test_a_structure_that_holds_itself_is_counted_not_followed(tmp_path: Path) -
     body = b"]q\x00(" + tensor("0", 12, 0, (12,), (1,)) + b"h\x00e"
     with open_pytorch(str(torch_zip(tmp_path / "c.pt", body, {"0": FLOATS}))) as checkpoint:
         assert [t.name for t in checkpoint.tensors] == ["0"]
-        assert skipped_values(checkpoint) == 1
+        assert checkpoint.skipped_values == 1
 
 
 def test_dotted_keys_are_selected_whole(tmp_path: Path) -> None:

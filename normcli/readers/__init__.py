@@ -6,7 +6,10 @@ import os
 from collections.abc import Callable
 
 from ..errors import UnsupportedError, UsageError
+from . import gguf as gguf_reader
+from . import hdf5 as hdf5_reader
 from . import numpy as numpy_reader
+from . import onnx as onnx_reader
 from . import pytorch as pytorch_reader
 from . import safetensors as safetensors_reader
 from . import sharded
@@ -21,6 +24,10 @@ FORMATS: dict[str, Callable[[str], Checkpoint]] = {
     "npz": numpy_reader.open_npz,
     "npy": numpy_reader.open_npy,
     "pytorch": pytorch_reader.open_pytorch,
+    "gguf": gguf_reader.open_gguf,
+    "onnx": onnx_reader.open_onnx,
+    "hdf5": hdf5_reader.open_hdf5,
+    "keras": hdf5_reader.open_hdf5,
 }
 
 # .bin says too little to guess from: a PyTorch .bin is recognised by its content
@@ -30,6 +37,11 @@ _SUFFIXES = {
     ".npy": "npy",
     ".pt": "pytorch",
     ".pth": "pytorch",
+    ".gguf": "gguf",
+    ".onnx": "onnx",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".keras": "keras",
 }
 
 
@@ -40,19 +52,28 @@ def detect_format(path: str) -> str:
         size = f.seek(0, 2)
     if head.startswith(numpy_reader.NPY_MAGIC):
         return "npy"
+    if gguf_reader.looks_like_gguf(head):
+        return "gguf"
+    if hdf5_reader.looks_like_hdf5(head):
+        return "hdf5"
+    if hdf5_reader.looks_like_keras(head, path):
+        return "keras"
     if pytorch_reader.looks_like_pytorch(head, path):
         return "pytorch"
     if head.startswith(ZIP_MAGIC):
         return "npz"
     if safetensors_reader.looks_like(head, size):
         return "safetensors"
+    if onnx_reader.looks_like_onnx(head, path):
+        return "onnx"
     suffix = os.path.splitext(path)[1].lower()
     if suffix in _SUFFIXES:
         return _SUFFIXES[suffix]
     if size == 0:
         raise UnsupportedError("file is empty", path)
     raise UnsupportedError(
-        "unrecognised format (normcli reads safetensors, npz, npy and PyTorch files; "
+        "unrecognised format (normcli reads safetensors, npz, npy, PyTorch, GGUF, ONNX and "
+        "Keras/HDF5 files; "
         "--input-format names one explicitly)",
         path,
     )

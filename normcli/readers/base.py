@@ -61,6 +61,10 @@ class Checkpoint:
     closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
     # how many files the checkpoint spans
     shards: int = 1
+    # (name, reason) of each tensor it holds that normcli cannot read: in no total, but reported
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    # values beside the tensors that are not tensors (a PyTorch checkpoint's epoch, settings...)
+    skipped_values: int = 0
 
     def close(self) -> None:
         for close in reversed(self.closers):

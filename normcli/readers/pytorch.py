@@ -68,19 +68,6 @@ def looks_like_pytorch(head: bytes, path: str) -> bool:
 # --- opening -------------------------------------------------------------------------------------
 
 
-@dataclass
-class PyTorchCheckpoint(Checkpoint):
-    """A PyTorch checkpoint: its tensors, and how many other values (numbers, strings, None,
-    ...) its object held beside them, which were left out."""
-
-    skipped: int = 0
-
-
-def skipped_values(checkpoint: Checkpoint) -> int:
-    """The non-tensor values a PyTorch checkpoint held (0 for any other checkpoint)."""
-    return checkpoint.skipped if isinstance(checkpoint, PyTorchCheckpoint) else 0
-
-
 @dataclass(frozen=True)
 class _Loaded:
     """The unpickled object, and where each storage's bytes begin in the file."""
@@ -120,7 +107,7 @@ def open_pytorch(path: str, key: str | None = None) -> Checkpoint:
     except BaseException:
         data.close()
         raise
-    return PyTorchCheckpoint(path, FORMAT, size, sources, closers, skipped=skipped)
+    return Checkpoint(path, FORMAT, size, sources, closers, skipped_values=skipped)
 
 
 def _stem(path: str) -> str:

@@ -166,4 +166,10 @@ def _combine(shown: str, shards: list[tuple[str, str]], open_one: OpenOne) -> Ch
         tensors,
         [close for c in opened for close in c.closers],
         shards=len(opened),
+        skipped_values=sum(c.skipped_values for c in opened),
+        skipped=[
+            (name, f"{reason} (in {shard})")
+            for (shard, _), c in zip(shards, opened, strict=True)
+            for name, reason in c.skipped
+        ],
     )

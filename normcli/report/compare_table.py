@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..diff import Aggregate, CompareResult, TensorDiff
-from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line
+from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line, skipped_line
 from .text import fmt_float, fmt_shape, printable
 
 STATUS_STYLE = {
@@ -54,6 +54,9 @@ def _render_one(result: CompareResult, console: Console) -> None:
             f"  ({result.b.format}, {result.b.tensors} tensors)",
         )
     )
+    for side in (result.a, result.b):
+        if side.skipped_tensors:
+            console.print(skipped_line(side.skipped_tensors))
     if result.groups is not None:
         fit_table(console, lambda hide: _group_table(result.groups or (), hide), OPTIONAL)
     elif result.tensors:

@@ -39,6 +39,8 @@ def _render_one(result: InspectResult, console: Console) -> None:
             ),
         )
     )
+    if info.skipped_tensors:
+        console.print(skipped_line(info.skipped_tensors))
     if result.groups is not None:
         fit_table(
             console, lambda hide: _group_table(result.groups or (), hide), GROUP_OPTIONAL_COLUMNS
@@ -173,6 +175,13 @@ def _group_table(groups: Sequence[GroupReport], hidden: frozenset[str]) -> Table
             style=style if style == NONFINITE else None,
         )
     return table.table
+
+
+def skipped_line(skipped: Sequence[tuple[str, str]], shown: int = 3) -> Text:
+    """Tensors the file holds but normcli cannot read: never silently dropped from a report."""
+    listed = "; ".join(f"{printable(n)} ({printable(r)})" for n, r in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more (-f json lists them)" if len(skipped) > shown else ""
+    return Text(f"  not read, so in no figure: {listed}{more}", STANDOUT)
 
 
 def nonfinite_line(names: Sequence[str], shown: int = 5) -> Text:
