@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CorruptFileError, UsageError
-from .norms import PairStats, TensorStats, merge_all, merge_pairs
+from .norms import PairStats, TensorStats, merge_all, merge_pairs, squares_of_l2
 from .readers import Checkpoint, TensorSource, open_checkpoint
 from .readers.files import open_regular
 from .readers.sharded import is_sharded
@@ -225,11 +225,14 @@ def load_report(path: str) -> tuple[CheckpointInfo, list[StoredTensor]]:
 def _stored_tensor(t: dict[str, Any]) -> StoredTensor:
     l2, finite = t["l2"], t["numel"] - t["nan"] - t["inf"]
     mean = t["mean"]
+    # null norms: L1 and L2 overflowed float64; Linf, the max of no finite value at all
+    sumsq, scale = squares_of_l2(float(l2)) if l2 is not None else (math.inf, 0)
     stats = TensorStats(
         numel=int(t["numel"]),
         l1=float(t["l1"]) if t["l1"] is not None else math.inf,
-        sumsq=float(l2) ** 2 if l2 is not None else math.inf,
-        linf=float(t["linf"]) if t["linf"] is not None else math.inf,
+        sumsq=sumsq,
+        scale=scale,
+        linf=float(t["linf"]) if t["linf"] is not None else 0.0,
         total=None if mean is None else float(mean) * finite,
         zeros=int(t["zeros"]),
         nan=int(t["nan"]),

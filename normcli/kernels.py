@@ -19,7 +19,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from .norms import PairStats, TensorStats
+from .norms import SQUARES_FIT, PairStats, TensorStats
 
 
 @dataclass(frozen=True)
@@ -231,6 +231,8 @@ def reduce_compiled(values: np.ndarray) -> TensorStats | None:
         return None
     if bad or not (np.isfinite(sq) and np.isfinite(l1)):
         return None
+    if linf and not SQUARES_FIT[0] < linf < SQUARES_FIT[1]:
+        return None  # float64 squares out of range: the numpy path scales them
     return TensorStats(int(values.size), float(l1), float(sq), linf, float(total), int(zeros))
 
 
@@ -248,6 +250,9 @@ def reduce_pair_compiled(a_values: np.ndarray, b_values: np.ndarray) -> PairStat
     a_zeros, b_zeros, d_zeros, same_bits, same_values, bad = (int(c) for c in counts)
     if bad or not np.isfinite(sums).all():
         return None
+    tops = (_as_float(a_top, uint, a.dtype), _as_float(b_top, uint, b.dtype), float(sums[-1]))
+    if any(top and not SQUARES_FIT[0] < top < SQUARES_FIT[1] for top in tops):
+        return None  # float64 squares out of range: the numpy path scales them
     (a_l1, a_sq, a_total, b_l1, b_sq, b_total, d_l1, d_sq, d_total, dot, d_top) = (
         float(v) for v in sums
     )

@@ -14,6 +14,8 @@ class TensorStats:
 
     `total` is the signed sum of the finite values (None for complex values, which have no
     real mean). Merging two TensorStats gives the statistics of the union of their values.
+    `sumsq` is Σ(x·2^-scale)²: float64 values beyond about 1e154 (or all below 1e-154) have
+    squares outside the float64 range, so their sum is kept scaled by a power of two, exactly.
     """
 
     numel: int = 0
@@ -24,6 +26,7 @@ class TensorStats:
     zeros: int = 0
     nan: int = 0
     inf: int = 0
+    scale: int = 0
 
     @property
     def finite(self) -> int:
@@ -31,11 +34,11 @@ class TensorStats:
 
     @property
     def l2(self) -> float:
-        return math.sqrt(self.sumsq)
+        return _ldexp(math.sqrt(self.sumsq), self.scale)
 
     @property
     def rms(self) -> float | None:
-        return math.sqrt(self.sumsq / self.finite) if self.finite else None
+        return _ldexp(math.sqrt(self.sumsq / self.finite), self.scale) if self.finite else None
 
     @property
     def mean(self) -> float | None:
@@ -48,22 +51,25 @@ class TensorStats:
         return self.zeros / self.numel if self.numel else None
 
     def merge(self, other: TensorStats) -> TensorStats:
-        total = None if self.total is None or other.total is None else self.total + other.total
-        return TensorStats(
-            numel=self.numel + other.numel,
-            l1=self.l1 + other.l1,
-            sumsq=self.sumsq + other.sumsq,
-            linf=max(self.linf, other.linf),
-            total=total,
-            zeros=self.zeros + other.zeros,
-            nan=self.nan + other.nan,
-            inf=self.inf + other.inf,
-        )
+        return merge_all((self, other))
 
     @staticmethod
     def of_complex() -> TensorStats:
         """The empty statistics of a complex tensor, whose values have no real sum."""
         return TensorStats(total=None)
+
+
+def _ldexp(value: float, exponent: int) -> float:
+    try:
+        return math.ldexp(value, exponent)
+    except OverflowError:
+        return math.inf
+
+
+def squares_of_l2(l2: float) -> tuple[float, int]:
+    """(sumsq, scale) of a TensorStats whose L2 is `l2` (a norm read back from a report)."""
+    scale = math.frexp(l2)[1] if l2 and not SQUARES_FIT[0] < l2 < SQUARES_FIT[1] else 0
+    return math.ldexp(l2, -scale) ** 2, scale
 
 
 def _fsum(values: list[float]) -> float:
@@ -81,16 +87,23 @@ def merge_all(parts: list[TensorStats] | tuple[TensorStats, ...]) -> TensorStats
     if not parts:
         return TensorStats()
     totals = [p.total for p in parts]
+    # bring every sum of squares to the largest scale: exact, but for parts too small to count
+    scale = max((p.scale for p in parts if p.sumsq), default=0)
     return TensorStats(
         numel=sum(p.numel for p in parts),
         l1=_fsum([p.l1 for p in parts]),
-        sumsq=_fsum([p.sumsq for p in parts]),
+        sumsq=_fsum([_ldexp(p.sumsq, 2 * (p.scale - scale)) for p in parts]),
         linf=max(p.linf for p in parts),
         total=None if None in totals else _fsum([t for t in totals if t is not None]),
         zeros=sum(p.zeros for p in parts),
         nan=sum(p.nan for p in parts),
         inf=sum(p.inf for p in parts),
+        scale=scale,
     )
+
+
+# magnitudes whose squares (and sums of a few billion of them) stay normal float64 numbers
+SQUARES_FIT = (2.0**-500, 2.0**500)
 
 
 def _as_float64(values: np.ndarray) -> np.ndarray:
@@ -128,14 +141,18 @@ def _reduce_finite(
 ) -> TensorStats:
     linf = float(magnitude.max()) if magnitude.size else 0.0
     zeros = magnitude.size - int(np.count_nonzero(magnitude))
+    total = None if x.dtype.kind == "c" else float(x.sum())
+    # squares of values past 2**±500 leave the float64 range: square them scaled by a power of
+    # two (exact), and keep the scale beside the sum
+    scale = math.frexp(linf)[1] if linf and not SQUARES_FIT[0] < linf < SQUARES_FIT[1] else 0
     if x.dtype.kind == "c":
-        sumsq = float(np.square(x.real).sum()) + float(np.square(x.imag).sum())
-        total: float | None = None
+        parts = (np.ldexp(x.real, -scale), np.ldexp(x.imag, -scale)) if scale else (x.real, x.imag)
+        sumsq = float(np.square(parts[0]).sum()) + float(np.square(parts[1]).sum())
     else:
-        total = float(x.sum())
+        scaled = np.ldexp(magnitude, -scale, out=magnitude) if scale else magnitude
         # squares of the float64 magnitudes: pairwise summation keeps the error near 1e-16
-        sumsq = float(np.square(magnitude, out=magnitude).sum())
-    return TensorStats(numel, l1, sumsq, linf, total, zeros, nan, inf)
+        sumsq = float(np.square(scaled, out=scaled).sum())
+    return TensorStats(numel, l1, sumsq, linf, total, zeros, nan, inf, scale)
 
 
 @dataclass(frozen=True)
