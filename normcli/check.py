@@ -10,7 +10,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -103,17 +103,34 @@ class CheckConfig:
     allow_nonfinite: bool = False
     require_same_tensors: bool = False
     source: str | None = None  # the config file the settings came from, if any
+    # the file's `baseline`, resolved against the file's folder
+    baseline: str | None = None
+    # the keys set on the command line, not by the file
+    from_command_line: frozenset[str] = frozenset()
 
     def merged(self, overrides: Mapping[str, Any]) -> CheckConfig:
         """Command-line values (None: not given) take precedence over the file's."""
         given = {k: v for k, v in overrides.items() if k in LIMIT_KEYS and v is not None}
         CheckConfig(given).validate()  # a bad option is the command line's fault, not the file's
-        return CheckConfig(
-            {**self.limits, **given},
-            self.scopes,
-            bool(overrides.get("allow-nonfinite")) or self.allow_nonfinite,
-            bool(overrides.get("require-same-tensors")) or self.require_same_tensors,
-            self.source,
+        flags = {k for k in ("allow-nonfinite", "require-same-tensors") if overrides.get(k)}
+        return replace(
+            self,
+            limits={**self.limits, **given},
+            allow_nonfinite="allow-nonfinite" in flags or self.allow_nonfinite,
+            require_same_tensors="require-same-tensors" in flags or self.require_same_tensors,
+            from_command_line=frozenset(given) | flags,
+        )
+
+    def without(self, keys: Sequence[str]) -> CheckConfig:
+        """The same settings less the rules `keys` (from the file) that cannot be judged."""
+        return replace(
+            self,
+            limits={k: v for k, v in self.limits.items() if k not in keys},
+            scopes=tuple(
+                Scope(s.tensors, {k: v for k, v in s.limits.items() if k not in keys})
+                for s in self.scopes
+            ),
+            require_same_tensors=self.require_same_tensors and "require-same-tensors" not in keys,
         )
 
     def validate(self) -> None:
@@ -133,7 +150,8 @@ class CheckConfig:
     def needs_baseline(self) -> list[str]:
         keys = [k for k in self.limits if RULES[k].needs]
         keys += [k for s in self.scopes for k in s.limits if RULES[k].needs]
-        return keys + (["require-same-tensors"] if self.require_same_tensors else [])
+        keys += ["require-same-tensors"] if self.require_same_tensors else []
+        return list(dict.fromkeys(keys))
 
 
 # --- the config file ---------------------------------------------------------------------------
@@ -143,20 +161,29 @@ def find_config(explicit: str | None, folder: str = ".") -> tuple[dict[str, Any]
     """The [check] settings: --config FILE, else normcli.toml, else pyproject.toml's
     [tool.normcli.check]; nothing found is an empty config."""
     if explicit is not None:
-        doc = _read_toml(explicit)
-        section = _section(doc, ("tool", "normcli", "check"), explicit)
-        if section is None:
-            section = doc.get("check", doc)
-        return _table(section, explicit), explicit
+        return _table(_check_section(_read_toml(explicit), explicit), explicit), explicit
     own = os.path.join(folder, "normcli.toml")
     if os.path.isfile(own):
-        return _table(_read_toml(own).get("check", {}), own), own
+        return _table(_check_section(_read_toml(own), own), own), own
     project = os.path.join(folder, "pyproject.toml")
     if os.path.isfile(project):
         section = _section(_read_toml(project), ("tool", "normcli", "check"), project)
         if section is not None:
             return _table(section, project), project
     return {}, None
+
+
+def _check_section(doc: dict[str, Any], path: str) -> Any:
+    """In a file of normcli's own: [tool.normcli.check], else [check], else the top level."""
+    section = _section(doc, ("tool", "normcli", "check"), path)
+    if section is not None:
+        return section
+    if "check" in doc:
+        beside = [k for k in doc if k not in ("check", "tool")]
+        if beside:
+            raise UsageError(f"key {beside[0]!r} stands outside the [check] table", path)
+        return doc["check"]
+    return {k: v for k, v in doc.items() if k != "tool"}
 
 
 def _section(doc: dict[str, Any], keys: tuple[str, ...], path: str) -> Any:
@@ -195,8 +222,14 @@ def parse_config(settings: Mapping[str, Any], source: str | None) -> CheckConfig
     limits: dict[str, float] = {}
     flags = {"allow-nonfinite": False, "require-same-tensors": False}
     scopes: list[Scope] = []
+    baseline = None
     for key, value in settings.items():
-        if key in flags:
+        if key == "baseline":
+            if not isinstance(value, str) or not value:
+                raise UsageError("baseline must be a path", source)
+            folder = os.path.dirname(source) if source else ""
+            baseline = os.path.normpath(os.path.join(folder, value))
+        elif key in flags:
             if not isinstance(value, bool):
                 raise UsageError(f"{key} must be true or false", source)
             flags[key] = value
@@ -207,10 +240,15 @@ def parse_config(settings: Mapping[str, Any], source: str | None) -> CheckConfig
                 raise UsageError("rules must be an array of tables ([[...rules]])", source)
             scopes += [_scope(i, rule, source) for i, rule in enumerate(value)]
         else:
-            known = ", ".join([*flags, *LIMIT_KEYS, "rules"])
+            known = ", ".join(["baseline", *flags, *LIMIT_KEYS, "rules"])
             raise UsageError(f"unknown key {key!r} in the check settings (known: {known})", source)
     config = CheckConfig(
-        limits, tuple(scopes), flags["allow-nonfinite"], flags["require-same-tensors"], source
+        limits,
+        tuple(scopes),
+        flags["allow-nonfinite"],
+        flags["require-same-tensors"],
+        source,
+        baseline,
     )
     config.validate()
     return config
@@ -297,6 +335,8 @@ class CheckResult:
     rules: tuple[RuleOutcome, ...]
     tensors: int
     config: str | None
+    # rules of the settings file left unjudged for want of a baseline
+    skipped_rules: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -313,6 +353,7 @@ class CheckResult:
                 "tensors": self.tensors,
                 "config": self.config,
                 "rules": [r.to_dict() for r in self.rules],
+                "skipped_rules": list(self.skipped_rules),
             },
         }
 
@@ -341,9 +382,14 @@ def run_check(
     """Scan `path` (against `baseline`, a checkpoint or a saved report) and judge every rule."""
     from .api import inspect
 
+    skipped: list[str] = []
     if baseline is None and config.needs_baseline:
-        keys = config.needs_baseline
-        raise UsageError(f"{', '.join(keys)} need{'s' if len(keys) == 1 else ''} --baseline")
+        asked = [k for k in config.needs_baseline if k in config.from_command_line]
+        if asked:
+            raise UsageError(f"{', '.join(asked)} need{'s' if len(asked) == 1 else ''} --baseline")
+        # the file's drift rules wait for a baseline: a pre-commit run without one judges the rest
+        skipped = config.needs_baseline
+        config = config.without(skipped)
     if baseline is not None and is_report(baseline):
         needs_values = [k for k in config.needs_baseline if RULES[k].needs == "checkpoint baseline"]
         if needs_values:
@@ -385,6 +431,7 @@ def run_check(
         tuple(outcomes),
         sum(t.stats is not None for t in tensors),
         config.source,
+        tuple(skipped),
     )
 
 

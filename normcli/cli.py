@@ -570,6 +570,7 @@ def check(
     settings, source = gate.find_config(config_file)
     overrides = {key.replace("_", "-"): value for key, value in limits.items()}
     config = gate.parse_config(settings, source).merged(overrides)
+    baseline = baseline or config.baseline
     results = []
     for path in checkpoints:
         with _progress(not no_progress, f"check {path}") as bar:

@@ -27,7 +27,12 @@ ORDERS = ("name", "mtime", "given")
 JUMP_FACTOR = 1.5
 # automatic grouping keeps about this many rows
 AUTO_GROUPS = 64
-_LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+# a number not glued to letters, or right after a word that names a step
+_STEP = re.compile(
+    r"(?:(?<![A-Za-z0-9])|(?<=step)|(?<=steps)|(?<=epoch)|(?<=iter)|(?<=ckpt)|(?<=checkpoint))"
+    r"(\d+)(?![A-Za-z0-9])",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -173,12 +178,16 @@ def expand_inputs(arguments: Sequence[str], order: str) -> list[str]:
                 for e in os.listdir(argument)
                 if _is_run_entry(os.path.join(argument, e))
             ]
+        elif not os.path.exists(argument):
+            raise InputError("no such file or folder", argument)
         else:
             paths.append(argument)
+    paths = list(dict.fromkeys(os.path.normpath(p) for p in paths))  # each checkpoint once
     if order == "name":
-        paths.sort(key=lambda p: natural_key(p))
+        # by step first, wherever the files lie; then by name
+        paths.sort(key=lambda p: (step_of(p) is None, step_of(p) or 0, natural_key(p)))
     elif order == "mtime":
-        paths.sort(key=lambda p: os.stat(p).st_mtime)
+        paths.sort(key=lambda p: (os.stat(p).st_mtime, natural_key(p)))
     if len(paths) < 2:
         raise UsageError(f"a trend needs at least two checkpoints, found {len(paths)}")
     return paths
@@ -204,14 +213,19 @@ def _is_run_entry(path: str) -> bool:
 
 
 def step_of(path: str) -> int | None:
-    """The training step a checkpoint's name carries: its last run of digits."""
-    name = os.path.basename(os.path.normpath(path))
-    for suffix in (*CHECKPOINT_SUFFIXES, ".json"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    match = _LAST_NUMBER.search(name)
-    return int(match.group(1)) if match else None
+    """The training step a checkpoint's name carries: the last number standing on its own in
+    the file name (step-100, ckpt_2000, epoch3), else in its folder's name
+    (checkpoint-500/model.safetensors). Digits inside a word (bf16, fp8) are no step."""
+    parts = os.path.normpath(path).split(os.sep)
+    for name in (parts[-1], *(parts[-2:-1])):
+        for suffix in (*CHECKPOINT_SUFFIXES, ".json"):
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        found = _STEP.findall(name)
+        if found:
+            return int(found[-1])
+    return None
 
 
 # --- the trend ---------------------------------------------------------------------------------

@@ -690,12 +690,18 @@ def test_command_line_overrides_the_file_both_ways(run: Run, tmp_path: Path) -> 
     assert doc["violations"][0]["limit"] == limit
 
 
-def test_require_same_tensors_from_the_file_needs_a_baseline(run: Run, tmp_path: Path) -> None:
+def test_require_same_tensors_from_the_file_waits_for_a_baseline(run: Run, tmp_path: Path) -> None:
+    """A settings file shared by pre-commit (no baseline) and CI (a baseline): its drift rules
+    are reported as not judged, not an error; given on the command line they are an error."""
     (tmp_path / "normcli.toml").write_text("[check]\nrequire-same-tensors = true\n")
-    assert_one_error_line(check(run, sample("base"), code=2),
+    doc = check_json(run, sample("base"), code=0)
+    assert doc["checked"]["skipped_rules"] == ["require-same-tensors"]
+    assert "not judged without a baseline" in check(run, sample("base"), code=0).stdout
+    assert_one_error_line(check(run, sample("base"), "--require-same-tensors", code=2),
                           "require-same-tensors", "--baseline")
     doc = check_json(run, _reshaped(tmp_path), "--baseline", sample("base"), code=1)
     assert {v["code"] for v in doc["violations"]} == {"N015"}
+    assert doc["checked"]["skipped_rules"] == []
 
 
 def test_the_settings_file_name_is_shown_literally_in_the_table(
@@ -810,12 +816,19 @@ def test_a_rule_needing_a_baseline_without_one_exits_2(run: Run, args: list[str]
     assert_one_error_line(check(run, sample("blowup"), *args, code=2), args[0][2:], "--baseline")
 
 
-def test_a_scoped_rule_needing_a_baseline_without_one_exits_2(run: Run, tmp_path: Path) -> None:
+def test_a_baseline_named_in_the_settings_file_is_used(run: Run, tmp_path: Path) -> None:
     (tmp_path / "normcli.toml").write_text(
-        '[[check.rules]]\ntensors = "*embed*"\nmax-tensor-rel-update = 0.5\n'
+        f'baseline = "{sample("base")}"\n'
+        '[[check.rules]]\ntensors = "*down_proj*"\nmax-tensor-l2-ratio = 2\n'
     )
-    assert_one_error_line(check(run, sample("base"), code=2), "max-tensor-rel-update",
-                          "--baseline")
+    assert_one_error_line(check(run, sample("base"), code=2), "outside the [check] table")
+    (tmp_path / "normcli.toml").write_text(
+        f'[check]\nbaseline = "{sample("base")}"\n'
+        '[[check.rules]]\ntensors = "*down_proj*"\nmax-tensor-l2-ratio = 2\n'
+    )
+    doc = check_json(run, sample("blowup"), "--allow-nonfinite", code=1)
+    assert doc["baseline"] == str(sample("base"))
+    assert {v["tensor"] for v in doc["violations"]} == {"model.layers.1.mlp.down_proj.weight"}
 
 
 @pytest.mark.parametrize("rule", ["max-rel-update", "max-tensor-rel-update", "min-cosine"])

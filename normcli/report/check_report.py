@@ -95,6 +95,14 @@ def render_table(results: list[CheckResult], console: Console) -> None:
         console.print(rules)
         if result.config:
             console.print(Text(f"settings from {printable(result.config)}", "dim"))
+        if result.skipped_rules:
+            console.print(
+                Text(
+                    f"not judged without a baseline: {', '.join(result.skipped_rules)} "
+                    "(--baseline, or `baseline` in the settings)",
+                    "yellow",
+                )
+            )
 
 
 def _escape_data(text: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from collections.abc import Sequence
 
@@ -12,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..trend import TrendResult, TrendRow
-from .table import NONFINITE, STANDOUT
+from .table import NONFINITE, STANDOUT, fit_table
 from .text import fmt_float, printable, sparkline
 
 METRIC_NAMES = {"l2": "L2", "l1": "L1", "linf": "Linf", "rms": "RMS"}
@@ -39,6 +40,51 @@ def _style(row: TrendRow, metric: str) -> str | None:
     return STANDOUT if row.jumped(metric) else None
 
 
+# Dropped in this order when the terminal is too narrow for every column.
+OPTIONAL = ("max rel. update", "first", "change", "last")
+
+
+def _table(result: TrendResult, hidden: frozenset[str]) -> Table:
+    columns = [
+        c for c in ("first", "last", "change", "jump at", "max rel. update") if c not in hidden
+    ]
+    names = [printable(r.name) for r in result.rows]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column(
+        "group" if result.group_by else "tensor",
+        overflow="fold",
+        min_width=min(28, max(map(len, names), default=11)),
+    )
+    table.add_column(METRIC_NAMES[result.metric], no_wrap=True)
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True)
+    for row in (*result.rows, result.total):
+        values = row.values(result.metric)
+        present = [v for v in values if v is not None]
+        updates = [u for u in row.rel_update if u is not None]
+        cells = {
+            "first": fmt_float(present[0] if present else None),
+            "last": fmt_float(present[-1] if present else None),
+            "change": _change(row, result.metric),
+            "jump at": _jump_text(row, result),
+            "max rel. update": fmt_float(max(updates) if updates else None),
+        }
+        note = "non-finite!" if row.nonfinite else "jumped" if row.jumped(result.metric) else ""
+        table.add_row(
+            Text(
+                printable(row.name) if row is not result.total else "whole model",
+                "bold" if row is result.total else "",
+            ),
+            sparkline(values),
+            *(cells[c] for c in columns),
+            Text(note),
+            style=_style(row, result.metric),
+            end_section=row is result.rows[-1] if result.rows else False,
+        )
+    return table
+
+
 def render_table(results: Sequence[TrendResult], console: Console) -> None:
     for result in results:
         name = METRIC_NAMES[result.metric]
@@ -60,33 +106,7 @@ def render_table(results: Sequence[TrendResult], console: Console) -> None:
                 f"{printable(first.label)} → {printable(last.label)}; {grouping}",
             )
         )
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-        table.add_column("group" if result.group_by else "tensor", overflow="fold")
-        table.add_column(name, no_wrap=True)
-        for column in ("first", "last", "change", "jump at", "max rel. update"):
-            table.add_column(column, justify="right", no_wrap=True)
-        table.add_column("", no_wrap=True)
-        for row in (*result.rows, result.total):
-            values = row.values(result.metric)
-            present = [v for v in values if v is not None]
-            updates = [u for u in row.rel_update if u is not None]
-            note = "non-finite!" if row.nonfinite else "jumped" if row.jumped(result.metric) else ""
-            table.add_row(
-                Text(
-                    printable(row.name) if row is not result.total else "whole model",
-                    "bold" if row is result.total else "",
-                ),
-                sparkline(values),
-                fmt_float(present[0] if present else None),
-                fmt_float(present[-1] if present else None),
-                _change(row, result.metric),
-                _jump_text(row, result),
-                fmt_float(max(updates) if updates else None),
-                Text(note),
-                style=_style(row, result.metric),
-                end_section=row is result.rows[-1] if result.rows else False,
-            )
-        console.print(table)
+        fit_table(console, functools.partial(_table, result), OPTIONAL)
         steps = "  ".join(printable(p.label) for p in result.points)
         console.print(Text(f"checkpoints: {steps}", "dim"))
 
