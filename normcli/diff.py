@@ -216,7 +216,8 @@ def load_report(path: str) -> tuple[CheckpointInfo, list[StoredTensor]]:
                 path,
             )
         tensors = [_stored_tensor(t) for t in doc["tensors"]]
-        checkpoint = CheckpointInfo(str(info["path"]), "report", int(info["bytes"]), len(tensors))
+        # named by the report itself: the checkpoint it describes may be long gone
+        checkpoint = CheckpointInfo(path, "report", int(info["bytes"]), len(tensors))
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptFileError(f"report is missing or has a malformed field: {e}", path) from e
     return checkpoint, tensors
@@ -465,12 +466,27 @@ def _sort_value(sort: str) -> Callable[[TensorDiff | Aggregate], float | None]:
     values: dict[str, Callable[[TensorDiff | Aggregate], float | None]] = {
         "rel": lambda r: r.rel_l2,
         "diff": lambda r: r.pair.diff.l2 if r.pair is not None else None,
-        "ratio": lambda r: None if r.ratio_l2 is None else abs(math.log(r.ratio_l2 or 1e-300)),
+        "ratio": _ratio_distance,
         # least similar first
         "cosine": lambda r: None if r.cosine is None else -r.cosine,
         "l2": lambda r: _b_l2(r),
     }
     return values[sort]
+
+
+def _ratio_distance(row: TensorDiff | Aggregate) -> float | None:
+    """How far ‖B‖₂/‖A‖₂ is from 1, either way; a zero A that became non-zero is infinitely far."""
+    if row.ratio_l2 is not None:
+        return abs(math.log(row.ratio_l2 or 1e-300))
+    a, b = (
+        (row.a, row.b)
+        if isinstance(row, Aggregate)
+        else (row.a.stats if row.a else None, row.b.stats if row.b else None)
+    )
+    reshaped = isinstance(row, TensorDiff) and row.status == "shape_changed"
+    if a is not None and b is not None and not a.sumsq and b.sumsq and not reshaped:
+        return math.inf
+    return None
 
 
 def _b_l2(row: TensorDiff | Aggregate) -> float | None:
@@ -484,9 +500,21 @@ def _sort(rows: Sequence[Any], sort: str | None) -> list[Any]:
     ones that moved and come before the ones that did not."""
     if sort == "name":
         return sorted(rows, key=lambda r: natural_key(r.name))
-    value = _sort_value(sort or "rel")
+    if sort is None:
+        # the relative update where values were compared; against a saved report, the ratio
+        sort = "rel" if any(r.pair is not None for r in rows) else "ratio"
+    value = _sort_value(sort)
     scored = [(value(r), r) for r in rows]
     moved = sorted(((v, r) for v, r in scored if v), key=lambda vr: vr[0], reverse=True)
-    missing = [r for v, r in scored if v is None]
-    still = [r for v, r in scored if v is not None and not v]
-    return [r for _, r in moved] + missing + still
+    rest = [r for v, r in scored if not v]
+    # a NaN or Inf that appeared moves no norm (they cover finite values) but must be seen
+    alarming = [r for r in rest if _nonfinite(r)]
+    missing = [r for v, r in scored if v is None and not _nonfinite(r)]
+    still = [r for v, r in scored if v is not None and not v and not _nonfinite(r)]
+    return [r for _, r in moved] + alarming + missing + still
+
+
+def _nonfinite(row: TensorDiff | Aggregate) -> bool:
+    if isinstance(row, TensorDiff):
+        return row.nonfinite
+    return bool(row.a.nan or row.a.inf or row.b.nan or row.b.inf)

@@ -261,3 +261,14 @@ def test_pair_figures_match_the_reference_for_any_chunking(data, size, chunk, tm
     assert pair.dot == pytest.approx(ref["dot"], rel=1e-9, abs=1e-6 * ref["a_l2"] * ref["b_l2"])
     assert pair.b.nan == int(np.isnan(b).sum())
     assert pair.identical == (a.tobytes() == b.tobytes())
+
+
+def test_against_a_report_the_largest_ratio_comes_first_and_new_nan_is_seen(tmp_path):
+    report = tmp_path / "base.json"
+    run("inspect", str(SAMPLES / "base.safetensors"), "-f", "json", "-o", str(report))
+    by_ratio = normcli.compare(report, SAMPLES / "blowup.safetensors")
+    assert by_ratio.tensors[0].name == SCALED
+    assert by_ratio.a.path == str(report)
+    # finetuned -> blowup: the NaN moved no norm, yet comes right after the scaled tensor
+    nan_seen = normcli.compare(SAMPLES / "finetuned.safetensors", SAMPLES / "blowup.safetensors")
+    assert [r.name for r in nan_seen.tensors[:2]] == [SCALED, POISONED]

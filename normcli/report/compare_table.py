@@ -33,7 +33,9 @@ COLUMNS = (
     "NaN A/B",
     "Inf A/B",
 )
-OPTIONAL = ("max|B−A|", "‖A‖₂", "ratio", "Inf A/B", "dtype")
+OPTIONAL = ("max|B−A|", "Inf A/B", "‖A‖₂", "dtype", "cosine", "ratio")
+# against a saved report these have no values: drop them first
+ELEMENT_WISE = ("‖B−A‖₂", "rel", "cosine", "max|B−A|")
 
 
 def render_compare(results: Sequence[CompareResult], console: Console) -> None:
@@ -57,10 +59,13 @@ def _render_one(result: CompareResult, console: Console) -> None:
     for side in (result.a, result.b):
         if side.skipped_tensors:
             console.print(skipped_line(side.skipped_tensors))
+    optional: tuple[str, ...] = OPTIONAL
+    if result.total.pair is None:
+        optional = (*ELEMENT_WISE, *(c for c in OPTIONAL if c not in ELEMENT_WISE))
     if result.groups is not None:
-        fit_table(console, lambda hide: _group_table(result.groups or (), hide), OPTIONAL)
+        fit_table(console, lambda hide: _group_table(result.groups or (), hide), optional)
     elif result.tensors:
-        fit_table(console, lambda hide: _tensor_table(result.tensors, hide), OPTIONAL)
+        fit_table(console, lambda hide: _tensor_table(result.tensors, hide), optional)
         hidden = result.selected - len(result.tensors)
         if hidden > 0:
             console.print(f"({hidden} more tensors not shown; --top limits the rows)", style="dim")
