@@ -82,9 +82,17 @@ RULES: dict[str, Rule] = {
             "baseline",
             "no tensor added, removed or reshaped",
         ),
+        Rule(
+            "N016",
+            "unread",
+            "tensor",
+            "",
+            "every tensor read, and at least one (--allow-unread: off)",
+        ),
     )
 }
-LIMIT_KEYS = [k for k, r in RULES.items() if k not in ("nonfinite", "require-same-tensors")]
+FLAG_RULES = ("nonfinite", "require-same-tensors", "unread")
+LIMIT_KEYS = [k for k in RULES if k not in FLAG_RULES]
 TENSOR_KEYS = [k for k in LIMIT_KEYS if RULES[k].scope in ("tensor", "both")]
 
 
@@ -103,6 +111,7 @@ class CheckConfig:
     allow_nonfinite: bool = False
     require_same_tensors: bool = False
     source: str | None = None  # the config file the settings came from, if any
+    allow_unread: bool = False
     # the file's `baseline`, resolved against the file's folder
     baseline: str | None = None
     # the keys set on the command line, not by the file
@@ -112,11 +121,16 @@ class CheckConfig:
         """Command-line values (None: not given) take precedence over the file's."""
         given = {k: v for k, v in overrides.items() if k in LIMIT_KEYS and v is not None}
         CheckConfig(given).validate()  # a bad option is the command line's fault, not the file's
-        flags = {k for k in ("allow-nonfinite", "require-same-tensors") if overrides.get(k)}
+        flags = {
+            k
+            for k in ("allow-nonfinite", "allow-unread", "require-same-tensors")
+            if overrides.get(k)
+        }
         return replace(
             self,
             limits={**self.limits, **given},
             allow_nonfinite="allow-nonfinite" in flags or self.allow_nonfinite,
+            allow_unread="allow-unread" in flags or self.allow_unread,
             require_same_tensors="require-same-tensors" in flags or self.require_same_tensors,
             from_command_line=frozenset(given) | flags,
         )
@@ -220,7 +234,7 @@ def _table(value: Any, path: str) -> dict[str, Any]:
 def parse_config(settings: Mapping[str, Any], source: str | None) -> CheckConfig:
     """Validate the settings table key by key, naming any key that is wrong."""
     limits: dict[str, float] = {}
-    flags = {"allow-nonfinite": False, "require-same-tensors": False}
+    flags = {"allow-nonfinite": False, "allow-unread": False, "require-same-tensors": False}
     scopes: list[Scope] = []
     baseline = None
     for key, value in settings.items():
@@ -248,6 +262,7 @@ def parse_config(settings: Mapping[str, Any], source: str | None) -> CheckConfig
         flags["allow-nonfinite"],
         flags["require-same-tensors"],
         source,
+        flags["allow-unread"],
         baseline,
     )
     config.validate()
@@ -409,6 +424,7 @@ def run_check(
         )
         tensors, comparison = _from_inspect(inspected), None
         total = inspected.total.stats
+        unread = inspected.checkpoint.skipped_tensors
     else:
         comparison = compare(
             baseline,
@@ -423,7 +439,23 @@ def run_check(
             _Tensor(r.name, r.b.stats if r.b else None, r.covered, r) for r in comparison.tensors
         ]
         total = comparison.total.b
+        unread = comparison.b.skipped_tensors
     violations, outcomes = _evaluate(config, tensors, total, comparison)
+    if not config.allow_unread:
+        rule = RULES["unread"]
+        found = [
+            Violation(rule.code, rule.key, name, None, None, f"not read: {reason}")
+            for name, reason in unread
+        ]
+        if not any(t.stats is not None for t in tensors):
+            found.append(
+                Violation(
+                    rule.code, rule.key, None, 0.0, None, "no tensor was read: nothing to judge"
+                )
+            )
+        if found:  # a guard on the input rather than a figure: listed only when it fires
+            violations.extend(found)
+            outcomes.append(RuleOutcome(rule.code, rule.key, None, False, len(found)))
     return CheckResult(
         path,
         baseline,
@@ -491,11 +523,12 @@ def _breaks(key: str, value: float, limit: float) -> bool:
 
 
 def _describe(key: str, label: str, value: float, limit: float) -> str:
+    # enough digits that a value just past its limit never reads as equal to it
     if key == "min-cosine":
-        return f"{label} {value:.6g} < {limit:g}"
+        return f"{label} {value:.10g} < {limit:.10g}"
     if key.endswith("l2-ratio"):
-        return f"{label} {value:.6g} outside [{1 / limit:.6g}, {limit:g}]"
-    return f"{label} {value:.6g} > {limit:g}"
+        return f"{label} {value:.10g} outside [{1 / limit:.10g}, {limit:.10g}]"
+    return f"{label} {value:.10g} > {limit:.10g}"
 
 
 def _evaluate(

@@ -193,7 +193,8 @@ reading_options = _options(
     click.option(
         "--key",
         metavar="PATH",
-        help="In a nested PyTorch checkpoint, read only this dotted sub-tree (e.g. model).",
+        help="In a nested PyTorch checkpoint, read only this dotted sub-tree (e.g. model); "
+        "files of other formats are read whole.",
     ),
     click.option(
         "--threads",
@@ -496,6 +497,12 @@ def _limit_option(flag: str, help_text: str) -> Callable[[F], F]:
     metavar="FILE",
     help="Settings file (default: ./normcli.toml, else [tool.normcli.check] in "
     "./pyproject.toml). Options given here override it.",
+)
+@click.option(
+    "--allow-unread",
+    is_flag=True,
+    default=None,
+    help="Do not fail on tensors normcli cannot read, or on a checkpoint without any (N016).",
 )
 @click.option(
     "--allow-nonfinite",

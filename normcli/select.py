@@ -37,8 +37,14 @@ def require_some(
         raise UsageError(f"{globs} left none of the {available} tensors")
 
 
+_SEPARATOR = re.compile(r"[./]")
+
+
 def group_name(name: str, depth: int) -> str:
-    return ".".join(name.split(".")[:depth])
+    """The first `depth` parts of a name, split at dots (safetensors, PyTorch) or slashes (HDF5,
+    ONNX), separators kept as they were."""
+    cuts = [m.start() for m in _SEPARATOR.finditer(name)]
+    return name[: cuts[depth - 1]] if depth <= len(cuts) else name
 
 
 def group_names(names: Iterable[str], depth: int) -> dict[str, list[int]]:

@@ -18,7 +18,7 @@ from .readers import Checkpoint, TensorSource, open_checkpoint
 from .readers.sharded import CHECKPOINT_SUFFIXES, INDEX_SUFFIX, SHARD_NAME
 from .results import number
 from .scan import Progress, scan_many_series
-from .select import group_names, name_selected, natural_key, require_some
+from .select import group_name, group_names, name_selected, natural_key, require_some
 
 TREND_SCHEMA = "normcli/trend/v1"
 METRICS = ("l2", "l1", "linf", "rms")
@@ -325,7 +325,7 @@ def _auto_depth(names: Sequence[str]) -> int | None:
     """The finest grouping by leading name parts that keeps at most AUTO_GROUPS rows."""
     best = None
     for depth in range(1, 9):
-        count = len({".".join(n.split(".")[:depth]) for n in names})
+        count = len({group_name(n, depth) for n in names})
         if count > AUTO_GROUPS:
             break
         best = depth

@@ -1149,3 +1149,27 @@ def test_a_zero_baseline_that_becomes_non_zero_breaks_the_drift_limits(
     assert all(v["value"] is None and "inf" in v["message"] for v in doc["violations"])
     run("check", base, "--baseline", base, "--max-tensor-l2-ratio", "1.01",
         "--max-tensor-rel-update", "0.01", code=0)
+
+
+def test_a_checkpoint_with_nothing_read_or_a_tensor_unread_fails(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "empty.npz"
+    np.savez(empty)
+    doc = check_json(run, empty, code=1)
+    assert [(v["code"], v["tensor"]) for v in doc["violations"]] == [("N016", None)]
+    check(run, empty, "--allow-unread", code=0)
+
+    from normcli import readers
+
+    original = readers.FORMATS["safetensors"]
+
+    def with_an_unreadable_tensor(path: str) -> readers.Checkpoint:
+        checkpoint = original(path)
+        checkpoint.skipped.append(("blk.9.weight", "Q8_1 cannot be dequantized"))
+        return checkpoint
+
+    monkeypatch.setitem(readers.FORMATS, "safetensors", with_an_unreadable_tensor)
+    doc = check_json(run, sample("base"), code=1)
+    assert [(v["code"], v["tensor"]) for v in doc["violations"]] == [("N016", "blk.9.weight")]
+    assert "Q8_1" in doc["violations"][0]["message"]

@@ -129,3 +129,9 @@ def test_a_folder_with_one_checkpoint_reads_it(tmp_path: Path, run: Run) -> None
 
 def test_an_empty_folder_is_a_clear_error(tmp_path: Path, run: Run) -> None:
     assert "holds no checkpoint file" in run("inspect", tmp_path, code=2).stderr
+
+
+def test_one_part_of_a_shard_set_alone_is_not_the_model(tmp_path: Path, run: Run) -> None:
+    shard_folder(tmp_path, parts=2, index=False)
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    assert "missing part(s) 2" in run("inspect", tmp_path, code=2).stderr

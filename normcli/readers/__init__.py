@@ -83,7 +83,7 @@ def open_checkpoint(
     path: str | os.PathLike[str], input_format: str | None = None, key: str | None = None
 ) -> Checkpoint:
     """Open `path` lazily: headers are read and validated, tensor data is not touched. `key`
-    selects a sub-tree of a nested PyTorch checkpoint (e.g. "model")."""
+    selects a sub-tree of a nested PyTorch checkpoint (e.g. "model"); other formats ignore it."""
     path = os.fspath(path)
     if sharded.is_sharded(path):
         return sharded.open_sharded(path, lambda shard: open_checkpoint(shard, input_format, key))
@@ -92,6 +92,5 @@ def open_checkpoint(
         raise UsageError(f"unknown input format {fmt!r} (choose from {', '.join(FORMATS)})")
     if fmt == "pytorch":
         return pytorch_reader.open_pytorch(path, key)
-    if key is not None:
-        raise UsageError(f"--key selects inside a PyTorch checkpoint; this is {fmt}", path)
+    # other formats hold flat tensors: --key is for the PyTorch side of a compare or a run
     return FORMATS[fmt](path)

@@ -56,7 +56,7 @@ def open_sharded(path: str, open_one: OpenOne) -> Checkpoint:
     ]
     if not files:
         raise InputError("holds no checkpoint file", path)
-    if len(files) == 1:
+    if len(files) == 1 and not _part_of_more(files[0]):
         return open_one(os.path.join(path, files[0]))
     shards = _shard_set(files, path)
     if shards is None:
@@ -64,6 +64,12 @@ def open_sharded(path: str, open_one: OpenOne) -> Checkpoint:
             f"holds several checkpoints ({', '.join(files)}); name the one to read", path
         )
     return _combine(path, [(name, os.path.join(path, name)) for name in shards], open_one)
+
+
+def _part_of_more(name: str) -> bool:
+    """model-00001-of-00002.safetensors alone is half a model, not a model."""
+    match = SHARD_NAME.match(name)
+    return bool(match) and int(match["count"]) > 1  # type: ignore[index]
 
 
 def _shard_set(files: list[str], folder: str) -> list[str] | None:

@@ -38,7 +38,7 @@ def verdict(result: CheckResult) -> str:
 def _limit_text(rule: str, limit: float | None, scoped: bool) -> str:
     if limit is None:
         return "scoped" if scoped else "-"
-    text = f"[{1 / limit:.6g}, {limit:g}]" if rule.endswith("l2-ratio") else f"{limit:g}"
+    text = f"[{1 / limit:.10g}, {limit:.10g}]" if rule.endswith("l2-ratio") else f"{limit:.10g}"
     return text + (" + scoped" if scoped else "")
 
 
