@@ -94,8 +94,8 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
 def cli(debug: bool) -> None:
     """Exact L1/L2 norms of model checkpoints, per tensor and for the whole model.
 
-    Reads safetensors, npz and npy files where they lie, in a single streaming pass, and never
-    executes anything from a file. Exit codes: 0 success, 1 a check failed, 2 bad usage or input.
+    Reads safetensors, npz, npy, PyTorch (without torch), GGUF, ONNX and Keras/HDF5 files where
+    they lie, in a single streaming pass, and never executes anything from a file. Exit codes: 0 success, 1 a check failed, 2 bad usage or input.
     """
 
 
@@ -541,7 +541,9 @@ def _limit_option(flag: str, help_text: str) -> Callable[[F], F]:
 @click.option("-o", "--output", metavar="FILE", help="Write the report to FILE instead of stdout.")
 @click.option("--junit", metavar="FILE", help="Also write a JUnit XML report to FILE.")
 @click.option(
-    "--include-int", is_flag=True, help="Apply the tensor rules to integer and bool tensors too."
+    "--include-int",
+    is_flag=True,
+    help="Count integer and bool tensors too: in the tensor rules and the whole-model figures.",
 )
 @reading_options
 def check(
