@@ -95,7 +95,8 @@ def cli(debug: bool) -> None:
     """Exact L1/L2 norms of model checkpoints, per tensor and for the whole model.
 
     Reads safetensors, npz, npy, PyTorch (without torch), GGUF, ONNX and Keras/HDF5 files where
-    they lie, in a single streaming pass, and never executes anything from a file. Exit codes: 0 success, 1 a check failed, 2 bad usage or input.
+    they lie, in a single streaming pass, and never executes anything from a file.
+    Exit codes: 0 success, 1 a check failed, 2 bad usage or input.
     """
 
 
