@@ -570,7 +570,7 @@ def test_include_int_shows_in_the_table(run: Run, samples: Path) -> None:
 # --- CSV and Markdown ------------------------------------------------------------------------
 
 TENSOR_CSV_COLUMNS = ["checkpoint", "name", "dtype", "shape", "bytes", "numel", "l1", "l2",
-                      "linf", "rms", "mean", "zeros", "sparsity", "nan", "inf", "in_total"]
+                      "linf", "rms", "mean", "zeros", "sparsity", "nan", "inf", "in_total", "shard"]
 
 
 def _assert_csv_cell(cell: str, value: Any, where: str) -> None:

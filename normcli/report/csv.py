@@ -11,29 +11,7 @@ from ..diff import CompareResult
 from ..results import InspectResult
 from .text import printable
 
-TENSOR_COLUMNS = [
-    "checkpoint",
-    "name",
-    "dtype",
-    "shape",
-    "bytes",
-    "numel",
-    "l1",
-    "l2",
-    "linf",
-    "rms",
-    "mean",
-    "zeros",
-    "sparsity",
-    "nan",
-    "inf",
-    "in_total",
-]
-GROUP_COLUMNS = [
-    "checkpoint",
-    "name",
-    "tensors",
-    "dtypes",
+STAT_COLUMNS = [
     "bytes",
     "numel",
     "l1",
@@ -46,6 +24,8 @@ GROUP_COLUMNS = [
     "nan",
     "inf",
 ]
+TENSOR_COLUMNS = ["checkpoint", "name", "dtype", "shape", *STAT_COLUMNS, "in_total", "shard"]
+GROUP_COLUMNS = ["checkpoint", "name", "tensors", "dtypes", *STAT_COLUMNS]
 
 
 def _cell(value: Any) -> Any:
