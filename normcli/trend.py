@@ -91,6 +91,8 @@ class TrendRow:
         values = self.values(metric)
         for t in range(1, len(values)):
             before, after = values[t - 1], values[t]
+            if before == 0 and after:
+                return t, math.inf  # from all zeros to something: no factor is large enough
             if before and after and before > 0 and after > 0:
                 factor = after / before
                 if abs(math.log(factor)) >= math.log(JUMP_FACTOR):

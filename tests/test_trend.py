@@ -180,3 +180,15 @@ def test_bad_trend_input_is_one_line(args: list[str], message: str, run_folder: 
         args = [str(tmp_path / args[0])]
     result = run("trend", *args, code=2)
     assert result.stdout == "" and result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_a_tensor_that_leaves_zero_stands_out(tmp_path: Path) -> None:
+    for step, value in ((1, 0.0), (2, 0.0), (3, 1.0)):
+        save_file({"w": np.full(4, value, np.float32), "v": np.ones(4, np.float32)},
+                  str(tmp_path / f"c-{step}.safetensors"))
+    result = trends.trend([str(tmp_path)], group_by=0)
+    row = next(r for r in result.rows if r.name == "w")
+    assert row.jumped("l2") and row.first_jump("l2") == (2, math.inf)
+    assert not next(r for r in result.rows if r.name == "v").jumped("l2")
+    assert row.to_dict("l2", result.points)["first_jump"] == {"step": 3, "label": "3",
+                                                               "factor": None}
