@@ -12,7 +12,6 @@ from ..results import InspectResult
 from ..trend import TrendResult
 from . import compare_table, csv, json, markdown, table, trend_report
 
-OUTPUT_FORMATS = ("table", "json", "csv", "md")
 
 
 def _text(render: Callable[[Sequence[Any]], str]) -> Callable[[Sequence[Any], Console], None]:
