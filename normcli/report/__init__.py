@@ -13,7 +13,6 @@ from ..trend import TrendResult
 from . import compare_table, csv, json, markdown, table, trend_report
 
 
-
 def _text(render: Callable[[Sequence[Any]], str]) -> Callable[[Sequence[Any], Console], None]:
     def write(results: Sequence[Any], console: Console) -> None:
         console.file.write(render(results))
