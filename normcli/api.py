@@ -131,7 +131,7 @@ def _inspect_open(
             s.name,
             s.dtype.name,
             s.shape,
-            s.nbytes,
+            s.file_bytes,
             st,
             covered=include_int or s.dtype.is_floating,
             shard=s.shard,

@@ -997,3 +997,23 @@ def test_a_missing_library_says_what_to_install(
 
 def test_skipped_tensors_of_a_plain_checkpoint_is_empty() -> None:
     assert Checkpoint("x", "npy", 0, []).skipped == []
+
+
+def test_a_quantized_tensor_reports_its_bytes_in_the_file(tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    from gguf.quants import quantize
+
+    import normcli
+
+    values = np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)
+    path = tmp_path / "q.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    kind = gguf.GGMLQuantizationType.Q8_0
+    writer.add_tensor("w", quantize(values, kind), raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    row = normcli.inspect(path).tensors[0]
+    block_elements, block_bytes = gguf.GGML_QUANT_SIZES[kind]
+    assert row.dtype == "Q8_0" and row.nbytes == values.size // block_elements * block_bytes

@@ -26,6 +26,8 @@ class TensorSource:
     fortran_order: bool = False
     # the file of a sharded checkpoint that holds this tensor (None: a single-file checkpoint)
     shard: str | None = None
+    # bytes in the file where they differ from the values' (quantized blocks read as float32)
+    stored_nbytes: int | None = None
 
     @property
     def numel(self) -> int:
@@ -33,7 +35,13 @@ class TensorSource:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the values as read: what a scan walks through."""
         return self.numel * self.dtype.bits // 8
+
+    @property
+    def file_bytes(self) -> int:
+        """Bytes the tensor takes in its file: what a report shows."""
+        return self.nbytes if self.stored_nbytes is None else self.stored_nbytes
 
     def chunks(
         self, max_elements: int, first: int = 0, last: int | None = None

@@ -297,7 +297,8 @@ def _source(
     # the name shows the storage type; chunks hold the dequantized float32 values
     dtype = DType(kind.name, "float", np.dtype("<f4"), 32)
     read = _dequantizing_reader(data, base, kind, block_elements, block_bytes, gguf)
-    return TensorSource(info.name, dtype, shape, read)
+    blocks = math.prod(shape) // block_elements
+    return TensorSource(info.name, dtype, shape, read, stored_nbytes=blocks * block_bytes)
 
 
 @functools.cache
