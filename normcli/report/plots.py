@@ -15,6 +15,7 @@ from ..results import InspectResult
 from ..trend import TrendResult
 from .charts import ALERT, PALETTE, Series, bar_chart, line_chart
 from .text import fmt_float, printable, sparkline
+from .trend_report import change_text, jump_text, max_update_text
 
 PLOT_SUFFIXES = (".png", ".svg", ".html")
 
@@ -112,7 +113,8 @@ def trend_html(result: TrendResult) -> str:
     for row in (*result.rows, result.total):
         values = row.values(result.metric)
         present = [v for v in values if v is not None]
-        jump = row.first_jump(result.metric)
+        alert = row.nonfinite or row.jumped(result.metric)
+        note = "non-finite" if row.nonfinite else "jumped" if alert else ""
         rows.append(
             (
                 [
@@ -120,17 +122,16 @@ def trend_html(result: TrendResult) -> str:
                     sparkline(values),
                     fmt_float(present[0] if present else None),
                     fmt_float(present[-1] if present else None),
-                    f"{result.points[jump[0]].label} (×{jump[1]:.3g})" if jump else "-",
-                    "non-finite"
-                    if row.nonfinite
-                    else "jumped"
-                    if row.jumped(result.metric)
-                    else "",
+                    change_text(row, result.metric),
+                    jump_text(row, result),
+                    max_update_text(row),
+                    note,
                 ],
-                row.nonfinite or row.jumped(result.metric),
+                alert,
             )
         )
-    table = _html_table(["name", result.metric, "first", "last", "jump at", ""], rows)
+    header = ["name", result.metric, "first", "last", "change", "jump at", "max rel. update", ""]
+    table = _html_table(header, rows)
     return _page(f"normcli trend over {len(result.points)} checkpoints", trend_svg(result), table)
 
 

@@ -19,7 +19,7 @@ from .text import fmt_float, printable, sparkline
 METRIC_NAMES = {"l2": "L2", "l1": "L1", "linf": "Linf", "rms": "RMS"}
 
 
-def _jump_text(row: TrendRow, result: TrendResult) -> str:
+def jump_text(row: TrendRow, result: TrendResult) -> str:
     """Where the row first moved by JUMP_FACTOR or more; nothing for a row that never did."""
     jump = row.first_jump(result.metric)
     if jump is None:
@@ -27,7 +27,7 @@ def _jump_text(row: TrendRow, result: TrendResult) -> str:
     return f"{result.points[jump[0]].label} (×{jump[1]:.3g})"
 
 
-def _change(row: TrendRow, metric: str) -> str:
+def change_text(row: TrendRow, metric: str) -> str:
     present = [v for v in row.values(metric) if v is not None]
     if len(present) < 2 or not present[0]:
         return "-"
@@ -62,13 +62,12 @@ def _table(result: TrendResult, hidden: frozenset[str]) -> Table:
     for row in (*result.rows, result.total):
         values = row.values(result.metric)
         present = [v for v in values if v is not None]
-        updates = [u for u in row.rel_update if u is not None]
         cells = {
             "first": fmt_float(present[0] if present else None),
             "last": fmt_float(present[-1] if present else None),
-            "change": _change(row, result.metric),
-            "jump at": _jump_text(row, result),
-            "max rel. update": fmt_float(max(updates) if updates else None),
+            "change": change_text(row, result.metric),
+            "jump at": jump_text(row, result),
+            "max rel. update": max_update_text(row),
         }
         note = "non-finite!" if row.nonfinite else "jumped" if row.jumped(result.metric) else ""
         table.add_row(
@@ -83,6 +82,11 @@ def _table(result: TrendResult, hidden: frozenset[str]) -> Table:
             end_section=row is result.rows[-1] if result.rows else False,
         )
     return table
+
+
+def max_update_text(row: TrendRow) -> str:
+    updates = [u for u in row.rel_update if u is not None]
+    return fmt_float(max(updates) if updates else None)
 
 
 def render_table(results: Sequence[TrendResult], console: Console) -> None:
@@ -119,8 +123,8 @@ def render_markdown(results: Sequence[TrendResult]) -> str:
             f"### Trend of {name} over {len(result.points)} checkpoints",
             "",
             f"| {'group' if result.group_by else 'tensor'} | {name} | first | last | "
-            "change | jump at | |",
-            "|---|---|---:|---:|---:|---:|---|",
+            "change | jump at | max rel. update | |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
         ]
         for row in (*result.rows, result.total):
             present = [v for v in row.values(result.metric) if v is not None]
@@ -133,12 +137,17 @@ def render_markdown(results: Sequence[TrendResult]) -> str:
             )
             label = "whole model" if row is result.total else printable(row.name)
             label = label.replace("|", "\\|")
-            lines.append(
-                f"| {label} | {sparkline(row.values(result.metric))} | "
-                f"{fmt_float(present[0] if present else None)} | "
-                f"{fmt_float(present[-1] if present else None)} | {_change(row, result.metric)} | "
-                f"{_jump_text(row, result)} | {note} |"
-            )
+            cells = [
+                label,
+                sparkline(row.values(result.metric)),
+                fmt_float(present[0] if present else None),
+                fmt_float(present[-1] if present else None),
+                change_text(row, result.metric),
+                jump_text(row, result),
+                max_update_text(row),
+                note,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
