@@ -162,9 +162,9 @@ def bar_chart(
 ) -> str:
     """Horizontal bars, one row per label and one bar per series; log scale for wide ranges."""
     row_height = 6 + 10 * len(series)
-    height = 60 + row_height * len(labels)
+    height = 76 + row_height * len(labels)
     label_width = 300
-    left, right, top = label_width + 10, width - 20, 40
+    left, right, top = label_width + 10, width - 90, 58
     values = [v for _, vs in series for v in vs if v is not None and math.isfinite(v) and v > 0]
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -187,6 +187,16 @@ def bar_chart(
             )
         return (right - left) * v / (high or 1)
 
+    bottom = top + row_height * len(labels)
+    for tick in _ticks(low if log else 0.0, high, log):
+        if not (low <= tick <= high) or (log and tick <= 0):
+            continue
+        x = left + (length(tick) if tick > 0 else 0.0)
+        parts.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top - 4}" y2="{bottom}" stroke="#ddd"/>'
+            f'<text x="{x:.1f}" y="{top - 8}" text-anchor="middle" fill="#666">'
+            f"{escape(fmt_float(tick, 3))}</text>"
+        )
     for s, (name, _) in enumerate(series):
         parts.append(
             f'<rect x="{left + 200 * s}" y="26" width="10" height="10" '
@@ -208,10 +218,13 @@ def bar_chart(
                 continue
             colour = ALERT if label in alert else PALETTE[s % len(PALETTE)]
             tip = f"{printable(label)} {name}: {fmt_float(v, 8)}"
+            bar = max(length(v), 1)
             parts.append(
                 f'<rect x="{left}" y="{row_top + 3 + 10 * s}" '
-                f'width="{max(length(v), 1):.1f}" height="8" fill="{colour}">'
+                f'width="{bar:.1f}" height="8" fill="{colour}">'
                 f"<title>{escape(tip)}</title></rect>"
+                f'<text x="{left + bar + 4:.1f}" y="{row_top + 10 + 10 * s}" font-size="9" '
+                f'fill="#444">{escape(fmt_float(v, 4))}</text>'
             )
     parts.append("</svg>")
     return "".join(parts)

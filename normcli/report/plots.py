@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from collections.abc import Callable, Sequence
 from html import escape
 from typing import Any
@@ -318,10 +319,15 @@ def plot_inspect(result: InspectResult, path: str) -> bytes:
             for i, label in enumerate(labels)
         ],
     )
-    title = f"L2 and Linf per {'group' if result.groups is not None else 'tensor'}: " + printable(
+    title = f"L2 and Linf per {'group' if result.groups is not None else 'tensor'}: " + _short(
         result.checkpoint.path
     )
     return _plot_bars(title, labels, series, alert, table, path)
+
+
+def _short(path: str) -> str:
+    """A file's name for a title: the folders rarely fit."""
+    return printable(os.path.basename(os.path.normpath(path)) or path)
 
 
 def plot_compare(result: CompareResult, path: str) -> bytes:
@@ -335,6 +341,6 @@ def plot_compare(result: CompareResult, path: str) -> bytes:
     )
     title = (
         f"Relative update per {'group' if result.groups is not None else 'tensor'}: "
-        f"{printable(result.a.path)} → {printable(result.b.path)}"
+        f"{_short(result.a.path)} → {_short(result.b.path)}"
     )
     return _plot_bars(title, labels, series, alert, table, path)
