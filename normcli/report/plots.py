@@ -52,7 +52,13 @@ def _compare_bars(result: CompareResult) -> tuple[list[str], list[Series], froze
     rows: Sequence[Any] = result.groups if result.groups is not None else result.tensors
     labels: list[str] = [r.name for r in rows]
     series: list[Series] = [("relative update ‖B−A‖₂/‖A‖₂", [r.rel_l2 for r in rows])]
-    alert = frozenset(r.name for r in rows[:1] if r.rel_l2)
+    # the largest update, and every row holding NaN or Inf on either side
+    alert = frozenset(
+        [r.name for r in rows[:1] if r.rel_l2]
+        + [r.name for r in rows if r.a.nan or r.a.inf or r.b.nan or r.b.inf]
+        if result.groups is not None
+        else [r.name for r in rows[:1] if r.rel_l2] + [r.name for r in rows if r.nonfinite]
+    )
     return labels, series, alert
 
 
@@ -259,11 +265,21 @@ def _bars_png(
             )
         axes.set_yticks([i + width * (len(series) - 1) / 2 for i in range(len(labels))])
         axes.set_yticklabels([printable(label) for label in labels], fontsize=7)
+        for tick, label in zip(axes.get_yticklabels(), labels, strict=True):
+            if label in alert:  # a NaN may move no norm: its name must stand out all the same
+                tick.set_color(ALERT)
+                tick.set_fontweight("bold")
         axes.invert_yaxis()
         if values and max(values) / min(values) > 100:
             axes.set_xscale("log")
         axes.set_title(title, loc="left", fontsize=11)
-        axes.legend(fontsize=8)
+        from matplotlib.patches import Patch
+
+        # the legend shows each series' own colour; red marks the rows to look at
+        handles = [Patch(color=PALETTE[s], label=name) for s, (name, _) in enumerate(series)]
+        if alert:
+            handles.append(Patch(color=ALERT, label="largest, or holding NaN/Inf"))
+        axes.legend(handles=handles, fontsize=8)
         axes.grid(axis="x", alpha=0.3)
         figure.tight_layout()
         return figure
