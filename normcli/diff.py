@@ -25,6 +25,10 @@ STATUSES = ("changed", "unchanged", "added", "removed", "shape_changed")
 SORT_KEYS = ("rel", "diff", "ratio", "cosine", "name", "l2")
 
 
+# the figures each side of a compared tensor carries (a subset of an inspect row's)
+SIDE_FIGURES = ("numel", "l1", "l2", "linf", "rms", "zeros", "nan", "inf")
+
+
 @dataclass(frozen=True)
 class SideFigures:
     """One side of a tensor: its own name in that checkpoint, dtype, shape and statistics."""
@@ -41,14 +45,7 @@ class SideFigures:
             "name": self.name,
             "dtype": self.dtype,
             "shape": list(self.shape),
-            "numel": figures["numel"],
-            "l1": figures["l1"],
-            "l2": figures["l2"],
-            "linf": figures["linf"],
-            "rms": figures["rms"],
-            "zeros": figures["zeros"],
-            "nan": figures["nan"],
-            "inf": figures["inf"],
+            **{k: figures[k] for k in SIDE_FIGURES},
             "shard": self.shard,
         }
 

@@ -15,6 +15,7 @@ import safetensors
 import safetensors.numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import SAFETENSORS_NUMPY
 
 from normcli.errors import CorruptFileError, InputError, NormcliError, UnsupportedError, UsageError
 from normcli.readers import detect_format, open_checkpoint
@@ -26,28 +27,12 @@ except ImportError:
 
 entry, safetensors_bytes, write = hostile.entry, hostile.safetensors_bytes, hostile.write
 
-# The element type each safetensors dtype name stands for, written out here rather than taken from
-# normcli, so that a wrong entry in normcli's table shows up as a failure.
+# The element type of each byte-aligned safetensors dtype, from the independent reference (not from
+# normcli), so that a wrong entry in normcli's table shows up as a failure.
 NUMPY_OF: dict[str, Any] = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
-    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
-    "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
-    "C64": np.dtype("<c8"),
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"),
-    "U32": np.dtype("<u4"),
-    "U16": np.dtype("<u2"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"),
+    name: dtype
+    for name, dtype in SAFETENSORS_NUMPY.items()
+    if name not in ("F4", "F6_E2M3", "F6_E3M2")  # packed below a byte: tested on their own
 }
 # the dtypes the reference loader can hand back as numpy arrays
 NUMPY_NATIVE = [

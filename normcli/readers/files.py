@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..errors import CorruptFileError, InputError
+from ..errors import CorruptFileError, InputError, UnsupportedError
 
 # Reads the raw bytes [start, stop) of one tensor's data, into `out` (at least that long) when
 # it can, and returns them.
@@ -69,3 +70,17 @@ class DataFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def import_optional(package: str, *submodules: str, what: str, extra: str, path: str) -> Any:
+    """A format's own library, installed with an extra; its absence said in one line."""
+    try:
+        module = importlib.import_module(package)
+        for submodule in submodules:
+            importlib.import_module(submodule)
+    except ImportError as e:
+        raise UnsupportedError(
+            f"{what}: reading it needs the {package} package (pip install 'normcli[{extra}]')",
+            path,
+        ) from e
+    return module

@@ -9,7 +9,6 @@ type table and the dequantizers; the tests check this walk against GGUFReader.""
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 import mmap
 import struct
@@ -22,10 +21,9 @@ import numpy as np
 from ..dtypes import SAFETENSORS_DTYPES, DType, from_numpy
 from ..errors import CorruptFileError, UnsupportedError
 from .base import Checkpoint, TensorSource
-from .files import DataFile, open_regular
+from .files import DataFile, import_optional, open_regular
 
 GGUF_MAGIC = b"GGUF"
-INSTALL = "pip install 'normcli[gguf]'"
 # ggml's GGML_MAX_DIMS: a tensor has at most four dimensions
 MAX_DIMS = 4
 # ggml counts elements in int64
@@ -53,17 +51,6 @@ def looks_like_gguf(head: bytes) -> bool:
     return head[:4] == GGUF_MAGIC
 
 
-def _import_gguf(path: str) -> Any:
-    try:
-        gguf = importlib.import_module("gguf")
-        importlib.import_module("gguf.quants")
-    except ImportError as e:
-        raise UnsupportedError(
-            f"a GGUF file: reading it needs the gguf package ({INSTALL})", path
-        ) from e
-    return gguf
-
-
 @dataclass(frozen=True)
 class _Info:
     """One tensor as the header describes it (dims fastest first, as stored)."""
@@ -75,7 +62,7 @@ class _Info:
 
 
 def open_gguf(path: str) -> Checkpoint:
-    gguf = _import_gguf(path)
+    gguf = import_optional("gguf", "gguf.quants", what="a GGUF file", extra="gguf", path=path)
     with open_regular(path) as f:
         size = f.seek(0, 2)
         if size < 24:

@@ -5,7 +5,6 @@ config, no Lambda layer, nothing is deserialized."""
 from __future__ import annotations
 
 import functools
-import importlib
 import io
 import math
 import os
@@ -20,11 +19,10 @@ import numpy as np
 from ..dtypes import SAFETENSORS_DTYPES, DType, from_numpy
 from ..errors import CorruptFileError, NormcliError, UnsupportedError
 from .base import Checkpoint, TensorSource
-from .files import DataFile, open_regular
+from .files import DataFile, import_optional, open_regular
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
-INSTALL = "pip install 'normcli[h5]'"
 # where a Keras v3 archive keeps its weights
 KERAS_WEIGHTS = "model.weights.h5"
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
@@ -42,19 +40,9 @@ def looks_like_keras(head: bytes, path: str) -> bool:
     return head.startswith(ZIP_MAGIC) and path.lower().endswith(".keras")
 
 
-def _import_h5py(path: str) -> Any:
-    try:
-        h5py = importlib.import_module("h5py")
-    except ImportError as e:
-        raise UnsupportedError(
-            f"an HDF5 / Keras file: reading it needs the h5py package ({INSTALL})", path
-        ) from e
-    return h5py
-
-
 def open_hdf5(path: str) -> Checkpoint:
     """An HDF5 file, or the model.weights.h5 inside a .keras archive (format "hdf5" / "keras")."""
-    h5py = _import_h5py(path)
+    h5py = import_optional("h5py", what="an HDF5 / Keras file", extra="h5", path=path)
     with open_regular(path) as f:
         size = f.seek(0, 2)
         f.seek(0)

@@ -4,7 +4,6 @@ folder."""
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -14,11 +13,10 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import SAFETENSORS_DTYPES, DType, from_numpy
-from ..errors import CorruptFileError, InputError, NormcliError, UnsupportedError
+from ..errors import CorruptFileError, InputError, NormcliError
 from .base import Checkpoint, TensorSource
-from .files import DataFile, open_regular
+from .files import DataFile, import_optional, open_regular
 
-INSTALL = "pip install 'normcli[onnx]'"
 SUFFIX = ".onnx"
 # ModelProto's fields (number -> protobuf wire type): a model's first byte is the tag of one
 _MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
@@ -59,22 +57,13 @@ def _varint(data: bytes, at: int) -> tuple[int | None, int]:
     return None, at
 
 
-def _import_onnx(path: str) -> Any:
-    try:
-        onnx = importlib.import_module("onnx")
-        importlib.import_module("onnx.numpy_helper")
-    except ImportError as e:
-        raise UnsupportedError(
-            f"an ONNX model: reading it needs the onnx package ({INSTALL})", path
-        ) from e
-    return onnx
-
-
 def open_onnx(path: str) -> Checkpoint:
     """The initializers and Constant values of the model's graph and of its subgraphs, in graph
     order. Embedded data is held in memory (the onnx package parses the whole model, at most
     2 GB); external data is read from its file with positioned reads, so memory stays flat."""
-    onnx = _import_onnx(path)
+    onnx = import_optional(
+        "onnx", "onnx.numpy_helper", what="an ONNX model", extra="onnx", path=path
+    )
     with open_regular(path) as f:
         size = f.seek(0, 2)
     try:
