@@ -463,7 +463,10 @@ class _StridedReader:
         with self.lock:
             if self.held is None:
                 span = np.empty((self.high - self.low) * self.itemsize, dtype=np.uint8)
-                self.read(self.low * self.itemsize, self.high * self.itemsize, span)
+                # a copy: a view of a memory map would be handed back by this thread's next read
+                np.copyto(
+                    span, self.read(self.low * self.itemsize, self.high * self.itemsize, span)
+                )
                 self.held = span.view(self.element)
             return self.held
 

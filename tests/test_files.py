@@ -1,0 +1,119 @@
+"""Reading tensor data through a memory map: the same bytes as positioned reads, memory that stays
+flat, and a file cut short while open that is an error, not a crash."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import save_file
+
+import normcli
+from normcli.readers import files
+from normcli.readers.files import DataFile
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+@pytest.fixture(scope="module")
+def blob(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    data = np.random.default_rng(1).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    path = tmp_path_factory.mktemp("files") / "blob.bin"
+    path.write_bytes(data)
+    return path, data
+
+
+@settings(max_examples=60, deadline=None)
+@given(spans=st.lists(st.tuples(st.integers(0, 299_999), st.integers(0, 40_000)), max_size=12))
+def test_mapped_reads_give_the_file_bytes(
+    blob: tuple[Path, bytes], spans: list[tuple[int, int]]
+) -> None:
+    path, data = blob
+    mapped = DataFile(str(path))
+    with pytest.MonkeyPatch.context() as patch:
+        # small windows, so mapping ahead and handing back behind happen on a small file
+        patch.setattr(files, "POPULATE_BYTES", 8192)
+        patch.setattr(files, "RELEASE_BYTES", 16384)
+        assert mapped._map is not None
+        for base, length in spans:
+            stop = min(length, len(data) - base)
+            out = np.empty(stop, np.uint8)
+            got = np.asarray(mapped.reader(base)(0, stop, out))
+            assert got.tobytes() == data[base : base + stop]
+            if base % 8 == 0:
+                assert got.ctypes.data % 8 == 0  # aligned for the kernels, copied or not
+    mapped.close()
+
+
+def test_a_file_that_cannot_be_mapped_is_read_with_positioned_reads(
+    blob: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(DataFile, "_open_map", lambda self: None)
+    path, data = blob
+    unmapped = DataFile(str(path))
+    out = np.empty(1000, np.uint8)
+    assert unmapped.reader(5)(10, 1010, out).tobytes() == data[15:1015]
+    with pytest.raises(normcli.errors.CorruptFileError, match="ended early"):
+        unmapped.reader(299_900)(0, 1000, out)
+    unmapped.close()
+
+
+def _rss_file_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@linux_only
+def test_memory_stays_flat_while_a_file_much_larger_is_scanned(tmp_path: Path) -> None:
+    path = tmp_path / "big.safetensors"
+    tensors = {f"w{i}": np.full(4 << 20, i + 1, dtype=np.float32) for i in range(6)}  # 96 MiB
+    save_file(tensors, str(path))
+    del tensors
+
+    class Watch:
+        peak = 0
+
+        def start(self, total_bytes: int) -> None:
+            pass
+
+        def advance(self, done_bytes: int) -> None:
+            self.peak = max(self.peak, _rss_file_kib())
+
+    before, watch = _rss_file_kib(), Watch()
+    report = normcli.inspect(path, threads=2, progress=watch)
+    assert report.total.stats.l1 == sum((i + 1) * (4 << 20) for i in range(6))
+    # two threads keep at most POPULATE_BYTES + RELEASE_BYTES each mapped, not 96 MiB
+    assert watch.peak - before < 2 * (files.POPULATE_BYTES + files.RELEASE_BYTES) // 1024 + 8192
+
+
+@linux_only
+def test_a_file_cut_short_after_it_was_opened_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "cut.safetensors"
+    save_file({"w": np.ones(1 << 20, dtype=np.float32)}, str(path))
+    script = textwrap.dedent(
+        f"""
+        import os
+        from normcli.errors import NormcliError
+        from normcli.readers import open_checkpoint
+        from normcli.scan import scan_tensors
+        checkpoint = open_checkpoint({str(path)!r})
+        os.truncate({str(path)!r}, 1 << 20)
+        try:
+            scan_tensors(checkpoint.tensors, threads=1)
+        except NormcliError as e:
+            print(type(e).__name__, e)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr  # a SIGBUS would end it with -7
+    assert "CorruptFileError" in done.stdout and "cut short" in done.stdout
