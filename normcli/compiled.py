@@ -226,14 +226,6 @@ def count_equal(a: Any, b: Any) -> Any:
     return same
 
 
-def _storable() -> list[Any]:
-    """The array types the kernels take here."""
-    kinds = [types.float32, types.float64, types.uint16]
-    if _converts_half():
-        kinds.append(types.int16)
-    return [types.Array(kind, 1, "C", readonly=True) for kind in kinds]
-
-
 def _converts_half() -> bool:
     """Whether the CPU converts float16 itself: on x86 with F16C (every x86 CPU since 2012)."""
     if "x86" not in str(llvmlite.binding.get_process_triple()):
@@ -244,20 +236,19 @@ def _converts_half() -> bool:
         return False
 
 
-def _compile_eagerly() -> frozenset[np.dtype[Any]]:
-    """Compile (or load from the cache) each kernel for each array type; return the dtypes
-    that compiled, so a CPU that cannot run one falls back to numpy for it alone."""
-    ready = set()
-    for array in _storable():
-        try:
-            stats.compile((array,))
-            count_zeros.compile((array,))
-            pair_stats.compile((array, array))
-            count_equal.compile((array, array))
-        except Exception:  # a kernel that cannot compile here is simply not used
-            continue
-        ready.add(np.dtype(str(array.dtype)))
-    return frozenset(ready)
+# the stored types the kernels take here; each is compiled (or loaded from numba's cache) on
+# first use, as loading them all up front took longer than importing numba
+TYPES = frozenset(
+    np.dtype(t) for t in ("<f4", "<f8", "<u2", *(("<i2",) if _converts_half() else ()))
+)
 
 
-READY = _compile_eagerly()
+def _warm_up() -> None:
+    """The first kernel loaded starts numba's JIT, about 0.2 s: done here, in the thread that
+    imports this module while the first chunks go through numpy, not in a scanning thread."""
+    one = np.zeros(1, dtype=np.float32)
+    one.flags.writeable = False
+    stats(one)
+
+
+_warm_up()

@@ -30,6 +30,7 @@ class Kernels:
 _lock = threading.Lock()
 _compiled: ModuleType | None = None
 _tried = False
+_failed: set[np.dtype[Any]] = set()
 
 
 def wanted() -> str:
@@ -81,7 +82,7 @@ def _kernel_view(values: np.ndarray) -> np.ndarray | None:
     ):
         return None
     assert _compiled
-    if layout[0] not in _compiled.READY:
+    if layout[0] not in _compiled.TYPES or layout[0] in _failed:
         return None
     view = values.view(layout[0])
     view.flags.writeable = False
@@ -105,7 +106,11 @@ def reduce_compiled(values: np.ndarray) -> TensorStats | None:
     if view is None:
         return None
     assert _compiled
-    l1, sq, total, top, low = _compiled.stats(view)
+    try:
+        l1, sq, total, top, low = _compiled.stats(view)
+    except Exception:  # compiled on first use: a type that cannot compile here goes to numpy
+        _failed.add(view.dtype)
+        return None
     linf = _linf(int(top), values.dtype)
     if linf is None:
         return None
@@ -122,7 +127,8 @@ def reduce_pair_compiled(a_values: np.ndarray, b_values: np.ndarray) -> PairStat
     assert _compiled
     try:
         sums, (a_top, a_low), (b_top, b_low), (d_top, d_low) = _compiled.pair_stats(a, b)
-    except Exception:  # two dtypes compiled on first use, which cannot be here
+    except Exception:  # as in reduce_compiled
+        _failed.update((a.dtype, b.dtype) if a.dtype == b.dtype else ())
         return None
     a_linf, b_linf = _linf(int(a_top), a_values.dtype), _linf(int(b_top), b_values.dtype)
     d_linf = _linf(int(d_top), _F64)

@@ -38,8 +38,9 @@ def open_regular(path: str) -> BinaryIO:
 # MADV_POPULATE_READ (Linux 5.14): maps a whole range at once, instead of a fault per page
 _POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform == "linux" else None
 # what each thread maps ahead at once, and how much it keeps mapped behind before handing back
+# (memory grows with the threads, about 20 MiB each, never with the checkpoint)
 POPULATE_BYTES = 4 << 20
-RELEASE_BYTES = 8 << 20
+RELEASE_BYTES = 16 << 20
 
 
 class DataFile:
@@ -95,30 +96,36 @@ class DataFile:
         return read
 
     def _mapped(self, first: int, last: int) -> np.ndarray:
+        """The bytes [first, last) as a view of the map. This thread's window of mapped pages
+        (read, or mapped ahead) moves along with its reads; what falls behind is handed back
+        once it adds up to RELEASE_BYTES, or all of it when the thread reads elsewhere: each
+        release interrupts every other thread's CPU to flush its TLB, which cost a third of the
+        speed of two threads when done for every chunk."""
         assert self._map is not None
         page = first - first % mmap.PAGESIZE
-        self._release_behind(page, last)
-        ahead = getattr(self._last, "populated", (0, 0))
-        if self._populate is not None and not ahead[0] <= page < last <= ahead[1]:
-            end = min(self.size, max(last, page + POPULATE_BYTES))
-            self._populate_range(page, end)
-            self._last.populated = (page, end)
+        low, high = getattr(self._last, "window", (page, page))
+        if page < low or page > high:
+            self._release(low, high)
+            low = high = page
+        elif page - low >= RELEASE_BYTES:
+            self._release(low, page)
+            low = page
+        if last > high:
+            start = max(page, high - high % mmap.PAGESIZE)
+            high = min(self.size, max(last, page + POPULATE_BYTES))
+            self._populate_range(start, high)
+        self._last.window = (low, high)
         return np.frombuffer(self._map, dtype=np.uint8, count=last - first, offset=first)
 
-    def _release_behind(self, page: int, last: int) -> None:
-        """Hand back the pages this thread read before, once they add up to RELEASE_BYTES or
-        the thread moves elsewhere: each release interrupts every other thread's CPU to flush
-        its TLB, which cost a third of the speed of two threads when done for every chunk."""
+    def _release(self, low: int, high: int) -> None:
         assert self._map is not None
-        low, high = getattr(self._last, "pending", (page, page))
-        if page < low or page > high or high - low >= RELEASE_BYTES:
-            if high > low:
-                self._map.madvise(mmap.MADV_DONTNEED, low, high - low)
-            low = page
-        self._last.pending = (low, max(high, last))
+        if high > low:
+            self._map.madvise(mmap.MADV_DONTNEED, low, high - low)
 
     def _populate_range(self, start: int, stop: int) -> None:
-        assert self._map is not None and self._populate is not None
+        assert self._map is not None
+        if self._populate is None:
+            return
         try:
             self._map.madvise(self._populate, start, stop - start)
         except OSError as e:
