@@ -1,6 +1,8 @@
 """`make bench`: normcli against the limits of this machine and against the naive way, on
 generated safetensors files (2 GiB float32, 2 GiB bfloat16, 1 GiB float16; BENCH_LARGE=1 adds a
 10 GiB bfloat16 one). Every figure is measured in this run; nothing is compared to constants.
+compare reads each file beside a twin whose values all moved by 1%, as a training step would
+move them (the 10 GiB file has no twin: the two would not fit the page cache together).
 
 naive = the safetensors package loads the file, then numpy norms in the stored dtype (bfloat16,
 which the package's numpy loader does not know, is loaded by its bytes and widened to float32).
@@ -139,12 +141,13 @@ IN_PROCESS = """
 import sys, time, normcli
 from normcli import kernels
 kernels.load()  # start-up is measured apart: this is the scan alone
+job = normcli.compare if len(sys.argv) > 2 else normcli.inspect
 best = {}
 for threads in (1, None):
     runs = []
     for _ in range(2):
         start = time.perf_counter()
-        normcli.inspect(sys.argv[1], threads=threads)
+        job(*sys.argv[1:], threads=threads)
         runs.append(time.perf_counter() - start)
     best[threads] = min(runs)
 print(best[1], best[None])
@@ -186,9 +189,11 @@ def main() -> None:
             stepped = path.with_name(f"{path.stem}-step{path.suffix}")
             if not path.exists():
                 write_safetensors(path, name, dtype, size)
-            if not stepped.exists():
+            # the large file's twin would not fit the page cache beside it
+            large = size > 2 * GIB
+            if not large and not stepped.exists():
                 write_safetensors(stepped, name, dtype, size, step=1e-2)
-            bench_file(path, stepped, name, threads)
+            bench_file(path, None if large else stepped, name, threads)
         print_startup()
     finally:
         if not os.environ.get("BENCH_DIR"):
@@ -199,73 +204,84 @@ def rate(gigabytes: float, seconds: float) -> float:
     return gigabytes / seconds
 
 
-def bench_file(path: Path, stepped: Path, name: str, threads: int) -> None:
+def in_process(*paths: Path) -> tuple[float, float]:
+    """Seconds of the scan alone, with 1 and all threads: the process started, the kernels
+    loaded, the page cache warm."""
+    done = subprocess.run(
+        [sys.executable, "-c", IN_PROCESS, *map(str, paths)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    one, every = map(float, done.stdout.split())
+    return one, every
+
+
+def bench_file(path: Path, stepped: Path | None, name: str, threads: int) -> None:
+    """One file's lines. `stepped` (the same tensors, every value moved) is what compare reads
+    beside it; the large file has none, and no naive run (it would need three times the file
+    in memory)."""
     size = path.stat().st_size
     gb = size / 1e9
+    inspect = [*NORMCLI, "inspect", str(path), "--no-progress", "-f", "json"]
     dd_rate(path, cold=False)  # warm the page cache
     limit_mmap, mapped_again = mmap_rates(path)
     limit_dd = dd_rate(path, cold=False)
-    naive = best_of(1, [sys.executable, "-c", NAIVE, str(path), name])
-    one = best_of(
-        2, [*NORMCLI, "inspect", str(path), "--no-progress", "--threads", "1", "-f", "json"]
-    )
-    every = best_of(2, [*NORMCLI, "inspect", str(path), "--no-progress", "-f", "json"])
-    numpy_path = best_of(
-        1,
-        [
-            "env",
-            "NORMCLI_KERNELS=numpy",
-            *NORMCLI,
-            "inspect",
-            str(path),
-            "--no-progress",
-            "-f",
-            "json",
-        ],
-    )
-    dd_rate(stepped, cold=False)  # warm the page cache
-    compare = best_of(
-        1, [*NORMCLI, "compare", str(path), str(stepped), "--no-progress", "-f", "json"]
-    )
-    scan_one, scan_every = map(
-        float,
-        subprocess.run(
-            [sys.executable, "-c", IN_PROCESS, str(path)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split(),
-    )
-    rss = peak_rss([*NORMCLI, "inspect", str(path), "--no-progress", "-f", "json"])
+    naive = best_of(1, [sys.executable, "-c", NAIVE, str(path), name]) if stepped else None
+    one = best_of(2, [*inspect, "--threads", "1"])
+    every = best_of(2, inspect)
+    numpy_path = best_of(1, ["env", "NORMCLI_KERNELS=numpy", *inspect])
+    scan_one, scan_every = in_process(path)
+    rss = peak_rss(inspect)
+    if stepped:
+        dd_rate(stepped, cold=False)  # warm the page cache
+        compare = best_of(
+            1, [*NORMCLI, "compare", str(path), str(stepped), "--no-progress", "-f", "json"]
+        )
+        compare_one, compare_every = in_process(path, stepped)
     cold_dd = dd_rate(path, cold=True)
     evict(path)
-    cold = best_of(1, [*NORMCLI, "inspect", str(path), "--no-progress", "-f", "json"])
+    cold = best_of(1, inspect)
+
+    def vs_naive(seconds: float) -> str:
+        return f"{naive / seconds:5.1f}x naive" if naive else "  (no naive run)"
+
     print(f"{path.name}  ({name}, {gb:.2f} GB)")
     print(
         f"  limits      page-cache mmap {limit_mmap / 1e9:6.2f} GB/s   "
         f"dd {limit_dd / 1e9:6.2f} GB/s   cold dd {cold_dd / 1e9:6.2f} GB/s   "
         f"(memory: {mapped_again / 1e9:5.2f} GB/s re-reading a map)"
     )
-    one_rate, every_rate, both_rate = rate(gb, one), rate(gb, every), rate(2 * gb, compare)
-    print(f"  naive       {rate(gb, naive):6.2f} GB/s")
+    if naive:
+        print(f"  naive       {rate(gb, naive):6.2f} GB/s")
+    one_rate, every_rate = rate(gb, one), rate(gb, every)
     print(
         f"  inspect  1t {one_rate:6.2f} GB/s  = {one_rate * 1e9 / limit_mmap:4.2f}x mmap, "
-        f"{naive / one:5.1f}x naive"
+        f"{vs_naive(one)}   (end to end: start-up and imports included)"
     )
     print(
         f"  inspect {threads}t {every_rate:6.2f} GB/s  = {one / every:4.2f}x one thread, "
-        f"{naive / every:5.1f}x naive   (numpy kernels: {rate(gb, numpy_path):5.2f} GB/s)"
-    )
-    print(
-        f"  compare {threads}t {both_rate:6.2f} GB/s over both files = "
-        f"{both_rate * 1e9 / limit_mmap:4.2f}x mmap"
+        f"{vs_naive(every)}   (numpy kernels: {rate(gb, numpy_path):5.2f} GB/s)"
     )
     alone_one, alone_every = rate(gb, scan_one), rate(gb, scan_every)
     print(
         f"  scan alone  {alone_one:6.2f} GB/s 1t = {alone_one * 1e9 / limit_mmap:4.2f}x mmap; "
-        f"{alone_every:6.2f} GB/s {threads}t = {scan_one / scan_every:4.2f}x one thread "
-        "(in-process, kernels loaded)"
+        f"{alone_every:6.2f} GB/s {threads}t = {scan_one / scan_every:4.2f}x one thread"
     )
+    if stepped:
+        both, both_one, both_every = (
+            rate(2 * gb, compare),
+            rate(2 * gb, compare_one),
+            rate(2 * gb, compare_every),
+        )
+        print(
+            f"  compare {threads}t {both:6.2f} GB/s over both files = "
+            f"{both * 1e9 / limit_mmap:4.2f}x mmap   (end to end)"
+        )
+        print(
+            f"  compare alone {both_one:4.2f} GB/s 1t = {both_one * 1e9 / limit_mmap:4.2f}x mmap; "
+            f"{both_every:6.2f} GB/s {threads}t = {both_every * 1e9 / limit_mmap:4.2f}x mmap"
+        )
     cold_rate = rate(gb, cold)
     print(f"  cold        {cold_rate:6.2f} GB/s  = {cold_rate * 1e9 / cold_dd:4.2f}x cold dd")
     print(f"  peak RSS    {f'{rss / 1024:6.0f} MiB' if rss >= 0 else 'n/a (no /usr/bin/time)'}\n")

@@ -25,7 +25,6 @@ import llvmlite.binding
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 BLOCK_BYTES = 8 << 10
@@ -101,10 +100,11 @@ def prefetch(typingctx: Any, array: Any, index: Any) -> Any:
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
         address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
-        function = cgutils.get_or_insert_function(
-            builder.module,
+        # named for the pointer type as this LLVM names it (p0i8 before opaque pointers, p0)
+        function = builder.module.declare_intrinsic(
+            "llvm.prefetch",
+            [address.type],
             ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]),
-            "llvm.prefetch.p0",
         )
         # a read (0), kept in every cache level (3), of data (1)
         builder.call(function, [address, i32(0), i32(3), i32(1)])
