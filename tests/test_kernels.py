@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 from reference import assert_matches, reference
 
 from normcli import kernels, scan
-from normcli.norms import reduce_chunk
+from normcli.norms import reduce_chunk, reduce_pair
 
 compiled = kernels.load()
 pytestmark = pytest.mark.skipif(compiled is None, reason="numba is not installed")
@@ -102,7 +102,6 @@ def test_the_largest_value_and_the_zeros_are_found_in_any_block(dtype: type) -> 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_signed_zero_makes_a_pair_differ_though_its_values_are_equal(dtype: type) -> None:
-    from normcli.norms import reduce_pair
 
     assert compiled is not None
     a = np.array([0.0, 1.0, 2.0], dtype=dtype)
@@ -124,10 +123,11 @@ def test_small_jobs_use_numpy_and_big_or_forced_ones_the_kernels(
     values = np.array([1.5, -2.0], np.float32)
     assert big(values) == reduce_chunk(values)  # numpy until the kernels are ready, then them
     monkeypatch.setenv("NORMCLI_KERNELS", "numpy")
-    assert scan.choose_kernels(1 << 40)[0] is reduce_chunk
+    assert scan.choose_kernels(1 << 40) == (reduce_chunk, reduce_pair, scan.CHUNK_ELEMENTS)
     monkeypatch.setenv("NORMCLI_KERNELS", "numba")
-    forced = scan.choose_kernels(0)[0]
+    forced, _, chunk_elements = scan.choose_kernels(0)
     assert forced is not reduce_chunk
+    assert chunk_elements == scan.COMPILED_CHUNK_ELEMENTS > scan.CHUNK_ELEMENTS
     with_nan = np.array([1.0, np.nan, -3.0], np.float32)
     assert forced(with_nan) == reduce_chunk(with_nan)  # handed back to numpy, counted there
 
@@ -147,7 +147,6 @@ def aligned_pairs(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
 @settings(max_examples=120, deadline=None)
 @given(aligned_pairs())
 def test_compiled_pairs_match_the_numpy_path(pair: tuple[np.ndarray, np.ndarray]) -> None:
-    from normcli.norms import reduce_pair
 
     assert compiled is not None
     a, b = pair
