@@ -66,13 +66,37 @@ def choose_kernels(total_bytes: int) -> Plan:
 
     def reduce(values: np.ndarray) -> TensorStats:
         compiled = kernels.loaded()
-        return (compiled and compiled.reduce(values)) or reduce_chunk(values)
+        return (compiled and compiled.reduce(values)) or _in_numpy_chunks(values)
 
     def pair(a: np.ndarray, b: np.ndarray) -> PairStats:
         compiled = kernels.loaded()
-        return (compiled and compiled.reduce_pair(a, b)) or reduce_pair(a, b)
+        return (compiled and compiled.reduce_pair(a, b)) or _pairs_in_numpy_chunks(a, b)
 
     return Plan(reduce, pair, COMPILED_CHUNK_ELEMENTS)
+
+
+# A chunk sized for the kernels that goes to numpy after all is cut to numpy's size, whose
+# float64 copies then stay in cache and small (memory).
+def _in_numpy_chunks(values: np.ndarray) -> TensorStats:
+    if values.size <= CHUNK_ELEMENTS:
+        return reduce_chunk(values)
+    return merge_all(
+        [
+            reduce_chunk(values[i : i + CHUNK_ELEMENTS])
+            for i in range(0, values.size, CHUNK_ELEMENTS)
+        ]
+    )
+
+
+def _pairs_in_numpy_chunks(a: np.ndarray, b: np.ndarray) -> PairStats:
+    if a.size <= CHUNK_ELEMENTS:
+        return reduce_pair(a, b)
+    return merge_pairs(
+        [
+            reduce_pair(a[i : i + CHUNK_ELEMENTS], b[i : i + CHUNK_ELEMENTS])
+            for i in range(0, a.size, CHUNK_ELEMENTS)
+        ]
+    )
 
 
 def _chunk_bytes(chunk_size: int, source: TensorSource) -> int:

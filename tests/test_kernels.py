@@ -169,3 +169,24 @@ def test_a_pair_with_a_nan_goes_back_to_numpy() -> None:
     assert compiled is not None
     a = np.array([1.0, 2.0], np.float32)
     assert compiled.reduce_pair(a, np.array([1.0, np.nan], np.float32)) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.int32])
+def test_a_big_chunk_the_kernels_decline_goes_to_numpy_in_numpy_sized_parts(
+    dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NORMCLI_KERNELS", "numba")
+    reduce, pair, _ = scan.choose_kernels(0)
+    values = np.linspace(-3, 5, 3 * scan.CHUNK_ELEMENTS + 5).astype(dtype)
+    if dtype is not np.int32:
+        values[7] = np.nan  # the kernels send the chunk back
+    assert_matches(reduce(values), reference(values), rtol=1e-12, what=str(values.dtype))
+    whole = reduce_pair(values, values[::-1].copy())
+    parts = pair(values, values[::-1].copy())
+    assert (parts.identical, parts.diff.zeros, parts.diff.nan) == (
+        whole.identical,
+        whole.diff.zeros,
+        whole.diff.nan,
+    )
+    assert parts.dot == pytest.approx(whole.dot, rel=1e-12)
+    assert parts.diff.sumsq == pytest.approx(whole.diff.sumsq, rel=1e-12)
