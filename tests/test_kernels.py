@@ -151,7 +151,9 @@ def test_compiled_pairs_match_the_numpy_path(pair: tuple[np.ndarray, np.ndarray]
     assert compiled is not None
     a, b = pair
     fast, exact = compiled.reduce_pair(a, b), reduce_pair(a, b)
-    assert fast is not None
+    if fast is None:  # declined: float64 squares (of B - A) out of float64's range
+        assert np.dtype(np.float64) in (a.dtype, b.dtype)
+        return
     assert fast.identical == exact.identical
     assert fast.diff.linf == exact.diff.linf and fast.diff.zeros == exact.diff.zeros
     for side in ("a", "b", "diff"):
