@@ -143,16 +143,25 @@ def stats(x: Any) -> Any:
 @fast
 def block_stats(x: Any) -> Any:
     l1 = sq = total = 0.0
-    top = low = magnitude(x[0])
     for i in range(x.size):
         v = widen(x[i])
         l1 += abs(v)
         sq += v * v
         total += v
+    top, low = extremes(x)
+    return l1, sq, total, top, low
+
+
+@fast
+def extremes(x: Any) -> Any:
+    """The largest and smallest magnitude bits of a non-empty block. A loop apart from the sums
+    (the block is in cache by then), as it then runs in lanes of x's own width, not float64's."""
+    top = low = magnitude(x[0])
+    for i in range(x.size):
         m = magnitude(x[i])
         top = umax(top, m)
         low = umin(low, m)
-    return l1, sq, total, top, low
+    return top, low
 
 
 @fast
@@ -188,8 +197,6 @@ def pair_stats(a: Any, b: Any) -> Any:
 @fast
 def block_pair_stats(a: Any, b: Any) -> Any:
     a_l1 = a_sq = a_total = b_l1 = b_sq = b_total = d_l1 = d_sq = d_total = dot = 0.0
-    a_top = a_low = magnitude(a[0])
-    b_top = b_low = magnitude(b[0])
     d_top = d_low = magnitude(widen(b[0]) - widen(a[0]))
     for i in range(a.size):
         va = widen(a[i])
@@ -205,17 +212,11 @@ def block_pair_stats(a: Any, b: Any) -> Any:
         d_sq += d * d
         d_total += d
         dot += va * vb
-        ma = magnitude(a[i])
-        mb = magnitude(b[i])
         md = magnitude(d)
-        a_top = umax(a_top, ma)
-        a_low = umin(a_low, ma)
-        b_top = umax(b_top, mb)
-        b_low = umin(b_low, mb)
         d_top = umax(d_top, md)
         d_low = umin(d_low, md)
     sums = (a_l1, a_sq, a_total, b_l1, b_sq, b_total, d_l1, d_sq, d_total, dot)
-    return sums, (a_top, a_low), (b_top, b_low), (d_top, d_low)
+    return sums, extremes(a), extremes(b), (d_top, d_low)
 
 
 @fast
