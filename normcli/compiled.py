@@ -31,8 +31,16 @@ BLOCK_BYTES = 8 << 10
 AHEAD_BYTES = 32 << 10
 CACHE_LINE = 64
 
-# no nnan/ninf: non-finite values must still be seen, for the caller to send the chunk back
-fast = njit(nogil=True, cache=True, fastmath={"reassoc", "nsz", "contract", "arcp"})
+
+
+def fast(function: Any) -> Any:
+    """Compiled without the GIL, kept in numba's cache where it finds a place it may write."""
+    # no nnan/ninf: non-finite values must still be seen, for the caller to send the chunk back
+    options = {"nogil": True, "fastmath": {"reassoc", "nsz", "contract", "arcp"}}
+    try:
+        return njit(cache=True, **options)(function)
+    except RuntimeError:  # neither beside the package nor in the user's cache: compile each run
+        return njit(cache=False, **options)(function)
 
 
 @intrinsic

@@ -48,7 +48,7 @@ def load() -> Kernels | None:
                 from . import compiled
 
                 _compiled = compiled
-            except ImportError:
+            except Exception:  # numba missing, or unable to compile or cache here: numpy it is
                 _compiled = None
             _tried = True
     return loaded()

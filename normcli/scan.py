@@ -15,7 +15,7 @@ import numpy as np
 from . import kernels
 from .errors import UnsupportedError
 from .norms import PairStats, TensorStats, merge_all, merge_pairs, reduce_chunk, reduce_pair
-from .readers import TensorSource
+from .readers import TensorSource, files
 
 # 256 Ki elements, a multiple of every packed group size (1, 2 and 4 elements), so two tensors
 # of different dtypes split into chunks of the same lengths and can be walked in lockstep; small
@@ -185,12 +185,21 @@ def _parallel(
     """Run the jobs, largest first so one big piece does not start last and run alone;
     results come back in the order given."""
     workers = min(threads or default_threads(), max(1, len(jobs)))
+    files.set_readers(workers)
     if workers == 1:
-        return [job() for job in jobs]
+        return [_releasing(job) for job in jobs]
     order = sorted(range(len(jobs)), key=lambda i: -sizes[i])
     with ThreadPoolExecutor(workers, thread_name_prefix="normcli-scan") as pool:
-        futures = {i: pool.submit(jobs[i]) for i in order}
+        futures = {i: pool.submit(_releasing, jobs[i]) for i in order}
         return [futures[i].result() for i in range(len(jobs))]
+
+
+def _releasing(job: Callable[[], T]) -> T:
+    """A job, after which its thread hands back the pages it mapped to read it."""
+    try:
+        return job()
+    finally:
+        files.release_windows()
 
 
 def scan_tensors(

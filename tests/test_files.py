@@ -17,6 +17,7 @@ from safetensors.numpy import save_file
 import normcli
 from normcli.readers import files
 from normcli.readers.files import DataFile
+from normcli.trend import trend
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -38,8 +39,8 @@ def test_mapped_reads_give_the_file_bytes(
     mapped = DataFile(str(path))
     with pytest.MonkeyPatch.context() as patch:
         # small windows, so mapping ahead and handing back behind happen on a small file
-        patch.setattr(files, "POPULATE_BYTES", 8192)
-        patch.setattr(files, "RELEASE_BYTES", 16384)
+        patch.setattr(files, "WINDOW_MIN", 16384)
+        patch.setattr(files, "WINDOW_MAX", 16384)
         assert mapped._map is not None
         for base, length in spans:
             stop = min(length, len(data) - base)
@@ -90,8 +91,48 @@ def test_memory_stays_flat_while_a_file_much_larger_is_scanned(tmp_path: Path) -
     before, watch = _rss_file_kib(), Watch()
     report = normcli.inspect(path, threads=2, progress=watch)
     assert report.total.stats.l1 == sum((i + 1) * (4 << 20) for i in range(6))
-    # two threads keep at most POPULATE_BYTES + RELEASE_BYTES each mapped, not 96 MiB
-    assert watch.peak - before < 2 * (files.POPULATE_BYTES + files.RELEASE_BYTES) // 1024 + 8192
+    # each of two threads keeps its window and the chunk it reads mapped, not 96 MiB
+    assert watch.peak - before < 2 * (files.WINDOW_MAX + (4 << 20)) // 1024
+
+
+@linux_only
+@pytest.mark.parametrize("threads", [1, 2])
+def test_memory_stays_flat_however_many_files_are_read(tmp_path: Path, threads: int) -> None:
+    """A thread's windows over all the files it reads share one budget: trend reads its files in
+    lockstep, and a sharded checkpoint one shard after another."""
+    for i in range(12):
+        save_file(
+            {"w": np.full(2 << 20, i + 1, dtype=np.float32)},
+            str(tmp_path / f"step-{i}.safetensors"),
+        )
+
+    class Watch:
+        peak = 0
+
+        def start(self, total_bytes: int) -> None:
+            pass
+
+        def advance(self, done_bytes: int) -> None:
+            self.peak = max(self.peak, _rss_file_kib())
+
+    before, watch = _rss_file_kib(), Watch()
+    result = trend([str(tmp_path)], threads=threads, progress=watch)
+    assert result.to_dict()["checkpoints"][-1]  # read to the end
+    # 12 files of 8 MiB: 96 MiB, of which a thread keeps its share mapped at most
+    assert 0 < watch.peak - before < threads * (files.WINDOW_MAX + (4 << 20)) // 1024
+
+
+def test_a_file_mapped_holds_one_descriptor(blob: tuple[Path, bytes]) -> None:
+    path, _ = blob
+    proc = Path("/proc/self/fd")
+    if not proc.exists():
+        pytest.skip("no /proc/self/fd")
+    before = len(list(proc.iterdir()))
+    opened = [DataFile(str(path)) for _ in range(20)]
+    assert len(list(proc.iterdir())) - before == 20
+    for data in opened:
+        data.close()
+    assert len(list(proc.iterdir())) == before
 
 
 @linux_only
@@ -116,4 +157,4 @@ def test_a_file_cut_short_after_it_was_opened_is_an_error_not_a_crash(tmp_path: 
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr  # a SIGBUS would end it with -7
-    assert "CorruptFileError" in done.stdout and "cut short" in done.stdout
+    assert "CorruptFileError" in done.stdout and "cut short while being read" in done.stdout

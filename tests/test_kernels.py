@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -192,3 +195,24 @@ def test_a_big_chunk_the_kernels_decline_goes_to_numpy_in_numpy_sized_parts(
     )
     assert parts.dot == pytest.approx(whole.dot, rel=1e-12)
     assert parts.diff.sumsq == pytest.approx(whole.diff.sumsq, rel=1e-12)
+
+
+def test_kernels_that_cannot_run_here_leave_the_work_to_numpy_without_a_word() -> None:
+    """numba present but unable to compile (here: told not to), as on a machine without a
+    compiler back end: the figures come from numpy, and nothing is printed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sample = Path(__file__).parent.parent / "sample_checkpoints" / "base.safetensors"
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "NORMCLI_KERNELS": "numba"}
+    done = subprocess.run(
+        [sys.executable, "-m", "normcli", "inspect", str(sample), "-f", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert json.loads(done.stdout)["total"]["l2"] > 0

@@ -9,6 +9,7 @@ import mmap
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -37,21 +38,65 @@ def open_regular(path: str) -> BinaryIO:
 
 # MADV_POPULATE_READ (Linux 5.14): maps a whole range at once, instead of a fault per page
 _POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform == "linux" else None
-# what each thread maps ahead at once, and how much it keeps mapped behind before handing back
-# (memory grows with the threads, about 20 MiB each, never with the checkpoint)
-POPULATE_BYTES = 4 << 20
-RELEASE_BYTES = 16 << 20
+# The pages all threads keep mapped, shared among the threads reading; each thread's share is
+# kept within [WINDOW_MIN, WINDOW_MAX]. Releasing pages interrupts every other thread's CPU to
+# flush its TLB: windows much smaller than WINDOW_MAX cost two threads a sixth of their speed.
+WINDOWS_BYTES = 48 << 20
+WINDOW_MIN = 6 << 20
+WINDOW_MAX = 20 << 20
+# Windows are counted and handed back in whole grains: the kernel maps a large page-cache folio
+# (up to 2 MiB) whole when any of its pages is asked for.
+GRAIN = 2 << 20
+# A thread reading more files than this at once (trend, in lockstep) copies from the others.
+MAX_WINDOWS = 4
+_readers = 1
+# per thread: each DataFile it reads -> its window [low, high) of mapped grains, and the grain
+# where its last read began (weak keys: a file closed and collected drops out)
+_windows = threading.local()
+
+
+def set_readers(count: int) -> None:
+    """How many threads are about to read at once, to size each one's share of WINDOWS_BYTES."""
+    global _readers
+    _readers = max(1, count)
+
+
+def release_windows() -> None:
+    """Hand back every page this thread keeps mapped: it is done with what it was reading."""
+    windows = _thread_windows()
+    for data, (low, high, _) in list(windows.items()):
+        data._release(low, high)
+    windows.clear()
+
+
+def _window_bytes() -> int:
+    return min(WINDOW_MAX, max(WINDOW_MIN, WINDOWS_BYTES // _readers))
+
+
+def _thread_windows() -> weakref.WeakKeyDictionary[DataFile, tuple[int, int, int]]:
+    found: weakref.WeakKeyDictionary[DataFile, tuple[int, int, int]] | None = getattr(
+        _windows, "files", None
+    )
+    if found is None:
+        found = _windows.files = weakref.WeakKeyDictionary()
+    return found
+
+
+def _grain_below(offset: int) -> int:
+    return offset - offset % GRAIN
 
 
 class DataFile:
     """A checkpoint file whose tensor data is read through a memory map, straight from the page
     cache with no copy (positioned reads where a file cannot be mapped).
 
-    Memory stays flat whatever the file's size: each thread hands back (MADV_DONTNEED) the pages
-    it has read, so at most POPULATE_BYTES + RELEASE_BYTES per thread stay mapped; the pages
-    stay in the page cache. Pages are mapped a range at a time (MADV_POPULATE_READ) before they
-    are read, which is faster than a fault per page and turns a file cut short since it was
-    opened into an error rather than a crash (SIGBUS), but for a file cut during the read.
+    Memory stays flat whatever the file's size, and whatever the number of files: each thread
+    keeps a window of mapped pages that moves along with its reads, and hands back
+    (MADV_DONTNEED) what lies behind once its windows, over every file it reads, pass its share
+    of WINDOWS_BYTES; the pages stay in the page cache. Every range is mapped in whole
+    (MADV_POPULATE_READ) right before it is read: faster than a fault per page, and a file cut
+    short since it was opened is then an error, not a crash (SIGBUS) - unless it is cut during
+    the very millisecond a chunk is read, or on Linux before 5.14.
     """
 
     def __init__(self, path: str) -> None:
@@ -60,8 +105,11 @@ class DataFile:
         self.path = path
         self.size = os.fstat(self.fd).st_size
         self._map = self._open_map()
+        if self._map is not None:
+            # the map holds its own descriptor: one per file, not two, for runs of many files
+            os.close(self.fd)
+            self.fd = -1
         self._populate = _POPULATE_READ
-        self._last = threading.local()
 
     def _open_map(self) -> mmap.mmap | None:
         if self.size == 0:
@@ -77,7 +125,19 @@ class DataFile:
     def __getitem__(self, span: slice) -> bytes:
         """Small reads (headers): file[start:stop], clipped at the end like a bytes slice."""
         start, stop, _ = span.indices(self.size)
-        return os.pread(self.fd, max(0, stop - start), start)
+        out = np.empty(max(0, stop - start), dtype=np.uint8)
+        self.readinto(out.data, start)
+        return out.tobytes()
+
+    def readinto(self, buffer: memoryview, offset: int) -> int:
+        """Copy the bytes from `offset` into `buffer`, as many as the file holds; their count."""
+        view = buffer.cast("B")
+        stop = min(self.size, offset + len(view))
+        if stop <= offset:
+            return 0
+        out = np.frombuffer(view, dtype=np.uint8)
+        np.copyto(out[: stop - offset], self.reader(0)(offset, stop, out))
+        return stop - offset
 
     def reader(self, base: int) -> Callable[[int, int, np.ndarray], np.ndarray]:
         """Reads bytes [start, stop) of a tensor whose data begins at `base`: a view of the
@@ -85,9 +145,14 @@ class DataFile:
 
         def read(start: int, stop: int, out: np.ndarray) -> np.ndarray:
             first, last = base + start, base + stop
-            if self._map is None or last > self.size:
+            if self._map is None:
                 return self._read_into(first, last, out)
-            view = self._mapped(first, last)
+            if last > self.size:
+                raise CorruptFileError("the file ended early", self.path)
+            windows = _thread_windows()
+            if self not in windows and len(windows) >= MAX_WINDOWS:
+                return self._copied(first, last, out)  # one file too many mapped at once
+            view = self._mapped(first, last, windows)
             if first % 8:  # the kernels want aligned values
                 np.copyto(out[: last - first], view)
                 return out[: last - first]
@@ -95,46 +160,77 @@ class DataFile:
 
         return read
 
-    def _mapped(self, first: int, last: int) -> np.ndarray:
-        """The bytes [first, last) as a view of the map. This thread's window of mapped pages
-        (read, or mapped ahead) moves along with its reads; what falls behind is handed back
-        once it adds up to RELEASE_BYTES, or all of it when the thread reads elsewhere: each
-        release interrupts every other thread's CPU to flush its TLB, which cost a third of the
-        speed of two threads when done for every chunk."""
+    def _copied(self, first: int, last: int, out: np.ndarray) -> np.ndarray:
+        """The bytes [first, last) copied into `out`, and their pages handed back at once."""
+        self._populate_range(first - first % mmap.PAGESIZE, last)
+        np.copyto(out[: last - first], self._view(first, last))
+        self._release(_grain_below(first), min(self.size, _grain_below(last - 1) + GRAIN))
+        return out[: last - first]
+
+    def _view(self, first: int, last: int) -> np.ndarray:
         assert self._map is not None
-        page = first - first % mmap.PAGESIZE
-        low, high = getattr(self._last, "window", (page, page))
-        if page < low or page > high:
-            self._release(low, high)
-            low = high = page
-        elif page - low >= RELEASE_BYTES:
-            self._release(low, page)
-            low = page
-        if last > high:
-            start = max(page, high - high % mmap.PAGESIZE)
-            high = min(self.size, max(last, page + POPULATE_BYTES))
-            self._populate_range(start, high)
-        self._last.window = (low, high)
         return np.frombuffer(self._map, dtype=np.uint8, count=last - first, offset=first)
 
+    def _mapped(
+        self,
+        first: int,
+        last: int,
+        windows: weakref.WeakKeyDictionary[DataFile, tuple[int, int, int]],
+    ) -> np.ndarray:
+        """The bytes [first, last) as a view of the map, this thread's window moved over them.
+        While it reads this file alone, a thread maps a quarter of its share ahead at once."""
+        grain = _grain_below(first)
+        low, high, _ = windows.get(self, (grain, grain, grain))
+        if grain < low or grain > high:
+            self._release(low, high)
+            low = high = grain
+        alone = len(windows) == 0 or (len(windows) == 1 and self in windows)
+        ahead = min(self.size, first + _window_bytes() // 4) if alone else last
+        self._populate_range(first - first % mmap.PAGESIZE, max(last, ahead))
+        windows[self] = (
+            low,
+            max(high, min(self.size, -(-max(last, ahead) // GRAIN) * GRAIN)),
+            grain,
+        )
+        self._trim(windows)
+        return self._view(first, last)
+
+    @staticmethod
+    def _trim(windows: weakref.WeakKeyDictionary[DataFile, tuple[int, int, int]]) -> None:
+        """Hand back what lies behind each window's last read, once this thread's windows pass
+        its share."""
+        if sum(high - low for low, high, _ in windows.values()) <= _window_bytes():
+            return
+        for data, (low, high, grain) in list(windows.items()):
+            data._release(low, grain)
+            windows[data] = (grain, high, grain)
+
     def _release(self, low: int, high: int) -> None:
-        assert self._map is not None
-        if high > low:
+        if self._map is not None and high > low:
             self._map.madvise(mmap.MADV_DONTNEED, low, high - low)
 
     def _populate_range(self, start: int, stop: int) -> None:
+        """Map [start, stop): an error here, not a SIGBUS later, when the file has been cut
+        short."""
         assert self._map is not None
         if self._populate is None:
             return
         try:
             self._map.madvise(self._populate, start, stop - start)
         except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise CorruptFileError(
-                    f"cannot read the file (cut short while being read?): {e.strerror}",
-                    self.path,
-                ) from e
-            self._populate = None  # a kernel before 5.14: pages fault in one by one
+            if e.errno == errno.EINVAL:
+                self._populate = None  # a kernel before 5.14: pages fault in one by one
+                return
+            raise CorruptFileError(self._why_unreadable(e), self.path) from e
+
+    def _why_unreadable(self, error: OSError) -> str:
+        try:
+            now = os.stat(self.path).st_size
+        except OSError:
+            now = self.size
+        if now < self.size:
+            return f"the file was cut short while being read ({now} bytes, {self.size} at first)"
+        return f"cannot read the file: {error.strerror or error}"
 
     def _read_into(self, first: int, last: int, out: np.ndarray) -> np.ndarray:
         view = out.data.cast("B")[: last - first]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import io
 import math
-import os
 import struct
 import weakref
 import zipfile
@@ -162,7 +161,7 @@ class _Window(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         wanted = max(0, min(len(view), self.size - self.position))
-        got = os.preadv(self.data.fd, [view[:wanted]], self.start + self.position)
+        got = self.data.readinto(view[:wanted], self.start + self.position)
         self.position += got
         return got
 
