@@ -72,6 +72,18 @@ def _rss_file_kib() -> int:
     raise AssertionError("no RssFile in /proc/self/status")
 
 
+class PeakWatch:
+    """A progress listener that notes the most file-backed memory mapped while a scan runs."""
+
+    peak = 0
+
+    def start(self, total_bytes: int) -> None:
+        pass
+
+    def advance(self, done_bytes: int) -> None:
+        self.peak = max(self.peak, _rss_file_kib())
+
+
 @linux_only
 def test_memory_stays_flat_while_a_file_much_larger_is_scanned(tmp_path: Path) -> None:
     path = tmp_path / "big.safetensors"
@@ -79,16 +91,7 @@ def test_memory_stays_flat_while_a_file_much_larger_is_scanned(tmp_path: Path) -
     save_file(tensors, str(path))
     del tensors
 
-    class Watch:
-        peak = 0
-
-        def start(self, total_bytes: int) -> None:
-            pass
-
-        def advance(self, done_bytes: int) -> None:
-            self.peak = max(self.peak, _rss_file_kib())
-
-    before, watch = _rss_file_kib(), Watch()
+    before, watch = _rss_file_kib(), PeakWatch()
     report = normcli.inspect(path, threads=2, progress=watch)
     assert report.total.stats.l1 == sum((i + 1) * (4 << 20) for i in range(6))
     # each of two threads keeps its window and the chunk it reads mapped, not 96 MiB
@@ -106,16 +109,7 @@ def test_memory_stays_flat_however_many_files_are_read(tmp_path: Path, threads: 
             str(tmp_path / f"step-{i}.safetensors"),
         )
 
-    class Watch:
-        peak = 0
-
-        def start(self, total_bytes: int) -> None:
-            pass
-
-        def advance(self, done_bytes: int) -> None:
-            self.peak = max(self.peak, _rss_file_kib())
-
-    before, watch = _rss_file_kib(), Watch()
+    before, watch = _rss_file_kib(), PeakWatch()
     result = trend([str(tmp_path)], threads=threads, progress=watch)
     assert result.to_dict()["checkpoints"][-1]  # read to the end
     # 12 files of 8 MiB: 96 MiB, of which a thread keeps its share mapped at most
