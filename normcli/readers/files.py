@@ -11,6 +11,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -50,9 +51,22 @@ GRAIN = 2 << 20
 # A thread reading more files than this at once (trend, in lockstep) copies from the others.
 MAX_WINDOWS = 4
 _readers = 1
-# per thread: each DataFile it reads -> its window [low, high) of mapped grains, and the grain
-# where its last read began (weak keys: a file closed and collected drops out)
 _windows = threading.local()
+
+
+@dataclass
+class _Window:
+    """The pages of one file that one thread keeps mapped: the grains [low, high), of which the
+    bytes [start, stop) are mapped already; and the grain where its last read began."""
+
+    low: int
+    high: int
+    start: int
+    stop: int
+    last_read: int
+
+
+Windows = weakref.WeakKeyDictionary["DataFile", _Window]  # per thread; a file collected drops out
 
 
 def set_readers(count: int) -> None:
@@ -64,8 +78,8 @@ def set_readers(count: int) -> None:
 def release_windows() -> None:
     """Hand back every page this thread keeps mapped: it is done with what it was reading."""
     windows = _thread_windows()
-    for data, (low, high, _) in list(windows.items()):
-        data._release(low, high)
+    for data, window in list(windows.items()):
+        data._release(window.low, window.high)
     windows.clear()
 
 
@@ -73,10 +87,8 @@ def _window_bytes() -> int:
     return min(WINDOW_MAX, max(WINDOW_MIN, WINDOWS_BYTES // _readers))
 
 
-def _thread_windows() -> weakref.WeakKeyDictionary[DataFile, tuple[int, int, int]]:
-    found: weakref.WeakKeyDictionary[DataFile, tuple[int, int, int]] | None = getattr(
-        _windows, "files", None
-    )
+def _thread_windows() -> Windows:
+    found: Windows | None = getattr(_windows, "files", None)
     if found is None:
         found = _windows.files = weakref.WeakKeyDictionary()
     return found
@@ -149,6 +161,8 @@ class DataFile:
                 return self._read_into(first, last, out)
             if last > self.size:
                 raise CorruptFileError("the file ended early", self.path)
+            if last > self._map.size():  # checked on every read: a page cut off is a SIGBUS
+                raise CorruptFileError(self._why_unreadable(None), self.path)
             windows = _thread_windows()
             if self not in windows and len(windows) >= MAX_WINDOWS:
                 return self._copied(first, last, out)  # one file too many mapped at once
@@ -171,39 +185,36 @@ class DataFile:
         assert self._map is not None
         return np.frombuffer(self._map, dtype=np.uint8, count=last - first, offset=first)
 
-    def _mapped(
-        self,
-        first: int,
-        last: int,
-        windows: weakref.WeakKeyDictionary[DataFile, tuple[int, int, int]],
-    ) -> np.ndarray:
+    def _mapped(self, first: int, last: int, windows: Windows) -> np.ndarray:
         """The bytes [first, last) as a view of the map, this thread's window moved over them.
         While it reads this file alone, a thread maps a quarter of its share ahead at once."""
         grain = _grain_below(first)
-        low, high, _ = windows.get(self, (grain, grain, grain))
-        if grain < low or grain > high:
-            self._release(low, high)
-            low = high = grain
-        alone = len(windows) == 0 or (len(windows) == 1 and self in windows)
-        ahead = min(self.size, first + _window_bytes() // 4) if alone else last
-        self._populate_range(first - first % mmap.PAGESIZE, max(last, ahead))
-        windows[self] = (
-            low,
-            max(high, min(self.size, -(-max(last, ahead) // GRAIN) * GRAIN)),
-            grain,
-        )
+        window = windows.get(self)
+        if window is None or not window.low <= grain <= window.high:
+            if window is not None:
+                self._release(window.low, window.high)
+            window = windows[self] = _Window(grain, grain, first, first, grain)
+        alone = len(windows) == 1
+        wanted = max(last, min(self.size, first + _window_bytes() // 4)) if alone else last
+        start = first if first < window.start else max(first, window.stop)
+        if wanted > start:
+            self._populate_range(start - start % mmap.PAGESIZE, wanted)
+            window.start, window.stop = min(window.start, first), max(window.stop, wanted)
+        window.high = max(window.high, min(self.size, -(-window.stop // GRAIN) * GRAIN))
+        window.last_read = grain
         self._trim(windows)
         return self._view(first, last)
 
     @staticmethod
-    def _trim(windows: weakref.WeakKeyDictionary[DataFile, tuple[int, int, int]]) -> None:
+    def _trim(windows: Windows) -> None:
         """Hand back what lies behind each window's last read, once this thread's windows pass
         its share."""
-        if sum(high - low for low, high, _ in windows.values()) <= _window_bytes():
+        if sum(w.high - w.low for w in windows.values()) <= _window_bytes():
             return
-        for data, (low, high, grain) in list(windows.items()):
-            data._release(low, grain)
-            windows[data] = (grain, high, grain)
+        for data, window in list(windows.items()):
+            data._release(window.low, window.last_read)
+            window.low = window.last_read
+            window.start = max(window.start, window.low)
 
     def _release(self, low: int, high: int) -> None:
         if self._map is not None and high > low:
@@ -223,14 +234,14 @@ class DataFile:
                 return
             raise CorruptFileError(self._why_unreadable(e), self.path) from e
 
-    def _why_unreadable(self, error: OSError) -> str:
+    def _why_unreadable(self, error: OSError | None) -> str:
         try:
-            now = os.stat(self.path).st_size
+            now = self._map.size() if self._map is not None else self.size
         except OSError:
             now = self.size
         if now < self.size:
             return f"the file was cut short while being read ({now} bytes, {self.size} at first)"
-        return f"cannot read the file: {error.strerror or error}"
+        return f"cannot read the file: {error.strerror if error else 'unknown error'}"
 
     def _read_into(self, first: int, last: int, out: np.ndarray) -> np.ndarray:
         view = out.data.cast("B")[: last - first]
