@@ -105,10 +105,13 @@ class DataFile:
     Memory stays flat whatever the file's size, and whatever the number of files: each thread
     keeps a window of mapped pages that moves along with its reads, and hands back
     (MADV_DONTNEED) what lies behind once its windows, over every file it reads, pass its share
-    of WINDOWS_BYTES; the pages stay in the page cache. Every range is mapped in whole
-    (MADV_POPULATE_READ) right before it is read: faster than a fault per page, and a file cut
-    short since it was opened is then an error, not a crash (SIGBUS) - unless it is cut during
-    the very millisecond a chunk is read, or on Linux before 5.14.
+    of WINDOWS_BYTES; the pages stay in the page cache. Ranges are mapped in whole
+    (MADV_POPULATE_READ) before they are read, faster than a fault per page.
+
+    A mapped page that cannot be read is a SIGBUS, not an error, so every read first checks
+    the file's size: a file cut short since it was opened (rewritten in place) is then an
+    error, unless it is cut during the millisecond a chunk is read. A read error of the disk
+    or network on a page mapped ahead and dropped again before it is read would still be one.
     """
 
     def __init__(self, path: str) -> None:
