@@ -297,13 +297,20 @@ def scan_series(
         chunks = [next(it, None) if it is not None else None for it in iterators]
         if all(c is None for c in chunks):
             break
+        # a checkpoint's figures come from the update into it, or else from the update out of
+        # it, or else on their own: each chunk is reduced once alone or in one pair, not both
+        paired = [aligned[t] and chunks[t - 1] is not None for t in range(len(chunks))]
         for t, values in enumerate(chunks):
             if values is None:
                 continue
-            parts[t].append(reduce(values))
-            previous = chunks[t - 1] if t else None
-            if aligned[t] and previous is not None:
-                pair_parts[t].append(reduce_two(previous, values))
+            if paired[t]:
+                pair = reduce_two(chunks[t - 1], values)  # type: ignore[arg-type]
+                pair_parts[t].append(pair)
+                parts[t].append(pair.b)
+                if not paired[t - 1]:
+                    parts[t - 1].append(pair.a)
+            elif not (t + 1 < len(chunks) and paired[t + 1]):
+                parts[t].append(reduce(values))
             if progress is not None:
                 progress.advance(_chunk_bytes(values.size, sources[t]))  # type: ignore[arg-type]
     stats = [

@@ -8,13 +8,18 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import pytest
 from conftest import Run, validate_json
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
 from normcli import trend as trends
+from normcli.api import _array_source
 from normcli.readers import files
+from normcli.scan import choose_kernels, scan_series, scan_tensor
 
 BLOCKS, STEPS, ONSET = 8, 10, 5  # block 5 grows 1.8x a step from the 6th checkpoint on
 GROWING = "model.layers.5"
@@ -192,3 +197,52 @@ def test_a_tensor_that_leaves_zero_stands_out(tmp_path: Path) -> None:
     assert not next(r for r in result.rows if r.name == "v").jumped("l2")
     assert row.to_dict("l2", result.points)["first_jump"] == {"step": 3, "label": "3",
                                                                "factor": None}
+
+
+@st.composite
+def series(draw: st.DrawFn) -> list[np.ndarray | None]:
+    """One tensor across checkpoints: some lack it, some change its shape or dtype."""
+    count = draw(st.integers(1, 5))
+    out: list[np.ndarray | None] = []
+    for _ in range(count):
+        if draw(st.booleans()) and draw(st.booleans()):
+            out.append(None)
+            continue
+        size = draw(st.sampled_from([3000, 3000, 1500]))
+        dtype = draw(st.sampled_from([np.float32, np.float64, ml_dtypes.bfloat16]))
+        seed = draw(st.integers(0, 3))
+        values = np.random.default_rng(seed).standard_normal(size) * draw(st.floats(0.5, 2.0))
+        out.append(values.astype(dtype))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(series(), st.sampled_from(["numpy", "numba"]))
+def test_a_series_gives_each_checkpoint_and_update_as_if_read_alone(
+    arrays: list[np.ndarray | None], kernels: str
+) -> None:
+    """Each chunk is reduced once, alone or within an update: the figures must not depend on
+    which, whatever the gaps and the shape changes in the series."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NORMCLI_KERNELS", kernels)
+        reduce, reduce_two, _ = choose_kernels(0)
+        sources = [None if a is None else _array_source("w", a) for a in arrays]
+        stats, updates = scan_series(sources, reduce=reduce, reduce_two=reduce_two)
+    for t, values in enumerate(arrays):
+        if values is None:
+            assert stats[t] is None and updates[t] is None
+            continue
+        alone = scan_tensor(_array_source("w", values))
+        got = stats[t]
+        assert got is not None
+        assert (got.numel, got.zeros, got.linf) == (alone.numel, alone.zeros, alone.linf)
+        assert got.sumsq == pytest.approx(alone.sumsq, rel=1e-12)
+        assert got.l1 == pytest.approx(alone.l1, rel=1e-12)
+        previous = arrays[t - 1] if t else None
+        if previous is None or previous.shape != values.shape:
+            assert updates[t] is None
+        else:
+            update = updates[t]
+            assert update is not None
+            step = values.astype(np.float64) - previous.astype(np.float64)
+            assert update.diff.sumsq == pytest.approx(math.fsum(step * step), rel=1e-12, abs=1e-300)
