@@ -633,4 +633,18 @@ def _write_text(path: str, text: str, append: bool = False) -> None:
 
 
 def main() -> None:
+    _allow_open_files()
     cli.main()
+
+
+def _allow_open_files() -> None:
+    """Raise the soft limit on open files to the hard one: a sharded checkpoint, or a trend,
+    keeps every file open (two descriptors each when mapped), and 1024 is a common soft limit."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

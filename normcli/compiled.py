@@ -32,7 +32,6 @@ AHEAD_BYTES = 32 << 10
 CACHE_LINE = 64
 
 
-
 def fast(function: Any) -> Any:
     """Compiled without the GIL, kept in numba's cache where it finds a place it may write."""
     # no nnan/ninf: non-finite values must still be seen, for the caller to send the chunk back

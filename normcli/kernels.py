@@ -48,10 +48,21 @@ def load() -> Kernels | None:
                 from . import compiled
 
                 _compiled = compiled
+                _read_through_maps()
             except Exception:  # numba missing, or unable to compile or cache here: numpy it is
                 _compiled = None
             _tried = True
     return loaded()
+
+
+def _read_through_maps() -> None:
+    """Big scans read files through memory maps once a SIGBUS handler, compiled with numba too,
+    makes a page that cannot be read an error rather than the end of the process."""
+    from . import sigbus
+    from .readers import files
+
+    if sigbus.install():
+        files.map_safely(sigbus.faults, sigbus.clear)
 
 
 def loaded() -> Kernels | None:

@@ -51,6 +51,19 @@ GRAIN = 2 << 20
 # A thread reading more files than this at once (trend, in lockstep) copies from the others.
 MAX_WINDOWS = 4
 _readers = 1
+# the count of unreadable mapped pages, once a SIGBUS handler makes reading through maps safe
+# (normcli.sigbus, installed with the compiled kernels); until then files are read with pread
+_fault_count: Callable[[], int] | None = None
+_clear_faults: Callable[[], None] | None = None
+
+
+def map_safely(fault_count: Callable[[], int], clear_faults: Callable[[], None]) -> None:
+    """Read through memory maps from now on: a SIGBUS handler counts the pages that could not
+    be read, as `fault_count` tells."""
+    global _fault_count, _clear_faults
+    _fault_count, _clear_faults = fault_count, clear_faults
+
+
 _windows = threading.local()
 
 
@@ -73,14 +86,20 @@ def set_readers(count: int) -> None:
     """How many threads are about to read at once, to size each one's share of WINDOWS_BYTES."""
     global _readers
     _readers = max(1, count)
+    if _clear_faults is not None:
+        _clear_faults()
 
 
 def release_windows() -> None:
-    """Hand back every page this thread keeps mapped: it is done with what it was reading."""
+    """Hand back every page this thread keeps mapped: it is done with what it was reading.
+    Raises if a page it read could not be (the values read there were zeros)."""
     windows = _thread_windows()
     for data, window in list(windows.items()):
         data._release(window.low, window.high)
+    files = list(windows)
     windows.clear()
+    if files:
+        files[0]._check_faults(files)
 
 
 def _window_bytes() -> int:
@@ -100,35 +119,41 @@ def _grain_below(offset: int) -> int:
 
 class DataFile:
     """A checkpoint file whose tensor data is read through a memory map, straight from the page
-    cache with no copy (positioned reads where a file cannot be mapped).
+    cache with no copy, once a SIGBUS handler makes that safe (see map_safely); before that, and
+    where a file cannot be mapped, with positioned reads.
 
     Memory stays flat whatever the file's size, and whatever the number of files: each thread
     keeps a window of mapped pages that moves along with its reads, and hands back
     (MADV_DONTNEED) what lies behind once its windows, over every file it reads, pass its share
     of WINDOWS_BYTES; the pages stay in the page cache. Ranges are mapped in whole
-    (MADV_POPULATE_READ) before they are read, faster than a fault per page.
-
-    A mapped page that cannot be read is a SIGBUS, not an error, so every read first checks
-    the file's size: a file cut short since it was opened (rewritten in place) is then an
-    error, unless it is cut during the millisecond a chunk is read. A read error of the disk
-    or network on a page mapped ahead and dropped again before it is read would still be one.
+    (MADV_POPULATE_READ) before they are read, faster than a fault per page. A page that
+    cannot be read (the file cut short while it is read, a read error) reads as zeros and is
+    counted by the handler: the next read, or the end of the job, raises an error for it.
     """
 
     def __init__(self, path: str) -> None:
         with open_regular(path) as f:
-            self.fd = os.dup(f.fileno())
+            try:
+                self.fd = os.dup(f.fileno())
+            except OSError as e:
+                raise InputError(f"cannot open: {e.strerror}", path) from e
         self.path = path
         self.size = os.fstat(self.fd).st_size
-        self._map = self._open_map()
-        if self._map is not None:
-            # the map holds its own descriptor: one per file, not two, for runs of many files
-            os.close(self.fd)
-            self.fd = -1
+        self._map: mmap.mmap | None = None
+        self._mappable = self.size > 0
+        self._map_lock = threading.Lock()
         self._populate = _POPULATE_READ
 
+    def _current_map(self) -> mmap.mmap | None:
+        """The file's map, made on the first read once mapping is safe."""
+        if self._map is None and self._mappable and _fault_count is not None:
+            with self._map_lock:
+                if self._map is None and self._mappable:
+                    self._map = self._open_map()
+                    self._mappable = self._map is not None
+        return self._map
+
     def _open_map(self) -> mmap.mmap | None:
-        if self.size == 0:
-            return None
         try:
             return mmap.mmap(self.fd, 0, prot=mmap.PROT_READ)
         except (OSError, ValueError, AttributeError):
@@ -140,19 +165,11 @@ class DataFile:
     def __getitem__(self, span: slice) -> bytes:
         """Small reads (headers): file[start:stop], clipped at the end like a bytes slice."""
         start, stop, _ = span.indices(self.size)
-        out = np.empty(max(0, stop - start), dtype=np.uint8)
-        self.readinto(out.data, start)
-        return out.tobytes()
+        return os.pread(self.fd, max(0, stop - start), start)
 
     def readinto(self, buffer: memoryview, offset: int) -> int:
         """Copy the bytes from `offset` into `buffer`, as many as the file holds; their count."""
-        view = buffer.cast("B")
-        stop = min(self.size, offset + len(view))
-        if stop <= offset:
-            return 0
-        out = np.frombuffer(view, dtype=np.uint8)
-        np.copyto(out[: stop - offset], self.reader(0)(offset, stop, out))
-        return stop - offset
+        return os.preadv(self.fd, [buffer], offset) if offset < self.size else 0
 
     def reader(self, base: int) -> Callable[[int, int, np.ndarray], np.ndarray]:
         """Reads bytes [start, stop) of a tensor whose data begins at `base`: a view of the
@@ -160,13 +177,13 @@ class DataFile:
 
         def read(start: int, stop: int, out: np.ndarray) -> np.ndarray:
             first, last = base + start, base + stop
-            if self._map is None:
+            mapped = self._current_map()
+            if mapped is None or last > self.size:
                 return self._read_into(first, last, out)
-            if last > self.size:
-                raise CorruptFileError("the file ended early", self.path)
-            if last > self._map.size():  # checked on every read: a page cut off is a SIGBUS
-                raise CorruptFileError(self._why_unreadable(None), self.path)
+            if last > len(mapped):  # mapped after the file was cut short
+                raise CorruptFileError(self._cut_short() or "the file ended early", self.path)
             windows = _thread_windows()
+            self._check_faults(list(windows))  # what this thread read before
             if self not in windows and len(windows) >= MAX_WINDOWS:
                 return self._copied(first, last, out)  # one file too many mapped at once
             view = self._mapped(first, last, windows)
@@ -237,14 +254,29 @@ class DataFile:
                 return
             raise CorruptFileError(self._why_unreadable(e), self.path) from e
 
-    def _why_unreadable(self, error: OSError | None) -> str:
-        try:
-            now = self._map.size() if self._map is not None else self.size
-        except OSError:
-            now = self.size
+    def _check_faults(self, files: list[DataFile]) -> None:
+        """Raise if a mapped page could not be read since the scan began, naming the file cut
+        short among `files` (this thread's) if there is one."""
+        if _fault_count is None or not _fault_count():
+            return
+        for data in [self, *files]:
+            reason = data._cut_short()
+            if reason:
+                raise CorruptFileError(reason, data.path)
+        raise CorruptFileError(
+            "a page of a file being read could not be read (a disk or network read error, or "
+            "a file changed while it was read)",
+            self.path,
+        )
+
+    def _cut_short(self) -> str | None:
+        now = os.fstat(self.fd).st_size if self.fd >= 0 else self.size
         if now < self.size:
             return f"the file was cut short while being read ({now} bytes, {self.size} at first)"
-        return f"cannot read the file: {error.strerror if error else 'unknown error'}"
+        return None
+
+    def _why_unreadable(self, error: OSError) -> str:
+        return self._cut_short() or f"cannot read the file: {error.strerror or error}"
 
     def _read_into(self, first: int, last: int, out: np.ndarray) -> np.ndarray:
         view = out.data.cast("B")[: last - first]
@@ -253,12 +285,14 @@ class DataFile:
             got = os.preadv(self.fd, [view[done:]], first + done)
             if got <= 0:
                 raise CorruptFileError(
-                    "the file ended early (truncated while being read?)", self.path
+                    self._cut_short() or "the file ended early (truncated while being read?)",
+                    self.path,
                 )
             done += got
         return out[: last - first]
 
     def close(self) -> None:
+        self._mappable = False
         if self._map is not None:
             # a chunk still referenced keeps the map open until it is collected
             with contextlib.suppress(BufferError):

@@ -1,0 +1,104 @@
+"""A SIGBUS handler that makes reading through memory maps safe (Linux, with numba).
+
+A mapped page that cannot be read - its file cut short since it was mapped (a checkpoint
+rewritten in place while it is read), or a read error of the disk or network - is a SIGBUS,
+which ends the process. The handler compiled here maps a page of zeros over the faulting page,
+so the read goes on, and counts the fault; the readers check the count after every chunk and
+turn it into an error naming the file. Until the handler is installed, files are read with
+positioned reads, which report such failures themselves.
+
+The handler never touches the Python interpreter: it is native code (a numba cfunc) calling
+the C library's mmap, so it runs safely on a thread that does not hold the GIL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import sys
+from typing import Any
+
+import numpy as np
+from llvmlite import ir
+from numba import carray, cfunc, types
+from numba.extending import intrinsic
+
+SIGBUS = 7 if sys.platform == "linux" else 0
+_SA_SIGINFO, _SA_RESTART = 4, 0x10000000
+_PROT_READ, _MAP_PRIVATE_ANONYMOUS_FIXED = 1, 0x02 | 0x20 | 0x10
+
+# faults handled since the count was last cleared: a C integer the handler adds to
+_faults = ctypes.c_int64(0)
+_handler: Any = None  # the compiled handler, which must outlive every fault
+
+
+def faults() -> int:
+    return int(_faults.value)
+
+
+def clear() -> None:
+    _faults.value = 0
+
+
+class _Sigaction(ctypes.Structure):
+    """struct sigaction as the C library on Linux lays it out."""
+
+    _fields_ = (
+        ("handler", ctypes.c_void_p),
+        ("mask", ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong)))),
+        ("flags", ctypes.c_int),
+        ("restorer", ctypes.c_void_p),
+    )
+
+
+@intrinsic
+def _pointer(typingctx: Any, address: Any) -> Any:
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+
+    return types.voidptr(address), codegen
+
+
+def install() -> bool:
+    """Install the handler (once, for the whole process); whether it is in place. Only on
+    64-bit Linux, whose siginfo_t and struct sigaction the handler knows."""
+    global _handler
+    if _handler is not None:
+        return True
+    if not SIGBUS or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    map_zeros = libc.mmap
+    # an address as an integer: the same registers as a pointer, and simple to type in numba
+    map_zeros.restype = ctypes.c_size_t
+    map_zeros.argtypes = (
+        ctypes.c_size_t,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    )
+    page_size, counter = mmap.PAGESIZE, ctypes.addressof(_faults)
+
+    # not cached: the counter's address and the C library's differ from one process to the next
+    @cfunc(types.void(types.int32, types.voidptr, types.voidptr))
+    def on_sigbus(signal: Any, info: Any, context: Any) -> None:
+        # siginfo_t on 64-bit Linux: si_signo, si_errno, si_code and padding, then si_addr
+        address = carray(info, 3, dtype=np.uint64)[2]
+        map_zeros(
+            address - address % page_size,
+            page_size,
+            _PROT_READ,
+            _MAP_PRIVATE_ANONYMOUS_FIXED,
+            -1,
+            0,
+        )
+        count = carray(_pointer(counter), 1, dtype=np.int64)
+        count[0] += 1
+
+    action = _Sigaction(handler=on_sigbus.address, flags=_SA_SIGINFO | _SA_RESTART)
+    if libc.sigaction(SIGBUS, ctypes.byref(action), None) != 0:
+        return False
+    _handler = on_sigbus
+    return True
