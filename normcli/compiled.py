@@ -252,8 +252,8 @@ TYPES = frozenset(
 
 
 def _warm_up() -> None:
-    """The first kernel loaded starts numba's JIT, about 0.2 s: done here, in the thread that
-    imports this module while the first chunks go through numpy, not in a scanning thread."""
+    """The first kernel loaded starts numba's JIT, about 0.2 s: done here, with the import,
+    rather than in the first scanning thread while the others wait on the compiler's lock."""
     one = np.zeros(1, dtype=np.float32)
     one.flags.writeable = False
     stats(one)

@@ -52,7 +52,7 @@ def load() -> Kernels | None:
             except Exception:  # numba missing, or unable to compile or cache here: numpy it is
                 _compiled = None
             _tried = True
-    return loaded()
+    return Kernels(reduce_compiled, reduce_pair_compiled) if _compiled else None
 
 
 def _read_through_maps() -> None:
@@ -63,11 +63,6 @@ def _read_through_maps() -> None:
 
     if sigbus.install():
         files.map_safely(sigbus.faults, sigbus.clear)
-
-
-def loaded() -> Kernels | None:
-    """The kernels if they are ready, without waiting for them."""
-    return Kernels(reduce_compiled, reduce_pair_compiled) if _compiled else None
 
 
 # how each dtype reaches the kernels: the view type, its magnitude bits, and the bits of Inf

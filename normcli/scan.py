@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Protocol, TypeVar
@@ -54,23 +53,24 @@ class Plan(NamedTuple):
 
 def choose_kernels(total_bytes: int) -> Plan:
     """The compiled kernels for big jobs (or when NORMCLI_KERNELS=numba), else plain numpy;
-    a chunk the compiled ones decline (NaN, Inf, other dtypes) goes to numpy all the same."""
+    a chunk the compiled ones decline (NaN, Inf, other dtypes) goes to numpy all the same.
+
+    The kernels are loaded before the scan starts (about 0.5 s). Scanning with numpy while they
+    loaded in the background got little done (the import holds the GIL), and made the last
+    bits of a figure depend on which chunks happened to go which way: the same file could give
+    two different JSON documents."""
     mode = kernels.wanted()
     if mode == "numpy" or (mode == "auto" and total_bytes < COMPILED_MIN_BYTES):
         return Plan(reduce_chunk, reduce_pair, CHUNK_ELEMENTS)
-    if mode == "numba":
-        kernels.load()
-    else:
-        # importing numba takes about 0.3 s: the first chunks go through numpy meanwhile
-        threading.Thread(target=kernels.load, name="normcli-kernels", daemon=True).start()
+    compiled = kernels.load()
+    if compiled is None:
+        return Plan(reduce_chunk, reduce_pair, CHUNK_ELEMENTS)
 
     def reduce(values: np.ndarray) -> TensorStats:
-        compiled = kernels.loaded()
-        return (compiled and compiled.reduce(values)) or _in_numpy_chunks(values)
+        return compiled.reduce(values) or _in_numpy_chunks(values)
 
     def pair(a: np.ndarray, b: np.ndarray) -> PairStats:
-        compiled = kernels.loaded()
-        return (compiled and compiled.reduce_pair(a, b)) or _pairs_in_numpy_chunks(a, b)
+        return compiled.reduce_pair(a, b) or _pairs_in_numpy_chunks(a, b)
 
     return Plan(reduce, pair, COMPILED_CHUNK_ELEMENTS)
 

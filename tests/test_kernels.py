@@ -124,7 +124,7 @@ def test_small_jobs_use_numpy_and_big_or_forced_ones_the_kernels(
     big = scan.choose_kernels(scan.COMPILED_MIN_BYTES)[0]
     assert big is not reduce_chunk
     values = np.array([1.5, -2.0], np.float32)
-    assert big(values) == reduce_chunk(values)  # numpy until the kernels are ready, then them
+    assert big(values) == reduce_chunk(values)
     monkeypatch.setenv("NORMCLI_KERNELS", "numpy")
     assert scan.choose_kernels(1 << 40) == (reduce_chunk, reduce_pair, scan.CHUNK_ELEMENTS)
     monkeypatch.setenv("NORMCLI_KERNELS", "numba")
