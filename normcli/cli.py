@@ -221,6 +221,11 @@ def _progress(enabled: bool, label: str) -> Iterator[Any]:
         bar.stop()
 
 
+def _label(command: str, *paths: str) -> str:
+    """A progress bar's label: file names without their folders, so the bar fits the line."""
+    return " ".join([command, *(os.path.basename(os.path.normpath(p)) or p for p in paths)])
+
+
 def _render(
     renderers: dict[str, Any],
     output_format: str,
@@ -288,7 +293,7 @@ def inspect(
 
     results = []
     for path in checkpoints:
-        with _progress(not no_progress, f"inspect {path}") as bar:
+        with _progress(not no_progress, _label("inspect", path)) as bar:
             results.append(
                 api.inspect(
                     path,
@@ -359,7 +364,7 @@ def compare(
     from .report import COMPARE_RENDERERS
     from .report.plots import plot_compare
 
-    with _progress(not no_progress, f"compare {a} {b}") as bar:
+    with _progress(not no_progress, _label("compare", a, b)) as bar:
         result = diff.compare(
             a,
             b,
@@ -583,7 +588,7 @@ def check(
     baseline = baseline or config.baseline
     results = []
     for path in checkpoints:
-        with _progress(not no_progress, f"check {path}") as bar:
+        with _progress(not no_progress, _label("check", path)) as bar:
             results.append(
                 gate.run_check(
                     path,
