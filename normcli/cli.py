@@ -69,6 +69,8 @@ class NormcliGroup(click.Group):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             code = EXIT_OK
         except OSError as e:
+            if debug:
+                raise
             where = f"{e.filename}: " if e.filename else ""
             code = _fail(f"{where}{e.strerror or e}")
         except Exception as e:  # a bug: still one line, with the way to see more

@@ -900,3 +900,21 @@ def test_group_by_cuts_slash_separated_names_too(run: Run, tmp_path: Path) -> No
     doc = json.loads(run("inspect", path, "--group-by", "2", "-f", "json").stdout)
     assert [(g["name"], g["tensors"]) for g in doc["groups"]] == [
         ("model_weights/conv", 1), ("model_weights/dense", 2)]
+
+
+def test_an_os_error_is_one_line_and_debug_shows_where(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from normcli import api
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EIO, "Input/output error", "model.safetensors")
+
+    monkeypatch.setattr(api, "inspect", failing)
+    sample = SAMPLES / "base.safetensors"
+    result = run("inspect", sample, code=2)
+    assert result.stderr == "normcli: error: model.safetensors: Input/output error\n"
+    debugged = run("--debug", "inspect", sample, code=None)
+    assert isinstance(debugged.exception, OSError)  # raised through, with its traceback
