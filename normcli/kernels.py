@@ -62,7 +62,7 @@ def _read_through_maps() -> None:
     from .readers import files
 
     if sigbus.install():
-        files.map_safely(sigbus.faults, sigbus.clear)
+        files.map_safely(sigbus)
 
 
 # how each dtype reaches the kernels: the view type, its magnitude bits, and the bits of Inf

@@ -7,8 +7,10 @@ so the read goes on, and counts the fault; the readers check the count after eve
 turn it into an error naming the file. Until the handler is installed, files are read with
 positioned reads, which report such failures themselves.
 
-The handler never touches the Python interpreter: it is native code (a numba cfunc) calling
-the C library's mmap, so it runs safely on a thread that does not hold the GIL.
+It answers only for the address ranges of normcli's own maps (register); any other SIGBUS ends
+the process as it would have. The handler never touches the Python interpreter: it is native
+code (a numba cfunc) calling the C library's mmap, so it runs safely on a thread that does not
+hold the GIL.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -30,6 +33,30 @@ _PROT_READ, _MAP_PRIVATE_ANONYMOUS_FIXED = 1, 0x02 | 0x20 | 0x10
 # faults handled since the count was last cleared: a C integer the handler adds to
 _faults = ctypes.c_int64(0)
 _handler: Any = None  # the compiled handler, which must outlive every fault
+# the address ranges [start, end) of normcli's own maps, as pairs; (0, 0) is a free slot. A fault
+# anywhere else (another library's map, in a program using normcli's API) is not normcli's to
+# paper over: the handler then restores the default action, and the fault ends the process.
+MAX_MAPS = 4096
+_maps = (ctypes.c_uint64 * (2 * MAX_MAPS))()
+_slots_lock = threading.Lock()
+
+
+def register(start: int, length: int) -> int | None:
+    """Let the handler answer for [start, start + length); the slot to unregister, or None
+    when every slot is taken (the caller then reads without a map)."""
+    with _slots_lock:
+        for slot in range(MAX_MAPS):
+            if _maps[2 * slot + 1] == 0:
+                _maps[2 * slot] = start
+                _maps[2 * slot + 1] = start + length
+                return slot
+    return None
+
+
+def unregister(slot: int) -> None:
+    with _slots_lock:
+        _maps[2 * slot + 1] = 0
+        _maps[2 * slot] = 0
 
 
 def faults() -> int:
@@ -79,23 +106,32 @@ def install() -> bool:
         ctypes.c_int,
         ctypes.c_long,
     )
-    page_size, counter = mmap.PAGESIZE, ctypes.addressof(_faults)
+    default_action = libc.signal
+    default_action.restype = ctypes.c_size_t
+    default_action.argtypes = (ctypes.c_int, ctypes.c_size_t)
+    page_size, counter, maps = mmap.PAGESIZE, ctypes.addressof(_faults), ctypes.addressof(_maps)
 
-    # not cached: the counter's address and the C library's differ from one process to the next
+    # not cached: the addresses of the counter, the table and the C library differ from one
+    # process to the next
     @cfunc(types.void(types.int32, types.voidptr, types.voidptr))
     def on_sigbus(signal: Any, info: Any, context: Any) -> None:
         # siginfo_t on 64-bit Linux: si_signo, si_errno, si_code and padding, then si_addr
         address = carray(info, 3, dtype=np.uint64)[2]
-        map_zeros(
-            address - address % page_size,
-            page_size,
-            _PROT_READ,
-            _MAP_PRIVATE_ANONYMOUS_FIXED,
-            -1,
-            0,
-        )
-        count = carray(_pointer(counter), 1, dtype=np.int64)
-        count[0] += 1
+        ranges = carray(_pointer(maps), 2 * MAX_MAPS, dtype=np.uint64)
+        for slot in range(MAX_MAPS):
+            if ranges[2 * slot] <= address < ranges[2 * slot + 1]:
+                map_zeros(
+                    address - address % page_size,
+                    page_size,
+                    _PROT_READ,
+                    _MAP_PRIVATE_ANONYMOUS_FIXED,
+                    -1,
+                    0,
+                )
+                count = carray(_pointer(counter), 1, dtype=np.int64)
+                count[0] += 1
+                return
+        default_action(SIGBUS, 0)  # SIG_DFL: the fault, raised again on return, ends the process
 
     action = _Sigaction(handler=on_sigbus.address, flags=_SA_SIGINFO | _SA_RESTART)
     if libc.sigaction(SIGBUS, ctypes.byref(action), None) != 0:

@@ -25,7 +25,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 # loading the kernels installs the SIGBUS handler that lets files be read through maps
 kernels.load()
 mapping = pytest.mark.skipif(
-    files._fault_count is None, reason="no SIGBUS handler here (numba missing, or not Linux)"
+    files._guard is None, reason="no SIGBUS handler here (numba missing, or not Linux)"
 )
 
 
@@ -149,7 +149,7 @@ from normcli.readers import open_checkpoint
 from normcli.scan import scan_tensors
 from normcli.readers import files
 kernels.load()
-print("mapping", files._fault_count is not None)
+print("mapping", files._guard is not None)
 path, when = sys.argv[1], sys.argv[2]
 checkpoint = open_checkpoint(path)
 try:
@@ -213,3 +213,35 @@ def test_a_low_soft_limit_on_open_files_is_raised_for_a_run_of_many_files(tmp_pa
     )
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["checkpoints"]) == 120
+
+
+FOREIGN_MAP = """
+import mmap, os, sys
+import numpy as np
+from normcli import kernels
+from normcli.readers import files
+kernels.load()
+print("handler", files._guard is not None, flush=True)
+path = sys.argv[1]
+with open(path, "rb") as f:
+    foreign = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)  # a map normcli did not make
+os.truncate(path, 4096)
+print(int(np.frombuffer(foreign, np.uint8).sum()), flush=True)
+"""
+
+
+@mapping
+@linux_only
+def test_a_sigbus_outside_normcli_maps_still_ends_the_process(tmp_path: Path) -> None:
+    """A program using the API keeps its own maps' faults: normcli must not read zeros there."""
+    path = tmp_path / "theirs.bin"
+    path.write_bytes(b"\x01" * (1 << 20))
+    done = subprocess.run(
+        [sys.executable, "-c", FOREIGN_MAP, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "handler True" in done.stdout
+    assert done.returncode == -7, (done.returncode, done.stdout, done.stderr)  # SIGBUS

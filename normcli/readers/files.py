@@ -51,17 +51,16 @@ GRAIN = 2 << 20
 # A thread reading more files than this at once (trend, in lockstep) copies from the others.
 MAX_WINDOWS = 4
 _readers = 1
-# the count of unreadable mapped pages, once a SIGBUS handler makes reading through maps safe
-# (normcli.sigbus, installed with the compiled kernels); until then files are read with pread
-_fault_count: Callable[[], int] | None = None
-_clear_faults: Callable[[], None] | None = None
+# the SIGBUS handler that makes reading through maps safe (normcli.sigbus, installed with the
+# compiled kernels); until it is in place files are read with positioned reads
+_guard: Any = None
 
 
-def map_safely(fault_count: Callable[[], int], clear_faults: Callable[[], None]) -> None:
-    """Read through memory maps from now on: a SIGBUS handler counts the pages that could not
-    be read, as `fault_count` tells."""
-    global _fault_count, _clear_faults
-    _fault_count, _clear_faults = fault_count, clear_faults
+def map_safely(guard: Any) -> None:
+    """Read through memory maps from now on. `guard` (normcli.sigbus) answers for the maps it
+    registers: a page that cannot be read there reads as zeros, and it counts the faults."""
+    global _guard
+    _guard = guard
 
 
 _windows = threading.local()
@@ -86,8 +85,8 @@ def set_readers(count: int) -> None:
     """How many threads are about to read at once, to size each one's share of WINDOWS_BYTES."""
     global _readers
     _readers = max(1, count)
-    if _clear_faults is not None:
-        _clear_faults()
+    if _guard is not None:
+        _guard.clear()
 
 
 def release_windows() -> None:
@@ -140,13 +139,14 @@ class DataFile:
         self.path = path
         self.size = os.fstat(self.fd).st_size
         self._map: mmap.mmap | None = None
+        self._slot: int | None = None
         self._mappable = self.size > 0
         self._map_lock = threading.Lock()
         self._populate = _POPULATE_READ
 
     def _current_map(self) -> mmap.mmap | None:
         """The file's map, made on the first read once mapping is safe."""
-        if self._map is None and self._mappable and _fault_count is not None:
+        if self._map is None and self._mappable and _guard is not None:
             with self._map_lock:
                 if self._map is None and self._mappable:
                     self._map = self._open_map()
@@ -155,9 +155,15 @@ class DataFile:
 
     def _open_map(self) -> mmap.mmap | None:
         try:
-            return mmap.mmap(self.fd, 0, prot=mmap.PROT_READ)
+            mapped = mmap.mmap(self.fd, 0, prot=mmap.PROT_READ)
         except (OSError, ValueError, AttributeError):
             return None  # not mappable here (a pipe-like file, a filesystem without mmap)
+        start = np.frombuffer(mapped, dtype=np.uint8).ctypes.data
+        self._slot = _guard.register(start, len(mapped))
+        if self._slot is None:  # the handler's table is full: no map
+            mapped.close()
+            return None
+        return mapped
 
     def __len__(self) -> int:
         return self.size
@@ -257,7 +263,7 @@ class DataFile:
     def _check_faults(self, files: list[DataFile]) -> None:
         """Raise if a mapped page could not be read since the scan began, naming the file cut
         short among `files` (this thread's) if there is one."""
-        if _fault_count is None or not _fault_count():
+        if _guard is None or not _guard.faults():
             return
         for data in [self, *files]:
             reason = data._cut_short()
@@ -294,9 +300,12 @@ class DataFile:
     def close(self) -> None:
         self._mappable = False
         if self._map is not None:
-            # a chunk still referenced keeps the map open until it is collected
+            # a chunk still referenced keeps the map open until it is collected (and the
+            # handler answering for it: the range stays registered)
             with contextlib.suppress(BufferError):
                 self._map.close()
+                if self._slot is not None:
+                    _guard.unregister(self._slot)
             self._map = None
         if self.fd >= 0:
             os.close(self.fd)
