@@ -6,6 +6,7 @@ fallback: NORMCLI_KERNELS=numpy selects it, and it is used wherever numba is mis
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -61,8 +62,9 @@ def _read_through_maps() -> None:
     from . import sigbus
     from .readers import files
 
-    if sigbus.install():
-        files.map_safely(sigbus)
+    with contextlib.suppress(Exception):  # no handler here: positioned reads, kernels all the same
+        if sigbus.install():
+            files.map_safely(sigbus)
 
 
 # how each dtype reaches the kernels: the view type, its magnitude bits, and the bits of Inf

@@ -7,10 +7,10 @@ so the read goes on, and counts the fault; the readers check the count after eve
 turn it into an error naming the file. Until the handler is installed, files are read with
 positioned reads, which report such failures themselves.
 
-It answers only for the address ranges of normcli's own maps (register); any other SIGBUS ends
-the process as it would have. The handler never touches the Python interpreter: it is native
-code (a numba cfunc) calling the C library's mmap, so it runs safely on a thread that does not
-hold the GIL.
+It answers only for the address ranges of normcli's own maps (register); any other SIGBUS goes
+to the handler that was there before (by default, the end of the process). The handler never
+touches the Python interpreter: it is native code (a numba cfunc) calling the C library, so it
+runs safely on a thread that does not hold the GIL.
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ class _Sigaction(ctypes.Structure):
     )
 
 
+_previous = _Sigaction()  # the action in place before ours, for the faults that are not ours
+
+
 @intrinsic
 def _pointer(typingctx: Any, address: Any) -> Any:
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
@@ -106,9 +109,10 @@ def install() -> bool:
         ctypes.c_int,
         ctypes.c_long,
     )
-    default_action = libc.signal
-    default_action.restype = ctypes.c_size_t
-    default_action.argtypes = (ctypes.c_int, ctypes.c_size_t)
+    restore = libc.sigaction  # with addresses as integers, as for mmap
+    restore.restype = ctypes.c_int
+    restore.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t)
+    previous = ctypes.addressof(_previous)
     page_size, counter, maps = mmap.PAGESIZE, ctypes.addressof(_faults), ctypes.addressof(_maps)
 
     # not cached: the addresses of the counter, the table and the C library differ from one
@@ -131,10 +135,12 @@ def install() -> bool:
                 count = carray(_pointer(counter), 1, dtype=np.int64)
                 count[0] += 1
                 return
-        default_action(SIGBUS, 0)  # SIG_DFL: the fault, raised again on return, ends the process
+        # not ours: the handler there before (the default: the end of the process) takes the
+        # fault, raised again on return
+        restore(SIGBUS, previous, 0)
 
     action = _Sigaction(handler=on_sigbus.address, flags=_SA_SIGINFO | _SA_RESTART)
-    if libc.sigaction(SIGBUS, ctypes.byref(action), None) != 0:
+    if restore(SIGBUS, ctypes.addressof(action), previous) != 0:
         return False
     _handler = on_sigbus
     return True

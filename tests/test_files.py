@@ -216,8 +216,9 @@ def test_a_low_soft_limit_on_open_files_is_raised_for_a_run_of_many_files(tmp_pa
 
 
 FOREIGN_MAP = """
-import mmap, os, sys
+import faulthandler, mmap, os, sys
 import numpy as np
+faulthandler.enable()  # a SIGBUS handler of the program's own, there before normcli's
 from normcli import kernels
 from normcli.readers import files
 kernels.load()
@@ -233,7 +234,8 @@ print(int(np.frombuffer(foreign, np.uint8).sum()), flush=True)
 @mapping
 @linux_only
 def test_a_sigbus_outside_normcli_maps_still_ends_the_process(tmp_path: Path) -> None:
-    """A program using the API keeps its own maps' faults: normcli must not read zeros there."""
+    """A program using the API keeps its own maps' faults, and its own handler for them:
+    normcli must not read zeros there."""
     path = tmp_path / "theirs.bin"
     path.write_bytes(b"\x01" * (1 << 20))
     done = subprocess.run(
@@ -245,3 +247,4 @@ def test_a_sigbus_outside_normcli_maps_still_ends_the_process(tmp_path: Path) ->
     )
     assert "handler True" in done.stdout
     assert done.returncode == -7, (done.returncode, done.stdout, done.stderr)  # SIGBUS
+    assert "Fatal Python error: Bus error" in done.stderr  # the program's handler had it

@@ -216,3 +216,21 @@ def test_kernels_that_cannot_run_here_leave_the_work_to_numpy_without_a_word() -
     )
     assert (done.returncode, done.stderr) == (0, "")
     assert json.loads(done.stdout)["total"]["l2"] > 0
+
+
+def test_no_sigbus_handler_means_no_maps_but_the_kernels_all_the_same() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "from normcli import sigbus\n"
+        "def fails(): raise RuntimeError('no handler here')\n"
+        "sigbus.install = fails\n"
+        "from normcli import kernels\n"
+        "from normcli.readers import files\n"
+        "print(kernels.load() is not None, files._guard is None)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (done.returncode, done.stdout.split()) == (0, ["True", "True"]), done.stderr
