@@ -136,7 +136,8 @@ def reduce_pair_compiled(a_values: np.ndarray, b_values: np.ndarray) -> PairStat
     try:
         sums, (a_top, a_low), (b_top, b_low), (d_top, d_low) = _compiled.pair_stats(a, b)
     except Exception:  # as in reduce_compiled
-        _failed.update((a.dtype, b.dtype) if a.dtype == b.dtype else ())
+        if a.dtype == b.dtype:
+            _failed.add(a.dtype)
         return None
     a_linf, b_linf = _linf(int(a_top), a_values.dtype), _linf(int(b_top), b_values.dtype)
     d_linf = _linf(int(d_top), _F64)

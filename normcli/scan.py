@@ -67,34 +67,26 @@ def choose_kernels(total_bytes: int) -> Plan:
         return Plan(reduce_chunk, reduce_pair, CHUNK_ELEMENTS)
 
     def reduce(values: np.ndarray) -> TensorStats:
-        return compiled.reduce(values) or _in_numpy_chunks(values)
+        return compiled.reduce(values) or _in_numpy_parts(reduce_chunk, merge_all, values)
 
     def pair(a: np.ndarray, b: np.ndarray) -> PairStats:
-        return compiled.reduce_pair(a, b) or _pairs_in_numpy_chunks(a, b)
+        return compiled.reduce_pair(a, b) or _in_numpy_parts(reduce_pair, merge_pairs, a, b)
 
     return Plan(reduce, pair, COMPILED_CHUNK_ELEMENTS)
 
 
-# A chunk sized for the kernels that goes to numpy after all is cut to numpy's size, whose
-# float64 copies then stay in cache and small (memory).
-def _in_numpy_chunks(values: np.ndarray) -> TensorStats:
-    if values.size <= CHUNK_ELEMENTS:
-        return reduce_chunk(values)
-    return merge_all(
+def _in_numpy_parts(
+    reduce: Callable[..., T], merge: Callable[[list[T]], T], *arrays: np.ndarray
+) -> T:
+    """A chunk sized for the kernels that goes to numpy after all, reduced in parts of numpy's
+    size (whose float64 copies then stay in cache and small) and merged."""
+    size = arrays[0].size
+    if size <= CHUNK_ELEMENTS:
+        return reduce(*arrays)
+    return merge(
         [
-            reduce_chunk(values[i : i + CHUNK_ELEMENTS])
-            for i in range(0, values.size, CHUNK_ELEMENTS)
-        ]
-    )
-
-
-def _pairs_in_numpy_chunks(a: np.ndarray, b: np.ndarray) -> PairStats:
-    if a.size <= CHUNK_ELEMENTS:
-        return reduce_pair(a, b)
-    return merge_pairs(
-        [
-            reduce_pair(a[i : i + CHUNK_ELEMENTS], b[i : i + CHUNK_ELEMENTS])
-            for i in range(0, a.size, CHUNK_ELEMENTS)
+            reduce(*(x[i : i + CHUNK_ELEMENTS] for x in arrays))
+            for i in range(0, size, CHUNK_ELEMENTS)
         ]
     )
 

@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -189,7 +189,7 @@ class DataFile:
             if last > len(mapped):  # mapped after the file was cut short
                 raise CorruptFileError(self._cut_short() or "the file ended early", self.path)
             windows = _thread_windows()
-            self._check_faults(list(windows))  # what this thread read before
+            self._check_faults(windows)  # what this thread read before
             if self not in windows and len(windows) >= MAX_WINDOWS:
                 return self._copied(first, last, out)  # one file too many mapped at once
             view = self._mapped(first, last, windows)
@@ -260,7 +260,7 @@ class DataFile:
                 return
             raise CorruptFileError(self._why_unreadable(e), self.path) from e
 
-    def _check_faults(self, files: list[DataFile]) -> None:
+    def _check_faults(self, files: Iterable[DataFile]) -> None:
         """Raise if a mapped page could not be read since the scan began, naming the file cut
         short among `files` (this thread's) if there is one."""
         if _guard is None or not _guard.faults():
