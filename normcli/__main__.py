@@ -1,3 +1,5 @@
 from normcli.cli import main
 
-main()
+# guarded: Dask's worker processes start by importing the main module of the process
+if __name__ == "__main__":
+    main()

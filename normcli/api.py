@@ -20,7 +20,7 @@ from .results import (
     Total,
     checkpoint_info,
 )
-from .scan import Progress, scan_tensors
+from .scan import Cluster, Progress, scan_tensors
 from .select import SORT_KEYS, group_names, name_selected, natural_key, require_some
 
 
@@ -48,11 +48,14 @@ def inspect(
     group_by: int | None = None,
     threads: int | None = None,
     progress: Progress | None = None,
+    dask: Cluster | None = None,
 ) -> InspectResult:
-    """Norms of every tensor in the checkpoint at `path`, and of the whole model."""
+    """Norms of every tensor in the checkpoint at `path`, and of the whole model. `dask` runs
+    the scan on a Dask cluster: a scheduler address ("tcp://host:8786"), "local" or "local:N"
+    (N worker processes on this machine), or a distributed.Client."""
     with open_checkpoint(path, input_format, key) as checkpoint:
         return _inspect_open(
-            checkpoint, include_int, filter, exclude, sort, top, group_by, threads, progress
+            checkpoint, include_int, filter, exclude, sort, top, group_by, threads, progress, dask
         )
 
 
@@ -121,11 +124,12 @@ def _inspect_open(
     group_by: int | None,
     threads: int | None,
     progress: Progress | None,
+    dask: Cluster | None = None,
 ) -> InspectResult:
     _check_selection(sort, top, group_by)
     sources = [t for t in checkpoint.tensors if name_selected(t.name, filter, exclude)]
     require_some(len(sources), len(checkpoint.tensors), filter, exclude)
-    all_stats = scan_tensors(sources, threads=threads, progress=progress)
+    all_stats = scan_tensors(sources, threads=threads, progress=progress, dask=dask)
     rows = [
         TensorReport(
             s.name,

@@ -18,7 +18,7 @@ from .diff import CompareResult, TensorDiff, compare, is_report
 from .errors import UsageError
 from .norms import PairStats, TensorStats
 from .results import InspectResult, number
-from .scan import Progress
+from .scan import Cluster, Progress
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -393,6 +393,7 @@ def run_check(
     include_int: bool = False,
     threads: int | None = None,
     progress: Progress | None = None,
+    dask: Cluster | None = None,
 ) -> CheckResult:
     """Scan `path` (against `baseline`, a checkpoint or a saved report) and judge every rule."""
     from .api import inspect
@@ -421,6 +422,7 @@ def run_check(
             include_int=include_int,
             threads=threads,
             progress=progress,
+            dask=dask,
         )
         tensors, comparison = _from_inspect(inspected), None
         total = inspected.total.stats
@@ -434,6 +436,7 @@ def run_check(
             include_int=include_int,
             threads=threads,
             progress=progress,
+            dask=dask,
         )
         tensors = [
             _Tensor(r.name, r.b.stats if r.b else None, r.covered, r) for r in comparison.tensors

@@ -205,6 +205,14 @@ reading_options = _options(
         metavar="N",
         help="Worker threads (default: all cores).",
     ),
+    click.option(
+        "--dask",
+        metavar="ADDRESS",
+        envvar="NORMCLI_DASK",
+        help="Scan on a Dask cluster: a scheduler address (tcp://host:8786), or local[:N] "
+        "for N worker processes here. Default: $NORMCLI_DASK, else threads. Needs "
+        "'normcli[dask]'.",
+    ),
     click.option("--no-progress", is_flag=True, help="Never show a progress bar."),
 )
 
@@ -286,6 +294,7 @@ def inspect(
     input_format: str | None,
     key: str | None,
     threads: int | None,
+    dask: str | None,
     no_progress: bool,
 ) -> None:
     """Norms of every tensor in each CKPT, and of the whole model."""
@@ -308,6 +317,7 @@ def inspect(
                     top=top,
                     group_by=group_by,
                     threads=threads,
+                    dask=dask,
                     progress=bar,
                 )
             )
@@ -357,6 +367,7 @@ def compare(
     input_format: str | None,
     key: str | None,
     threads: int | None,
+    dask: str | None,
     no_progress: bool,
 ) -> None:
     """What changed between checkpoints A and B: tensors matched by name, the update B−A
@@ -381,6 +392,7 @@ def compare(
             top=top,
             group_by=group_by,
             threads=threads,
+            dask=dask,
             progress=bar,
         )
     _render(COMPARE_RENDERERS, output_format, [result], output, (a, b), plot, plot_compare)
@@ -451,6 +463,7 @@ def trend(
     input_format: str | None,
     key: str | None,
     threads: int | None,
+    dask: str | None,
     no_progress: bool,
 ) -> None:
     """Norms across a training run: each tensor (or group) through the checkpoints, in step
@@ -472,6 +485,7 @@ def trend(
             input_format=input_format,
             key=key,
             threads=threads,
+            dask=dask,
             progress=bar,
         )
     _render(TREND_RENDERERS, output_format, [result], output, checkpoints, plot, plot_trend)
@@ -565,6 +579,7 @@ def check(
     input_format: str | None,
     key: str | None,
     threads: int | None,
+    dask: str | None,
     no_progress: bool,
     **limits: Any,
 ) -> None:
@@ -600,6 +615,7 @@ def check(
                     key=key,
                     include_int=include_int,
                     threads=threads,
+                    dask=dask,
                     progress=bar,
                 )
             )

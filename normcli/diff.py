@@ -17,7 +17,7 @@ from .readers import Checkpoint, TensorSource, open_checkpoint
 from .readers.files import open_regular
 from .readers.sharded import is_sharded
 from .results import INSPECT_SCHEMA, CheckpointInfo, checkpoint_info, number, stats_dict
-from .scan import Progress, scan_all
+from .scan import Cluster, Progress, scan_all
 from .select import group_names, name_selected, natural_key, require_some
 
 COMPARE_SCHEMA = "normcli/compare/v1"
@@ -312,6 +312,7 @@ def compare(
     group_by: int | None = None,
     threads: int | None = None,
     progress: Progress | None = None,
+    dask: Cluster | None = None,
 ) -> CompareResult:
     """What changed between checkpoint (or saved report) A and B."""
     if sort is not None and sort not in SORT_KEYS:
@@ -334,7 +335,7 @@ def compare(
         every = _union_order(a_named, b_named)
         names = [n for n in every if name_selected(n, filter, exclude)]
         require_some(len(names), len(every), filter, exclude)
-        rows = _diff_rows(names, a_named, b_named, include_int, threads, progress)
+        rows = _diff_rows(names, a_named, b_named, include_int, threads, progress, dask)
     finally:
         for checkpoint in opened:
             checkpoint.close()
@@ -384,6 +385,7 @@ def _diff_rows(
     include_int: bool,
     threads: int | None,
     progress: Progress | None,
+    dask: Cluster | None,
 ) -> list[TensorDiff]:
     singles: list[TensorSource] = []
     pairs: list[tuple[TensorSource, TensorSource]] = []
@@ -393,7 +395,7 @@ def _diff_rows(
             pairs.append((a, b))
         else:
             singles.extend(e for e in (a, b) if isinstance(e, TensorSource))
-    single_stats, pair_stats = scan_all(singles, pairs, threads, progress)
+    single_stats, pair_stats = scan_all(singles, pairs, threads, progress, dask=dask)
     scanned = {id(s): st for s, st in zip(singles, single_stats, strict=True)}
     paired: dict[int, PairStats] = {id(p[0]): st for p, st in zip(pairs, pair_stats, strict=True)}
 

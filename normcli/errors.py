@@ -31,3 +31,7 @@ class CorruptFileError(NormcliError):
 
 class UnsupportedError(NormcliError):
     """A well-formed file holding something normcli does not read (a dtype, a pickled object)."""
+
+
+class ClusterError(NormcliError):
+    """A Dask cluster that cannot be reached or used (no scheduler, mismatched versions)."""

@@ -7,7 +7,7 @@ import functools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,9 @@ COMPILED_MIN_BYTES = 256 << 20
 COMPILED_CHUNK_ELEMENTS = 1 << 20
 
 T = TypeVar("T")
+# where to run on Dask: a scheduler address, "local" or "local:N" (a cluster of N processes
+# started for the run), or a distributed.Client (typed loosely: Dask is an optional extra)
+Cluster = Any
 Reduce = Callable[[np.ndarray], TensorStats]
 ReducePair = Callable[[np.ndarray, np.ndarray], PairStats]
 
@@ -51,16 +54,25 @@ class Plan(NamedTuple):
     chunk_elements: int
 
 
+def wants_compiled(total_bytes: int) -> bool:
+    """Whether a job of this size uses the compiled kernels (NORMCLI_KERNELS overrides)."""
+    mode = kernels.wanted()
+    return not (mode == "numpy" or (mode == "auto" and total_bytes < COMPILED_MIN_BYTES))
+
+
 def choose_kernels(total_bytes: int) -> Plan:
-    """The compiled kernels for big jobs (or when NORMCLI_KERNELS=numba), else plain numpy;
-    a chunk the compiled ones decline (NaN, Inf, other dtypes) goes to numpy all the same.
+    return plan_for(wants_compiled(total_bytes))
+
+
+def plan_for(compiled_wanted: bool) -> Plan:
+    """The compiled kernels if wanted (and they load), else plain numpy; a chunk the compiled
+    ones decline (NaN, Inf, other dtypes) goes to numpy all the same.
 
     The kernels are loaded before the scan starts (about 0.5 s). Scanning with numpy while they
     loaded in the background got little done (the import holds the GIL), and made the last
     bits of a figure depend on which chunks happened to go which way: the same file could give
     two different JSON documents."""
-    mode = kernels.wanted()
-    if mode == "numpy" or (mode == "auto" and total_bytes < COMPILED_MIN_BYTES):
+    if not compiled_wanted:
         return Plan(reduce_chunk, reduce_pair, CHUNK_ELEMENTS)
     compiled = kernels.load()
     if compiled is None:
@@ -199,9 +211,10 @@ def scan_tensors(
     threads: int | None = None,
     progress: Progress | None = None,
     chunk_elements: int | None = None,
+    dask: Cluster | None = None,
 ) -> list[TensorStats]:
     """Statistics of every tensor, in the order given."""
-    return scan_all(sources, (), threads, progress, chunk_elements)[0]
+    return scan_all(sources, (), threads, progress, chunk_elements, dask)[0]
 
 
 def scan_all(
@@ -210,45 +223,79 @@ def scan_all(
     threads: int | None = None,
     progress: Progress | None = None,
     chunk_elements: int | None = None,
+    dask: Cluster | None = None,
 ) -> tuple[list[TensorStats], list[PairStats]]:
     """Single tensors and aligned pairs, scanned as one stream of pieces on one pool, largest
     first: every byte is read once, and a big tensor keeps every core busy. Chunks are of
-    `chunk_elements` if given, else the size that suits the kernels chosen."""
+    `chunk_elements` if given, else the size that suits the kernels chosen. With `dask` (a
+    scheduler address, "local[:N]" or a distributed Client) the pieces are tasks on a cluster."""
     total = sum(s.nbytes for s in singles) + sum(a.nbytes + b.nbytes for a, b in pairs)
     if progress is not None:
         progress.start(total)
+    pieces = pieces_of(singles, pairs)
+    if dask is not None:
+        from . import cluster
+
+        results = cluster.run_pieces(
+            dask, singles, pairs, pieces, wants_compiled(total), chunk_elements, progress
+        )
+        return merge_pieces(singles, pairs, pieces, results)
     reduce, reduce_two, chosen_chunk = choose_kernels(total)
-    chunk_elements = chunk_elements or chosen_chunk
-    jobs: list[Callable[[], TensorStats | PairStats]] = []
-    sizes: list[int] = []
-    owners: list[tuple[str, int]] = []
-    for i, source in enumerate(singles):
-        for first, last in _pieces(source):
-            jobs.append(
-                functools.partial(
-                    scan_tensor, source, chunk_elements, progress, reduce, first, last
-                )
-            )
-            sizes.append((last - first) * source.dtype.bits // 8)
-            owners.append(("single", i))
+    chunk = chunk_elements or chosen_chunk
+    jobs: list[Callable[[], TensorStats | PairStats]] = [
+        functools.partial(scan_pair, *pairs[p.owner], chunk, progress, p.first, p.last, reduce_two)
+        if p.pair
+        else functools.partial(
+            scan_tensor, singles[p.owner], chunk, progress, reduce, p.first, p.last
+        )
+        for p in pieces
+    ]
+    results = _parallel(jobs, [p.nbytes for p in pieces], threads)
+    return merge_pieces(singles, pairs, pieces, results)
+
+
+class Piece(NamedTuple):
+    """Elements [first, last) of singles[owner], or of pairs[owner] if `pair`: what one job
+    scans, and the unit whose statistics are merged (so a piece is the same wherever it runs)."""
+
+    pair: bool
+    owner: int
+    first: int
+    last: int
+    nbytes: int
+
+
+def pieces_of(
+    singles: Sequence[TensorSource], pairs: Sequence[tuple[TensorSource, TensorSource]]
+) -> list[Piece]:
+    found = [
+        Piece(False, i, first, last, (last - first) * source.dtype.bits // 8)
+        for i, source in enumerate(singles)
+        for first, last in _pieces(source)
+    ]
     for i, (a, b) in enumerate(pairs):
         ranges = _pieces(a) if b.seekable else [(0, a.numel)]
-        for first, last in ranges:
-            jobs.append(
-                functools.partial(
-                    scan_pair, a, b, chunk_elements, progress, first, last, reduce_two
-                )
-            )
-            sizes.append((last - first) * (a.dtype.bits + b.dtype.bits) // 8)
-            owners.append(("pair", i))
-    results = _parallel(jobs, sizes, threads)
+        found.extend(
+            Piece(True, i, first, last, (last - first) * (a.dtype.bits + b.dtype.bits) // 8)
+            for first, last in ranges
+        )
+    return found
+
+
+def merge_pieces(
+    singles: Sequence[TensorSource],
+    pairs: Sequence[tuple[TensorSource, TensorSource]],
+    pieces: Sequence[Piece],
+    results: Sequence[TensorStats | PairStats],
+) -> tuple[list[TensorStats], list[PairStats]]:
+    """Each tensor's (or pair's) statistics from those of its pieces, taken in piece order."""
     single_parts: list[list[TensorStats]] = [[] for _ in singles]
     pair_parts: list[list[PairStats]] = [[] for _ in pairs]
-    for (kind, i), result in zip(owners, results, strict=True):
-        if kind == "single" and isinstance(result, TensorStats):
-            single_parts[i].append(result)
-        elif isinstance(result, PairStats):
-            pair_parts[i].append(result)
+    for piece, result in zip(pieces, results, strict=True):
+        if isinstance(result, PairStats):
+            pair_parts[piece.owner].append(result)
+        else:
+            single_parts[piece.owner].append(result)
     return (
         [_as_kind(merge_all(parts), s) for parts, s in zip(single_parts, singles, strict=True)],
         [
@@ -319,16 +366,24 @@ def scan_series(
     return stats, updates
 
 
+Series = tuple[list[TensorStats | None], list[PairStats | None]]
+
+
 def scan_many_series(
     series: Sequence[Sequence[TensorSource | None]],
     threads: int | None = None,
     progress: Progress | None = None,
-) -> list[tuple[list[TensorStats | None], list[PairStats | None]]]:
-    """Every tensor's series, in parallel over tensors."""
+    dask: Cluster | None = None,
+) -> list[Series]:
+    """Every tensor's series, in parallel over tensors (or as tasks on a cluster)."""
     sizes = [sum(s.nbytes for s in row if s is not None) for row in series]
     total = sum(sizes)
     if progress is not None:
         progress.start(total)
+    if dask is not None:
+        from . import cluster
+
+        return cluster.run_series(dask, series, sizes, wants_compiled(total), progress)
     reduce, reduce_two, _ = choose_kernels(total)
     jobs = [functools.partial(scan_series, row, progress, reduce, reduce_two) for row in series]
     return _parallel(jobs, sizes, threads)

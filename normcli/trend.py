@@ -17,7 +17,7 @@ from .norms import PairStats, TensorStats, merge_all, merge_pairs
 from .readers import Checkpoint, TensorSource, open_checkpoint
 from .readers.sharded import CHECKPOINT_SUFFIXES, INDEX_SUFFIX, SHARD_NAME
 from .results import number
-from .scan import Progress, scan_many_series
+from .scan import Cluster, Progress, scan_many_series
 from .select import group_name, group_names, name_selected, natural_key, require_some
 
 TREND_SCHEMA = "normcli/trend/v1"
@@ -249,6 +249,7 @@ def trend(
     key: str | None = None,
     threads: int | None = None,
     progress: Progress | None = None,
+    dask: Cluster | None = None,
 ) -> TrendResult:
     """Follow every tensor (or group, --group-by N; 0 for every tensor) through the checkpoints."""
     if metric not in METRICS:
@@ -277,7 +278,7 @@ def trend(
         names = [n for n in names if include_int or _floating(n, sides)]
         require_some(len(names), every, filter, exclude)
         live = [[_live(side.get(name)) for side in sides] for name in names]
-        scanned = scan_many_series(live, threads, progress)
+        scanned = scan_many_series(live, threads, progress, dask)
     finally:
         for checkpoint in opened:
             checkpoint.close()

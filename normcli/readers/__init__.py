@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 
-from ..errors import UnsupportedError, UsageError
+from ..errors import CorruptFileError, UnsupportedError, UsageError
 from . import gguf as gguf_reader
 from . import hdf5 as hdf5_reader
 from . import numpy as numpy_reader
@@ -13,11 +14,20 @@ from . import onnx as onnx_reader
 from . import pytorch as pytorch_reader
 from . import safetensors as safetensors_reader
 from . import sharded
-from .base import Checkpoint, TensorSource
+from .base import Checkpoint, Origin, TensorSource
 from .files import open_regular
 from .zipped import ZIP_MAGIC
 
-__all__ = ["FORMATS", "Checkpoint", "TensorSource", "detect_format", "open_checkpoint"]
+__all__ = [
+    "FORMATS",
+    "Checkpoint",
+    "Origin",
+    "TensorSource",
+    "detect_format",
+    "find",
+    "open_checkpoint",
+    "reopen",
+]
 
 FORMATS: dict[str, Callable[[str], Checkpoint]] = {
     "safetensors": safetensors_reader.open_safetensors,
@@ -91,6 +101,38 @@ def open_checkpoint(
     if fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (choose from {', '.join(FORMATS)})")
     if fmt == "pytorch":
-        return pytorch_reader.open_pytorch(path, key)
-    # other formats hold flat tensors: --key is for the PyTorch side of a compare or a run
-    return FORMATS[fmt](path)
+        checkpoint = pytorch_reader.open_pytorch(path, key)
+    else:
+        # other formats hold flat tensors: --key is for the PyTorch side of a compare or a run
+        checkpoint = FORMATS[fmt](path)
+        key = None
+    where = os.path.abspath(path)
+    checkpoint.tensors = [
+        replace(t, origin=Origin(where, fmt, key, i)) for i, t in enumerate(checkpoint.tensors)
+    ]
+    return checkpoint
+
+
+def reopen(origin: Origin) -> Checkpoint:
+    """The file an Origin names, opened again (in another process, say): headers only."""
+    return open_checkpoint(origin.location, origin.format, origin.key)
+
+
+def find(checkpoint: Checkpoint, wanted: TensorSource) -> TensorSource:
+    """`wanted` (read from this file elsewhere) in the reopened `checkpoint`, which must still
+    describe it the same way."""
+    origin = wanted.origin
+    if origin is None:
+        raise UsageError(f"tensor {wanted.name!r} is in memory: no other process can read it")
+    found = checkpoint.tensors[origin.index] if origin.index < len(checkpoint.tensors) else None
+    if found is None or (found.name, found.dtype, found.shape) != (
+        wanted.name,
+        wanted.dtype,
+        wanted.shape,
+    ):
+        raise CorruptFileError(
+            f"tensor {wanted.name!r} is not where it was when the run began (the file changed "
+            "while it was read, or this machine sees another file under that name)",
+            origin.location,
+        )
+    return found

@@ -13,6 +13,18 @@ from .files import ByteReader
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a tensor lies, told in terms another process can open it by: the file (a path on a
+    filesystem both share), its format, the PyTorch sub-tree read, and the tensor's place among
+    the file's tensors. Picklable; holds no open file and no bytes."""
+
+    location: str
+    format: str
+    key: str | None
+    index: int
+
+
+@dataclass(frozen=True)
 class TensorSource:
     """One stored tensor: known shape and dtype, values not read until `chunks` is iterated."""
 
@@ -28,6 +40,8 @@ class TensorSource:
     shard: str | None = None
     # bytes in the file where they differ from the values' (quantized blocks read as float32)
     stored_nbytes: int | None = None
+    # how another process finds this tensor again (None: in memory, nowhere else to find it)
+    origin: Origin | None = field(default=None, compare=False)
 
     @property
     def numel(self) -> int:

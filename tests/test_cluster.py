@@ -1,0 +1,361 @@
+"""Scans on a Dask cluster: the same figures as a local run, bit for bit, whatever the partition
+into tasks; the work done on the workers; every fault one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+from conftest import Run
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import save_file
+
+import normcli
+from normcli import cluster, scan
+from normcli.api import inspect
+from normcli.check import CheckConfig, run_check
+from normcli.trend import trend
+
+distributed = pytest.importorskip("distributed")
+
+BIN = Path(sys.executable).parent
+# pieces of about 1 MiB, so a few MiB of test data make many pieces and many tasks
+SMALL_PIECES = 1 << 20
+
+
+def _tensors(seed: int, moved: float = 0.0) -> dict[str, np.ndarray]:
+    """Float tensors of several dtypes and sizes (one of 3 Mi elements, cut into pieces), one
+    holding NaN and Inf, and an integer one."""
+    rng = np.random.default_rng(seed)
+    big = rng.standard_normal(3 << 20, dtype=np.float32) * (1 + moved)
+    odd = rng.standard_normal((300, 777)) * 1e3 * (1 + moved)
+    odd[5, 7], odd[9, 9] = np.nan, -np.inf
+    return {
+        "model.embed.weight": big.reshape(3 << 10, 1 << 10),
+        "model.layers.0.weight": odd,
+        "model.layers.1.weight": (rng.standard_normal(500_000) * (1 + moved)).astype(
+            ml_dtypes.bfloat16
+        ),
+        "model.layers.2.weight": (rng.standard_normal(70_000) * (1 + moved)).astype(np.float16),
+        "model.position_ids": np.arange(1000, dtype=np.int64),
+    }
+
+
+def _shards(folder: Path, tensors: dict[str, np.ndarray]) -> Path:
+    """A folder of two safetensors shards holding `tensors`."""
+    folder.mkdir()
+    names = sorted(tensors)
+    for part, chosen in enumerate((names[::2], names[1::2])):
+        save_file(
+            {n: tensors[n] for n in chosen},
+            str(folder / f"model-0000{part + 1}-of-00002.safetensors"),
+        )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three checkpoints of one run: a single file, then two sharded folders."""
+    root = tmp_path_factory.mktemp("run")
+    first = root / "step-100.safetensors"
+    save_file(_tensors(0), str(first))
+    return [
+        first,
+        _shards(root / "step-200", _tensors(0, 0.01)),
+        _shards(root / "step-300", _tensors(0, 0.03)),
+    ]
+
+
+@pytest.fixture(scope="module")
+def local_cluster() -> Iterator[Any]:
+    """One LocalCluster of 2 worker processes for the module, and a client of it."""
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as started,
+        distributed.Client(started) as client,
+    ):
+        yield client
+    cluster.close_clients()
+
+
+@pytest.fixture
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scan, "PIECE_BYTES", SMALL_PIECES)
+    monkeypatch.setattr(cluster, "TASK_BYTES", 3 * SMALL_PIECES)
+
+
+def _all_runs(paths: list[Path], dask: Any) -> list[dict[str, Any]]:
+    a, b, c = (str(p) for p in paths)
+    return [
+        inspect(a, dask=dask).to_dict(),
+        inspect(b, dask=dask, group_by=2).to_dict(),
+        normcli.compare(a, b, dask=dask).to_dict(),
+        normcli.compare(b, c, include_int=True, dask=dask).to_dict(),
+        trend([a, b, c], group_by=0, dask=dask).to_dict(),
+        run_check(c, CheckConfig(), b, dask=dask).to_dict(),
+    ]
+
+
+@pytest.mark.usefixtures("small_pieces")
+@pytest.mark.parametrize("kernels", ["numpy", "numba"])
+def test_every_command_gives_the_local_figures_bit_for_bit(
+    kernels: str, checkpoints: list[Path], local_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NORMCLI_KERNELS", kernels)
+    local = _all_runs(checkpoints, None)
+    assert _all_runs(checkpoints, local_cluster) == local
+    # the figures are the real ones, not merely the same twice
+    reference = _tensors(0)["model.embed.weight"].astype(np.float64)
+    embed = next(t for t in local[0]["tensors"] if t["name"] == "model.embed.weight")
+    assert embed["l2"] == pytest.approx(np.sqrt(np.sum(reference**2)), rel=1e-12)
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    piece=st.sampled_from([SMALL_PIECES, 2 * SMALL_PIECES, 64 << 20]),
+    task=st.integers(1, 16 << 20),
+)
+def test_any_partition_into_tasks_gives_the_same_figures(
+    piece: int, task: int, checkpoints: list[Path], local_cluster: Any
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scan, "PIECE_BYTES", piece)
+        local = normcli.compare(checkpoints[0], checkpoints[2]).to_dict()
+        patch.setattr(cluster, "TASK_BYTES", task)
+        assert (
+            normcli.compare(checkpoints[0], checkpoints[2], dask=local_cluster).to_dict() == local
+        )
+
+
+@settings(max_examples=30, deadline=None)
+@given(task=st.integers(1, 16 << 20), order=st.randoms(use_true_random=False))
+def test_tasks_finishing_in_any_order_merge_to_the_local_figures(
+    task: int, order: Any, checkpoints: list[Path]
+) -> None:
+    """The merge without a cluster: tasks run here in a random order, results put back."""
+    with (
+        normcli.readers.open_checkpoint(checkpoints[1]) as a,
+        normcli.readers.open_checkpoint(checkpoints[2]) as b,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        patch.setattr(scan, "PIECE_BYTES", SMALL_PIECES)
+        patch.setattr(cluster, "TASK_BYTES", task)
+        singles, pairs = a.tensors[:2], list(zip(a.tensors[2:], b.tensors[2:], strict=True))
+        local = scan.scan_all(singles, pairs)
+        pieces = scan.pieces_of(singles, pairs)
+        items = [
+            cluster.Item(
+                tuple(
+                    cluster._portable(s)
+                    for s in (pairs[p.owner] if p.pair else (singles[p.owner],))
+                ),
+                p.first,
+                p.last,
+            )
+            for p in pieces
+        ]
+        tasks = cluster.group(items, [p.nbytes for p in pieces], [0] * len(items))
+        assert sum(len(t.items) for t in tasks) == len(pieces)
+        done: dict[int, list[Any]] = {}
+        for i in order.sample(range(len(tasks)), len(tasks)):
+            done[i] = cluster.scan_items(False, None, tasks[i])
+        results = [r for i in range(len(tasks)) for r in done[i]]
+        assert scan.merge_pieces(singles, pairs, pieces, results) == local
+
+
+def test_the_workers_do_the_scanning(
+    checkpoints: list[Path], local_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the client scanned")
+
+    for name in ("scan_tensor", "scan_pair", "scan_series"):
+        monkeypatch.setattr(scan, name, refuse)
+    with pytest.raises(AssertionError, match="the client scanned"):
+        inspect(checkpoints[0])
+    assert _all_runs(checkpoints, local_cluster)
+
+
+def test_progress_counts_the_bytes_finished_across_the_cluster(
+    checkpoints: list[Path], local_cluster: Any, small_pieces: None
+) -> None:
+    class Count:
+        total, done, calls = 0, 0, 0
+
+        def start(self, total_bytes: int) -> None:
+            self.total = total_bytes
+
+        def advance(self, done_bytes: int) -> None:
+            self.done += done_bytes
+            self.calls += 1
+
+    count = Count()
+    inspect(checkpoints[1], dask=local_cluster, progress=count)
+    assert count.done == count.total > 0
+    assert count.calls > 1
+
+
+def test_a_file_a_worker_cannot_read_is_named_as_a_local_run_names_it(
+    checkpoints: list[Path], local_cluster: Any, tmp_path: Path
+) -> None:
+    moved = tmp_path / "model.safetensors"
+    shutil.copy(checkpoints[0], moved)
+
+    class RemoveOnStart:
+        def start(self, total_bytes: int) -> None:
+            moved.unlink()  # after the client read the header, before any worker opens it
+
+        def advance(self, done_bytes: int) -> None: ...
+
+    with pytest.raises(normcli.NormcliError) as raised:
+        inspect(moved, dask=local_cluster, progress=RemoveOnStart())
+    assert str(raised.value) == f"{moved}: no such file"
+
+
+def test_a_version_mismatch_names_the_package(
+    checkpoints: list[Path], local_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = cluster.importlib.metadata.version
+    monkeypatch.setattr(  # on the client only: the workers are other processes
+        cluster.importlib.metadata, "version", lambda p: "0.1" if p == "numpy" else real(p)
+    )
+    with pytest.raises(
+        normcli.NormcliError,
+        match=r"version mismatch: Dask worker tcp://\S+ has "
+        rf"numpy {np.__version__}, this client 0\.1",
+    ):
+        inspect(checkpoints[0], dask=local_cluster)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_no_scheduler_at_the_address_is_one_line(
+    run: Run, checkpoints: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cluster, "CONNECT_SECONDS", 1.0)
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    result = run("inspect", checkpoints[0], "--dask", address, code=2)
+    assert result.stderr == (
+        f"normcli: error: no Dask scheduler answered at {address} within 1 s\n"
+    )
+
+
+@pytest.mark.parametrize("address", ["local:0", "local:two"])
+def test_a_bad_local_cluster_size_is_a_usage_error(
+    run: Run, checkpoints: list[Path], address: str
+) -> None:
+    result = run("inspect", checkpoints[0], "--dask", address, code=2)
+    assert "--dask local:N needs a number of workers N of 1 or more" in result.stderr
+
+
+def test_without_dask_the_error_says_what_to_install(
+    run: Run, checkpoints: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    result = run("inspect", checkpoints[0], "--dask", "local:1", code=2)
+    assert result.stderr == ("normcli: error: --dask needs Dask: pip install 'normcli[dask]'\n")
+
+
+# --- a cluster started as a user starts one: `dask scheduler` and `dask worker` processes ---
+
+
+@pytest.fixture(scope="module")
+def dask_processes() -> Iterator[str]:
+    """`dask scheduler` and two `dask worker` processes on 127.0.0.1, as a user starts them
+    (without nannies, so a killed worker stays dead)."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    scheduler = f"scheduler --host 127.0.0.1 --port {address.rsplit(':', 1)[1]} --no-dashboard"
+    worker = f"worker {address} --host 127.0.0.1 --nthreads 1 --no-nanny --no-dashboard"
+    started = []
+    try:
+        for command in (scheduler, worker, worker):
+            started.append(
+                subprocess.Popen(
+                    [BIN / "dask", *command.split()],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        with distributed.Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        cluster.close_clients()
+        for process in started:
+            process.terminate()
+        for process in started:
+            process.wait(60)
+
+
+def test_the_command_line_against_a_scheduler_and_two_workers(
+    checkpoints: list[Path], dask_processes: str
+) -> None:
+    def normcli_json(*args: Any, **env: str) -> Any:
+        done = subprocess.run(
+            [BIN / "normcli", *map(str, args), "-f", "json"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            check=False,
+        )
+        assert (done.returncode, done.stderr) == (0, "")
+        return json.loads(done.stdout)
+
+    a, b = checkpoints[0], checkpoints[1]
+    here = json.loads(json.dumps(inspect(b).to_dict()))
+    assert normcli_json("inspect", b, "--dask", dask_processes) == here
+    here = json.loads(json.dumps(normcli.compare(a, b).to_dict()))
+    assert normcli_json("compare", a, b, NORMCLI_DASK=dask_processes) == here
+
+
+def test_a_worker_killed_mid_run_changes_nothing(
+    checkpoints: list[Path], dask_processes: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scan, "PIECE_BYTES", SMALL_PIECES)
+    monkeypatch.setattr(cluster, "TASK_BYTES", 1)  # a task per piece: many tasks
+    a, c = checkpoints[0], checkpoints[2]
+    local = normcli.compare(a, c).to_dict()
+    client = cluster.connect(dask_processes)
+    killed: list[int] = []
+
+    class KillOnFirstTask:
+        def start(self, total_bytes: int) -> None: ...
+
+        def advance(self, done_bytes: int) -> None:
+            if killed:
+                return
+            # a worker with a task in hand, killed as a machine dies: no goodbye
+            busy = [w for w, keys in client.processing().items() if keys]
+            pids = client.run(os.getpid, workers=busy[:1])
+            for pid in pids.values():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    result = normcli.compare(a, c, dask=client, progress=KillOnFirstTask())
+    assert killed, "no worker had a task in hand"
+    assert result.to_dict() == local
+    assert killed[0] not in client.run(os.getpid).values()
