@@ -1,6 +1,7 @@
 """`make bench`: normcli against the limits of this machine and against the naive way, on
 generated safetensors files (2 GiB float32, 2 GiB bfloat16, 1 GiB float16; BENCH_LARGE=1 adds a
-10 GiB bfloat16 one). Every figure is measured in this run; nothing is compared to constants.
+10 GiB bfloat16 one), and `--dask local:2` against threads on a 4 GiB float32 file. Every
+figure is measured in this run; nothing is compared to constants.
 compare reads each file beside a twin whose values all moved by 1%, as a training step would
 move them (the 10 GiB file has no twin: the two would not fit the page cache together).
 
@@ -194,6 +195,7 @@ def main() -> None:
             if not large and not stepped.exists():
                 write_safetensors(stepped, name, dtype, size, step=1e-2)
             bench_file(path, None if large else stepped, name, threads)
+        bench_dask(folder)
         print_startup()
     finally:
         if not os.environ.get("BENCH_DIR"):
@@ -285,6 +287,54 @@ def bench_file(path: Path, stepped: Path | None, name: str, threads: int) -> Non
     cold_rate = rate(gb, cold)
     print(f"  cold        {cold_rate:6.2f} GB/s  = {cold_rate * 1e9 / cold_dd:4.2f}x cold dd")
     print(f"  peak RSS    {f'{rss / 1024:6.0f} MiB' if rss >= 0 else 'n/a (no /usr/bin/time)'}\n")
+
+
+ON_DASK = """
+import sys, time, normcli
+from distributed import Client, LocalCluster
+if __name__ == "__main__":
+    def best(**options):
+        runs = []
+        for _ in range(2):
+            start = time.perf_counter()
+            normcli.inspect(sys.argv[1], **options)
+            runs.append(time.perf_counter() - start)
+        return min(runs)
+    from normcli import kernels
+    kernels.load()
+    threads = best()
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            normcli.inspect(sys.argv[1], dask=client)  # the workers load their kernels
+            print(threads, best(dask=client))
+"""
+
+
+def bench_dask(folder: Path) -> None:
+    """`--dask local:2` against the default threads on one 4 GiB file: what going distributed
+    costs on one machine (the same two cores, processes instead of threads)."""
+    path = folder / "f32-4g.safetensors"
+    if not path.exists():
+        write_safetensors(path, "F32", np.float32, 4 * GIB)
+    gb = path.stat().st_size / 1e9
+    inspect = [*NORMCLI, "inspect", str(path), "--no-progress", "-f", "json"]
+    dd_rate(path, cold=False)  # warm the page cache
+    threads = best_of(2, inspect)
+    dask = best_of(2, [*inspect, "--dask", "local:2"])
+    done = subprocess.run(
+        [sys.executable, "-c", ON_DASK, str(path)], check=True, capture_output=True, text=True
+    )
+    scan_threads, scan_dask = map(float, done.stdout.split())
+    print(f"{path.name}  (F32, {gb:.2f} GB): --dask local:2 against threads")
+    print(
+        f"  end to end  threads {rate(gb, threads):5.2f} GB/s   --dask local:2 "
+        f"{rate(gb, dask):5.2f} GB/s = {threads / dask:4.2f}x threads   "
+        "(starting the cluster included)"
+    )
+    print(
+        f"  scan alone  threads {rate(gb, scan_threads):5.2f} GB/s   on a running cluster "
+        f"{rate(gb, scan_dask):5.2f} GB/s = {scan_threads / scan_dask:4.2f}x threads\n"
+    )
 
 
 def print_startup() -> None:

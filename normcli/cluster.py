@@ -216,9 +216,10 @@ def _run(
     results: list[list[T] | None] = [None] * len(tasks)
     try:
         with _as_user_errors(client):
-            for future in as_completed(futures):
+            # on this client's loop: as_completed takes the default client's, which may be another
+            for future, result in as_completed(futures, loop=client.loop, with_results=True):
                 i = futures[future]
-                results[i] = future.result()
+                results[i] = result
                 if progress is not None:
                     progress.advance(tasks[i].nbytes)
     finally:

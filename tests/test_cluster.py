@@ -147,7 +147,7 @@ def test_any_partition_into_tasks_gives_the_same_figures(
         )
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(task=st.integers(1, 16 << 20), order=st.randoms(use_true_random=False))
 def test_tasks_finishing_in_any_order_merge_to_the_local_figures(
     task: int, order: Any, checkpoints: list[Path]
@@ -193,7 +193,10 @@ def test_the_workers_do_the_scanning(
         monkeypatch.setattr(scan, name, refuse)
     with pytest.raises(AssertionError, match="the client scanned"):
         inspect(checkpoints[0])
-    assert _all_runs(checkpoints, local_cluster)
+    a, b, c = (str(p) for p in checkpoints)
+    assert inspect(a, dask=local_cluster).total.stats.numel > 0
+    assert normcli.compare(a, b, dask=local_cluster).total.pair is not None
+    assert trend([a, b, c], dask=local_cluster).rows
 
 
 def test_progress_counts_the_bytes_finished_across_the_cluster(
@@ -305,10 +308,18 @@ def dask_processes() -> Iterator[str]:
         yield address
     finally:
         cluster.close_clients()
-        for process in started:
-            process.terminate()
-        for process in started:
-            process.wait(60)
+        # the workers first, while the scheduler is there to say goodbye to
+        for process in reversed(started):
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def test_the_command_line_against_a_scheduler_and_two_workers(
