@@ -62,7 +62,18 @@ def run_pieces(
     progress: scan.Progress | None,
 ) -> list[Result]:
     """The statistics of every piece, in the order given, each computed on a worker."""
-    items = [
+    items = items_of(singles, pairs, pieces)
+    tasks = group(items, [p.nbytes for p in pieces], [_files(i.sources) for i in items])
+    done = _run(dask, tasks, functools.partial(scan_items, compiled, chunk_elements), progress)
+    return [result for results in done for result in results]
+
+
+def items_of(
+    singles: Sequence[TensorSource],
+    pairs: Sequence[tuple[TensorSource, TensorSource]],
+    pieces: Sequence[scan.Piece],
+) -> list[Item]:
+    return [
         Item(
             tuple(_portable(s) for s in (pairs[p.owner] if p.pair else (singles[p.owner],))),
             p.first,
@@ -70,9 +81,6 @@ def run_pieces(
         )
         for p in pieces
     ]
-    tasks = group(items, [p.nbytes for p in pieces], [_files(i.sources) for i in items])
-    done = _run(dask, tasks, functools.partial(scan_items, compiled, chunk_elements), progress)
-    return [result for results in done for result in results]
 
 
 def run_series(
@@ -177,17 +185,17 @@ def _opened() -> Iterator[Callable[[TensorSource], TensorSource]]:
 
     try:
         yield local
-        file_reading.release_windows()
     finally:
-        with contextlib.suppress(Exception):
+        try:
             file_reading.release_windows()
-        for checkpoint in checkpoints.values():
-            checkpoint.close()
+        finally:
+            for checkpoint in checkpoints.values():
+                checkpoint.close()
 
 
 def versions() -> dict[str, str]:
     """What this process runs, of all that decides the figures."""
-    found = {"python": platform.python_version()}
+    found = {"python": ".".join(platform.python_version_tuple()[:2])}
     for package in PACKAGES:
         try:
             found[package] = importlib.metadata.version(package)
@@ -215,7 +223,7 @@ def _run(
     futures = {client.submit(function, tasks[i], pure=False): i for i in order}
     results: list[list[T] | None] = [None] * len(tasks)
     try:
-        with _as_user_errors(client):
+        with _as_user_errors():
             # on this client's loop: as_completed takes the default client's, which may be another
             for future, result in as_completed(futures, loop=client.loop, with_results=True):
                 i = futures[future]
@@ -228,11 +236,10 @@ def _run(
 
 
 @contextlib.contextmanager
-def _as_user_errors(client: Any) -> Iterator[None]:
+def _as_user_errors() -> Iterator[None]:
     """Dask's own failures as one line each; a task's error (a file a worker cannot read, say)
     is raised as it was on the worker, as a local run raises it."""
     from distributed import KilledWorker
-    from distributed.comm.core import CommClosedError
 
     try:
         yield
@@ -241,10 +248,6 @@ def _as_user_errors(client: Any) -> Iterator[None]:
             "Dask workers died again and again running one task (out of memory, or killed); "
             f"the scheduler gave up on it: {e}"
         ) from e
-    except (CommClosedError, OSError) as e:
-        if client.status == "running":
-            raise
-        raise ClusterError(f"lost the Dask scheduler at {client.scheduler.address}") from e
 
 
 _clients: dict[str, Any] = {}
@@ -285,7 +288,7 @@ def _start(address: str) -> Any:
         raise UsageError(f"--dask needs Dask: {INSTALL}") from e
     local = _local_workers(address)
     with warnings.catch_warnings():
-        # a version mismatch is checked (and said) by name below
+        # Dask warns of mismatched versions as it connects; _check_versions says which, once
         warnings.simplefilter("ignore")
         if local is not None:
             cluster = distributed.LocalCluster(

@@ -163,17 +163,7 @@ def test_tasks_finishing_in_any_order_merge_to_the_local_figures(
         singles, pairs = a.tensors[:2], list(zip(a.tensors[2:], b.tensors[2:], strict=True))
         local = scan.scan_all(singles, pairs)
         pieces = scan.pieces_of(singles, pairs)
-        items = [
-            cluster.Item(
-                tuple(
-                    cluster._portable(s)
-                    for s in (pairs[p.owner] if p.pair else (singles[p.owner],))
-                ),
-                p.first,
-                p.last,
-            )
-            for p in pieces
-        ]
+        items = cluster.items_of(singles, pairs, pieces)
         tasks = cluster.group(items, [p.nbytes for p in pieces], [0] * len(items))
         assert sum(len(t.items) for t in tasks) == len(pieces)
         done: dict[int, list[Any]] = {}
@@ -197,6 +187,23 @@ def test_the_workers_do_the_scanning(
     assert inspect(a, dask=local_cluster).total.stats.numel > 0
     assert normcli.compare(a, b, dask=local_cluster).total.pair is not None
     assert trend([a, b, c], dask=local_cluster).rows
+
+
+@pytest.mark.parametrize(
+    ("command", "sides", "code"),
+    [("inspect", [1], 0), ("compare", [0, 2], 0), ("check", [2], 1), ("trend", [0, 1, 2], 0)],
+)
+def test_every_command_takes_the_address_by_option_or_environment(
+    command: str, sides: list[int], code: int, run: Run, checkpoints: list[Path], local_cluster: Any
+) -> None:
+    args = [command, *(checkpoints[i] for i in sides), "-f", "json"]
+    here = run(*args, code=code)
+    address = local_cluster.scheduler.address
+    assert run(*args, "--dask", address, code=code).stdout == here.stdout
+    assert run(*args, code=code, env={"NORMCLI_DASK": address}).stdout == here.stdout
+    # the address reaches the scan: one it cannot use fails there
+    for option, env in ((["--dask", "local:0"], {}), ([], {"NORMCLI_DASK": "local:0"})):
+        assert "--dask local:N needs" in run(*args, *option, code=2, env=env).stderr
 
 
 def test_progress_counts_the_bytes_finished_across_the_cluster(

@@ -106,7 +106,8 @@ def open_checkpoint(
         # other formats hold flat tensors: --key is for the PyTorch side of a compare or a run
         checkpoint = FORMATS[fmt](path)
         key = None
-    where = os.path.abspath(path)
+    # a path as every process can name it (a worker's folder is not ours); a URL as it is
+    where = path if "://" in path else os.path.abspath(path)
     checkpoint.tensors = [
         replace(t, origin=Origin(where, fmt, key, i)) for i, t in enumerate(checkpoint.tensors)
     ]
