@@ -5,10 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 # The core (readers, statistics, scanning, the API and compare) uses only the standard library,
 # numpy and format libraries; click and rich belong to cli.py and report/.
-CORE_MODULES = ["normcli.readers", "normcli.norms", "normcli.scan", "normcli.api", "normcli.diff"]
+CORE_MODULES = [
+    "normcli.readers",
+    "normcli.norms",
+    "normcli.scan",
+    "normcli.api",
+    "normcli.diff",
+    "normcli.cluster",
+]
 
 
 def loaded_after(statement: str, watch: list[str]) -> list[str]:
@@ -48,3 +56,9 @@ def test_lazy_api_still_resolves() -> None:
 def test_cli_module_starts_without_numpy_or_rich() -> None:
     # `normcli --version` and `--help` should not pay for numpy or rich
     assert loaded_after("import normcli.cli", ["numpy", "rich"]) == []
+
+
+def test_a_scan_on_threads_never_imports_dask() -> None:
+    sample = Path(__file__).resolve().parent.parent / "sample_checkpoints" / "base.safetensors"
+    statement = f"import normcli\nnormcli.compare({str(sample)!r}, {str(sample)!r})"
+    assert loaded_after(statement, ["numpy", "normcli.cluster", "distributed"]) == ["numpy"]
