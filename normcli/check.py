@@ -14,83 +14,25 @@ from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
-from .diff import CompareResult, TensorDiff, compare, is_report
+from .diff import compare
 from .errors import UsageError
 from .norms import PairStats, TensorStats
-from .results import InspectResult, number
-from .scan import Progress
+from .results import (
+    RULES,
+    CheckResult,
+    CompareResult,
+    InspectResult,
+    RuleOutcome,
+    TensorDiff,
+    Violation,
+)
+from .sides import ReadSettings, Selection, is_report
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-CHECK_SCHEMA = "normcli/check/v1"
-
-
-@dataclass(frozen=True)
-class Rule:
-    code: str
-    key: str
-    scope: str  # "model", "tensor" or "both"
-    needs: str  # "", "baseline" or "checkpoint baseline"
-    summary: str
-
-
-RULES: dict[str, Rule] = {
-    r.key: r
-    for r in (
-        Rule("N001", "nonfinite", "tensor", "", "no NaN or Inf anywhere (--allow-nonfinite: off)"),
-        Rule("N002", "max-l2", "model", "", "whole-model L2 at most the limit"),
-        Rule("N003", "max-l1", "model", "", "whole-model L1 at most the limit"),
-        Rule("N004", "max-tensor-l2", "tensor", "", "every tensor's L2 at most the limit"),
-        Rule("N005", "max-tensor-linf", "tensor", "", "every tensor's max|x| at most the limit"),
-        Rule("N006", "max-tensor-rms", "tensor", "", "every tensor's RMS at most the limit"),
-        Rule("N010", "max-l2-ratio", "model", "baseline", "whole-model ‖B‖₂/‖A‖₂ within [1/R, R]"),
-        Rule(
-            "N011",
-            "max-tensor-l2-ratio",
-            "tensor",
-            "baseline",
-            "every tensor's ‖B‖₂/‖A‖₂ within [1/R, R]",
-        ),
-        Rule(
-            "N012",
-            "max-rel-update",
-            "model",
-            "checkpoint baseline",
-            "whole-model ‖B−A‖₂/‖A‖₂ at most the limit",
-        ),
-        Rule(
-            "N013",
-            "max-tensor-rel-update",
-            "tensor",
-            "checkpoint baseline",
-            "every tensor's ‖B−A‖₂/‖A‖₂ at most the limit",
-        ),
-        Rule(
-            "N014",
-            "min-cosine",
-            "both",
-            "checkpoint baseline",
-            "cosine(A, B) of the model and of every tensor at least the limit",
-        ),
-        Rule(
-            "N015",
-            "require-same-tensors",
-            "tensor",
-            "baseline",
-            "no tensor added, removed or reshaped",
-        ),
-        Rule(
-            "N016",
-            "unread",
-            "tensor",
-            "",
-            "every tensor read, and at least one (--allow-unread: off)",
-        ),
-    )
-}
 FLAG_RULES = ("nonfinite", "require-same-tensors", "unread")
 LIMIT_KEYS = [k for k in RULES if k not in FLAG_RULES]
 TENSOR_KEYS = [k for k in LIMIT_KEYS if RULES[k].scope in ("tensor", "both")]
@@ -302,78 +244,6 @@ def _scope(index: int, rule: Any, source: str | None) -> Scope:
 
 
 @dataclass(frozen=True)
-class Violation:
-    code: str
-    rule: str
-    tensor: str | None  # None: the whole model
-    value: float | None
-    limit: float | None
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "rule": self.rule,
-            "tensor": self.tensor,
-            "value": number(self.value),
-            "limit": number(self.limit),
-            "message": self.message,
-        }
-
-
-@dataclass(frozen=True)
-class RuleOutcome:
-    """One rule as evaluated: its limit (or the loosest and tightest where scoped), and how many
-    breaches it found."""
-
-    code: str
-    rule: str
-    limit: float | None
-    scoped: bool
-    violations: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "rule": self.rule,
-            "limit": number(self.limit),
-            "scoped": self.scoped,
-            "violations": self.violations,
-        }
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    checkpoint: str
-    baseline: str | None
-    violations: tuple[Violation, ...]
-    rules: tuple[RuleOutcome, ...]
-    tensors: int
-    config: str | None
-    # rules of the settings file left unjudged for want of a baseline
-    skipped_rules: tuple[str, ...] = ()
-
-    @property
-    def passed(self) -> bool:
-        return not self.violations
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": CHECK_SCHEMA,
-            "passed": self.passed,
-            "checkpoint": self.checkpoint,
-            "baseline": self.baseline,
-            "violations": [v.to_dict() for v in self.violations],
-            "checked": {
-                "tensors": self.tensors,
-                "config": self.config,
-                "rules": [r.to_dict() for r in self.rules],
-                "skipped_rules": list(self.skipped_rules),
-            },
-        }
-
-
-@dataclass(frozen=True)
 class _Tensor:
     """What the rules see of one tensor of the checked checkpoint."""
 
@@ -386,16 +256,12 @@ class _Tensor:
 def run_check(
     path: str,
     config: CheckConfig,
-    baseline: str | None = None,
-    *,
-    input_format: str | None = None,
-    key: str | None = None,
-    include_int: bool = False,
-    threads: int | None = None,
-    progress: Progress | None = None,
+    baseline: str | None,
+    selection: Selection,
+    read: ReadSettings,
 ) -> CheckResult:
     """Scan `path` (against `baseline`, a checkpoint or a saved report) and judge every rule."""
-    from .api import inspect
+    from .api import inspect_path
 
     skipped: list[str] = []
     if baseline is None and config.needs_baseline:
@@ -414,27 +280,12 @@ def run_check(
                 baseline,
             )
     if baseline is None:
-        inspected = inspect(
-            path,
-            input_format=input_format,
-            key=key,
-            include_int=include_int,
-            threads=threads,
-            progress=progress,
-        )
+        inspected = inspect_path(path, selection, read)
         tensors, comparison = _from_inspect(inspected), None
         total = inspected.total.stats
         unread = inspected.checkpoint.skipped_tensors
     else:
-        comparison = compare(
-            baseline,
-            path,
-            input_format=input_format,
-            key=key,
-            include_int=include_int,
-            threads=threads,
-            progress=progress,
-        )
+        comparison = compare(baseline, path, selection, read)
         tensors = [
             _Tensor(r.name, r.b.stats if r.b else None, r.covered, r) for r in comparison.tensors
         ]

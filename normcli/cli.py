@@ -289,27 +289,18 @@ def inspect(
     no_progress: bool,
 ) -> None:
     """Norms of every tensor in each CKPT, and of the whole model."""
-    from . import api
+    from .api import inspect_path
     from .report import INSPECT_RENDERERS
     from .report.plots import plot_inspect
+    from .sides import ReadSettings, Selection
 
+    selection = Selection(filters, excludes, include_int)
     results = []
     for path in checkpoints:
         with _progress(not no_progress, _label("inspect", path)) as bar:
+            read = ReadSettings(input_format, key, threads, bar)
             results.append(
-                api.inspect(
-                    path,
-                    input_format=input_format,
-                    key=key,
-                    include_int=include_int,
-                    filter=filters,
-                    exclude=excludes,
-                    sort=sort,
-                    top=top,
-                    group_by=group_by,
-                    threads=threads,
-                    progress=bar,
-                )
+                inspect_path(path, selection, read, sort=sort, top=top, group_by=group_by)
             )
     _render(INSPECT_RENDERERS, output_format, results, output, checkpoints, plot, plot_inspect)
 
@@ -365,24 +356,12 @@ def compare(
     from . import diff
     from .report import COMPARE_RENDERERS
     from .report.plots import plot_compare
+    from .sides import ReadSettings, Selection
 
+    selection = Selection(filters, excludes, include_int, strip_prefix, rename)
     with _progress(not no_progress, _label("compare", a, b)) as bar:
-        result = diff.compare(
-            a,
-            b,
-            input_format=input_format,
-            key=key,
-            include_int=include_int,
-            strip_prefix=strip_prefix,
-            rename=rename,
-            filter=filters,
-            exclude=excludes,
-            sort=sort,
-            top=top,
-            group_by=group_by,
-            threads=threads,
-            progress=bar,
-        )
+        read = ReadSettings(input_format, key, threads, bar)
+        result = diff.compare(a, b, selection, read, sort=sort, top=top, group_by=group_by)
     _render(COMPARE_RENDERERS, output_format, [result], output, (a, b), plot, plot_compare)
 
 
@@ -459,20 +438,13 @@ def trend(
     from . import trend as trends
     from .report import TREND_RENDERERS
     from .report.plots import plot_trend
+    from .sides import ReadSettings, Selection
 
+    selection = Selection(filters, excludes, include_int)
     with _progress(not no_progress, "trend") as bar:
+        read = ReadSettings(input_format, key, threads, bar)
         result = trends.trend(
-            checkpoints,
-            metric=metric,
-            order=order,
-            group_by=group_by,
-            include_int=include_int,
-            filter=filters,
-            exclude=excludes,
-            input_format=input_format,
-            key=key,
-            threads=threads,
-            progress=bar,
+            checkpoints, selection, read, metric=metric, order=order, group_by=group_by
         )
     _render(TREND_RENDERERS, output_format, [result], output, checkpoints, plot, plot_trend)
 
@@ -583,6 +555,7 @@ def check(
         verdict,
     )
     from .report.console import error_console, output_console
+    from .sides import ReadSettings, Selection
 
     settings, source = gate.find_config(config_file)
     overrides = {key.replace("_", "-"): value for key, value in limits.items()}
@@ -591,18 +564,9 @@ def check(
     results = []
     for path in checkpoints:
         with _progress(not no_progress, _label("check", path)) as bar:
-            results.append(
-                gate.run_check(
-                    path,
-                    config,
-                    baseline,
-                    input_format=input_format,
-                    key=key,
-                    include_int=include_int,
-                    threads=threads,
-                    progress=bar,
-                )
-            )
+            read = ReadSettings(input_format, key, threads, bar)
+            selection = Selection(include_int=include_int)
+            results.append(gate.run_check(path, config, baseline, selection, read))
     with _output(output, (*checkpoints, *([baseline] if baseline else []))) as file:
         console = output_console(file)
         if output_format == "table":

@@ -16,9 +16,9 @@ from safetensors.numpy import save_file
 
 import normcli
 from normcli import kernels
+from normcli.api import trend
 from normcli.readers import files
 from normcli.readers.files import DataFile
-from normcli.trend import trend
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

@@ -8,7 +8,30 @@ import sys
 
 # The core (readers, statistics, scanning, the API and compare) uses only the standard library,
 # numpy and format libraries; click and rich belong to cli.py and report/.
-CORE_MODULES = ["normcli.readers", "normcli.norms", "normcli.scan", "normcli.api", "normcli.diff"]
+CORE_MODULES = [
+    "normcli.readers",
+    "normcli.norms",
+    "normcli.scan",
+    "normcli.api",
+    "normcli.diff",
+    "normcli.trend",
+    "normcli.check",
+    "normcli.sides",
+    "normcli.results",
+]
+# what renderers must not need: they get results, not files or the machinery that reads them
+READING_MODULES = [
+    "normcli.readers",
+    "normcli.readers.safetensors",
+    "normcli.readers.pytorch",
+    "normcli.scan",
+    "normcli.kernels",
+    "normcli.compiled",
+    "normcli.sides",
+    "normcli.diff",
+    "normcli.trend",
+    "normcli.check",
+]
 
 
 def loaded_after(statement: str, watch: list[str]) -> list[str]:
@@ -48,3 +71,15 @@ def test_lazy_api_still_resolves() -> None:
 def test_cli_module_starts_without_numpy_or_rich() -> None:
     # `normcli --version` and `--help` should not pay for numpy or rich
     assert loaded_after("import normcli.cli", ["numpy", "rich"]) == []
+
+
+def test_report_loads_no_reader_scan_or_kernel() -> None:
+    statement = "import normcli.report, normcli.report.check_report, normcli.report.plots"
+    assert loaded_after(statement, READING_MODULES) == []
+
+
+def test_report_really_was_imported() -> None:
+    # guards the test above: the same statement does load the renderers and the results
+    statement = "import normcli.report, normcli.report.check_report, normcli.report.plots"
+    watch = ["normcli.report", "normcli.report.check_report", "normcli.results", "rich"]
+    assert loaded_after(statement, watch) == watch

@@ -7,9 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ..diff import CompareResult
-from ..results import InspectResult
-from ..trend import TrendResult
+from ..results import CompareResult, InspectResult, TrendResult
 from . import compare_table, csv, json, markdown, table, trend_report
 
 

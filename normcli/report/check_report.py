@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..check import RULES, CheckResult
+from ..results import RULES, CheckResult
 from .text import printable
 
 FAILED = "bold red"
