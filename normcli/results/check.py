@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .common import number
 
 CHECK_SCHEMA = "normcli/check/v1"
+
+# what a rule judges: the whole model, every tensor, or both
+RuleScope = Literal["model", "tensor", "both"]
+# what it needs besides the checkpoint: nothing, a baseline (a saved report will do), or a
+# baseline checkpoint whose values can be compared element by element
+RuleNeeds = Literal["", "baseline", "checkpoint baseline"]
 
 
 @dataclass(frozen=True)
 class Rule:
     code: str
     key: str
-    scope: str  # "model", "tensor" or "both"
-    needs: str  # "", "baseline" or "checkpoint baseline"
+    scope: RuleScope
+    needs: RuleNeeds
     summary: str
 
 
