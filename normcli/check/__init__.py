@@ -7,6 +7,9 @@ config.py reads and validates the settings; rules.py holds one small function pe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ..api import inspect_path
 from ..diff import compare
 from ..errors import UsageError
@@ -15,7 +18,15 @@ from ..sides import ReadSettings, Selection, is_report
 from .config import CheckConfig, Scope, find_config, parse_config
 from .rules import Judged, evaluate, from_inspect, outcome, unread_tensors
 
-__all__ = ["CheckConfig", "Scope", "find_config", "parse_config", "run_check"]
+__all__ = ["CheckConfig", "Scope", "find_config", "load_config", "parse_config", "run_check"]
+
+
+def load_config(explicit: str | None, limits: Mapping[str, Any]) -> CheckConfig:
+    """The settings of a run: the config file's (--config FILE, or the one found here), with
+    the command line's limits and flags (None: not given; underscores for dashes) over them."""
+    settings, source = find_config(explicit)
+    overrides = {key.replace("_", "-"): value for key, value in limits.items()}
+    return parse_config(settings, source).merged(overrides)
 
 
 def run_check(
