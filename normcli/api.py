@@ -23,7 +23,8 @@ from .results import (
 )
 from .scan import Progress, scan_tensors
 from .select import SORT_KEYS, group_names, natural_key
-from .sides import ReadSettings, Selection, checkpoint_info
+from .settings import ReadSettings, Selection
+from .sides import checkpoint_info
 
 
 class _Row(Protocol):

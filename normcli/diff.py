@@ -14,10 +14,9 @@ from .readers import TensorSource
 from .results import STATUSES, Aggregate, CompareResult, SideFigures, TensorDiff, stats_dict
 from .scan import scan_all
 from .select import group_names, natural_key
+from .settings import ReadSettings, Selection
 from .sides import (
     Entry,
-    ReadSettings,
-    Selection,
     StoredTensor,
     by_name,
     dtype_name,

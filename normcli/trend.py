@@ -15,7 +15,8 @@ from .readers.sharded import CHECKPOINT_SUFFIXES, INDEX_SUFFIX, SHARD_NAME
 from .results import Point, TrendResult, TrendRow
 from .scan import scan_many_series
 from .select import group_name, group_names, natural_key
-from .sides import Entry, ReadSettings, Selection, Side, StoredTensor, is_floating, open_sides
+from .settings import ReadSettings, Selection
+from .sides import Entry, Side, StoredTensor, is_floating, open_sides
 
 METRICS = ("l2", "l1", "linf", "rms")
 ORDERS = ("name", "mtime", "given")

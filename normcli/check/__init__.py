@@ -14,7 +14,8 @@ from ..api import inspect_path
 from ..diff import compare
 from ..errors import UsageError
 from ..results import RULES, CheckResult, CompareResult, TensorStats
-from ..sides import ReadSettings, Selection, is_report
+from ..settings import ReadSettings, Selection
+from ..sides import is_report
 from .config import CheckConfig, Scope, find_config, parse_config
 from .rules import Judged, evaluate, from_inspect, outcome, unread_tensors
 

@@ -5,12 +5,20 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import click
 
+from ..settings import ReadSettings, Selection
 from .exits import EXIT_VIOLATION
-from .options import limit_option, output_options, reading_options, selection_options
+from .options import (
+    limit_option,
+    output_options,
+    reading_options,
+    selection_options,
+    view_options,
+)
 
 INSPECT_EXAMPLES = """
 \b
@@ -86,7 +94,8 @@ def _render(
     type=click.Choice(["name", "l1", "l2", "linf", "numel"]),
     help="Order rows by name (natural order) or by a figure, largest first. Default: file order.",
 )
-@selection_options
+@view_options
+@selection_options("Count integer and bool tensors in the whole-model totals too.")
 @reading_options
 def inspect(
     checkpoints: tuple[str, ...],
@@ -95,28 +104,28 @@ def inspect(
     plot: str | None,
     sort: str | None,
     top: int | None,
-    filters: tuple[str, ...],
-    excludes: tuple[str, ...],
     group_by: int | None,
-    include_int: bool,
-    input_format: str | None,
-    key: str | None,
-    threads: int | None,
-    no_progress: bool,
+    selection: Selection,
+    read: ReadSettings,
+    progress: bool,
 ) -> None:
     """Norms of every tensor in each CKPT, and of the whole model."""
     from ..api import inspect_path
     from ..report import INSPECT_RENDERERS
     from ..report.plots import plot_inspect
-    from ..sides import ReadSettings, Selection
 
-    selection = Selection(filters, excludes, include_int)
     results = []
     for path in checkpoints:
-        with _progress(not no_progress, _label("inspect", path)) as bar:
-            read = ReadSettings(input_format, key, threads, bar)
+        with _progress(progress, _label("inspect", path)) as bar:
             results.append(
-                inspect_path(path, selection, read, sort=sort, top=top, group_by=group_by)
+                inspect_path(
+                    path,
+                    selection,
+                    replace(read, progress=bar),
+                    sort=sort,
+                    top=top,
+                    group_by=group_by,
+                )
             )
     _render(INSPECT_RENDERERS, output_format, results, output, checkpoints, plot, plot_inspect)
 
@@ -131,21 +140,8 @@ def inspect(
     help="rel: relative update ‖B−A‖₂/‖A‖₂ (default); diff: ‖B−A‖₂; ratio: "
     "‖B‖₂/‖A‖₂ furthest from 1; cosine: least similar; l2: ‖B‖₂; name.",
 )
-@selection_options
-@click.option(
-    "--strip-prefix",
-    multiple=True,
-    metavar="PREFIX",
-    help="Remove PREFIX from tensor names on both sides before matching, e.g. the "
-    "'module.' DDP adds (repeatable).",
-)
-@click.option(
-    "--rename",
-    multiple=True,
-    metavar="REGEX=REPLACEMENT",
-    help="Rewrite tensor names on both sides before matching (re.sub; repeatable, "
-    "applied in order; write a literal '=' in REGEX as '\\=').",
-)
+@view_options
+@selection_options("Count integer and bool tensors in the whole-model totals too.", renames=True)
 @reading_options
 def compare(
     a: str,
@@ -155,16 +151,10 @@ def compare(
     plot: str | None,
     sort: str | None,
     top: int | None,
-    filters: tuple[str, ...],
-    excludes: tuple[str, ...],
     group_by: int | None,
-    include_int: bool,
-    strip_prefix: tuple[str, ...],
-    rename: tuple[str, ...],
-    input_format: str | None,
-    key: str | None,
-    threads: int | None,
-    no_progress: bool,
+    selection: Selection,
+    read: ReadSettings,
+    progress: bool,
 ) -> None:
     """What changed between checkpoints A and B: tensors matched by name, the update B−A
     measured element by element. Either side may be a report saved by `inspect -f json`
@@ -172,11 +162,9 @@ def compare(
     from .. import diff
     from ..report import COMPARE_RENDERERS
     from ..report.plots import plot_compare
-    from ..sides import ReadSettings, Selection
 
-    selection = Selection(filters, excludes, include_int, strip_prefix, rename)
-    with _progress(not no_progress, _label("compare", a, b)) as bar:
-        read = ReadSettings(input_format, key, threads, bar)
+    with _progress(progress, _label("compare", a, b)) as bar:
+        read = replace(read, progress=bar)
         result = diff.compare(a, b, selection, read, sort=sort, top=top, group_by=group_by)
     _render(COMPARE_RENDERERS, output_format, [result], output, (a, b), plot, plot_compare)
 
@@ -216,21 +204,7 @@ Examples:
     help="One row per group of tensors sharing the first N name parts; 0 for every "
     "tensor. Default: every tensor, or groups of at most 64 rows for big models.",
 )
-@click.option(
-    "--filter",
-    "filters",
-    multiple=True,
-    metavar="GLOB",
-    help="Only tensors whose name matches GLOB (repeatable).",
-)
-@click.option(
-    "--exclude",
-    "excludes",
-    multiple=True,
-    metavar="GLOB",
-    help="Leave out tensors whose name matches GLOB (repeatable).",
-)
-@click.option("--include-int", is_flag=True, help="Follow integer and bool tensors too.")
+@selection_options("Follow integer and bool tensors too.")
 @reading_options
 def trend(
     checkpoints: tuple[str, ...],
@@ -240,13 +214,9 @@ def trend(
     metric: str,
     order: str,
     group_by: int | None,
-    filters: tuple[str, ...],
-    excludes: tuple[str, ...],
-    include_int: bool,
-    input_format: str | None,
-    key: str | None,
-    threads: int | None,
-    no_progress: bool,
+    selection: Selection,
+    read: ReadSettings,
+    progress: bool,
 ) -> None:
     """Norms across a training run: each tensor (or group) through the checkpoints, in step
     order, with the update from one checkpoint to the next. CKPT may be files, folders of
@@ -254,11 +224,9 @@ def trend(
     from .. import trend as trends
     from ..report import TREND_RENDERERS
     from ..report.plots import plot_trend
-    from ..sides import ReadSettings, Selection
 
-    selection = Selection(filters, excludes, include_int)
-    with _progress(not no_progress, "trend") as bar:
-        read = ReadSettings(input_format, key, threads, bar)
+    with _progress(progress, "trend") as bar:
+        read = replace(read, progress=bar)
         result = trends.trend(
             checkpoints, selection, read, metric=metric, order=order, group_by=group_by
         )
@@ -346,10 +314,8 @@ def check(
     output: str | None,
     junit: str | None,
     include_int: bool,
-    input_format: str | None,
-    key: str | None,
-    threads: int | None,
-    no_progress: bool,
+    read: ReadSettings,
+    progress: bool,
     **limits: Any,
 ) -> None:
     """Fail (exit 1) when a CKPT breaks a rule: NaN/Inf values (always, unless allowed), norms
@@ -359,17 +325,17 @@ def check(
     from ..output import append_text, write_text
     from ..report import CHECK_RENDERERS
     from ..report.check_report import print_verdicts, render_junit, render_markdown
-    from ..sides import ReadSettings, Selection
 
     config = gate.load_config(config_file, limits)
     baseline = baseline or config.baseline
     inputs = (*checkpoints, *([baseline] if baseline else []))
     results = []
     for path in checkpoints:
-        with _progress(not no_progress, _label("check", path)) as bar:
-            read = ReadSettings(input_format, key, threads, bar)
+        with _progress(progress, _label("check", path)) as bar:
             selection = Selection(include_int=include_int)
-            results.append(gate.run_check(path, config, baseline, selection, read))
+            results.append(
+                gate.run_check(path, config, baseline, selection, replace(read, progress=bar))
+            )
     _render(CHECK_RENDERERS, output_format, results, output, inputs)
     if junit:
         write_text(junit, render_junit(results), inputs, "--junit")
