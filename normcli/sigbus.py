@@ -19,12 +19,17 @@ import ctypes
 import mmap
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, cfunc, types
-from numba.extending import intrinsic
+from numba import carray, cfunc, types  # type: ignore[attr-defined]  # carray is public, unlisted
+from numba.extending import intrinsic as numba_intrinsic
+
+# numba calls an intrinsic without the typing context it is declared with, which mypy cannot
+# follow: the intrinsics it makes are typed as Any
+intrinsic: Callable[[Callable[..., Any]], Any] = numba_intrinsic
 
 SIGBUS = 7 if sys.platform == "linux" else 0
 _SA_SIGINFO, _SA_RESTART = 4, 0x10000000
