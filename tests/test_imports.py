@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from normcli.errors import NormcliError
 
 # The core (readers, statistics, scanning, the API and compare) uses only the standard library,
 # numpy and format libraries; click and rich belong to cli.py and report/.
@@ -83,3 +88,38 @@ def test_report_really_was_imported() -> None:
     statement = "import normcli.report, normcli.report.check_report, normcli.report.plots"
     watch = ["normcli.report", "normcli.report.check_report", "normcli.results", "rich"]
     assert loaded_after(statement, watch) == watch
+
+
+OTHER_READERS = [
+    "normcli.readers.pytorch",
+    "normcli.readers.onnx",
+    "normcli.readers.gguf",
+    "normcli.readers.hdf5",
+    "normcli.readers.numpy",
+]
+
+
+def test_opening_a_file_imports_only_its_own_reader(samples: Path) -> None:
+    path = str(samples / "base.safetensors")
+    statement = f"from normcli.readers import open_checkpoint\nopen_checkpoint({path!r}).close()"
+    watch = ["normcli.readers.safetensors", *OTHER_READERS]
+    assert loaded_after(statement, watch) == ["normcli.readers.safetensors"]
+
+
+def test_input_format_choices_and_detection_come_from_the_registry(
+    samples: Path, tmp_path: Path
+) -> None:
+    from normcli.cli import cli
+    from normcli.formats import FORMATS, by_suffix
+    from normcli.readers import detect_format
+
+    option = next(p for p in cli.commands["inspect"].params if p.name == "input_format")
+    assert list(option.type.choices) == list(FORMATS)  # type: ignore[attr-defined]
+    for fmt in FORMATS.values():
+        for suffix in fmt.suffixes:
+            assert by_suffix(f"model{suffix.upper()}") == fmt.name
+    assert detect_format(str(samples / "base.npz")) == "npz"
+    unknown = tmp_path / "model.weights"
+    unknown.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(NormcliError, match="normcli reads safetensors, npz, npy, PyTorch, GGUF"):
+        detect_format(str(unknown))

@@ -8,6 +8,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
+from ..formats import FORMATS
 from ..settings import ReadSettings, Selection
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -123,9 +124,7 @@ view_options = bundle(
 _reading_options = bundle(
     click.option(
         "--input-format",
-        type=click.Choice(
-            ["safetensors", "npz", "npy", "pytorch", "gguf", "onnx", "hdf5", "keras"]
-        ),
+        type=click.Choice(list(FORMATS)),
         help="Read as this format instead of detecting it.",
     ),
     click.option(

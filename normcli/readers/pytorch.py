@@ -20,6 +20,7 @@ import numpy as np
 
 from ..dtypes import DType
 from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
+from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
 from .files import DataFile, open_regular
 from .torch_pickle import (
@@ -31,7 +32,7 @@ from .torch_pickle import (
     pickled_text,
     unpickle,
 )
-from .zipped import ZIP_MAGIC, CrcCheckedReader, stored_data_start
+from .zipped import CrcCheckedReader, stored_data_start
 
 FORMAT = "pytorch"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
