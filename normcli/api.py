@@ -11,7 +11,7 @@ import numpy as np
 from .dtypes import from_numpy
 from .errors import UnsupportedError, UsageError
 from .norms import TensorStats, merge_all
-from .readers import Checkpoint, TensorSource, open_checkpoint
+from .readers import Checkpoint, TensorSource
 from .results import (
     CompareResult,
     DtypeSummary,
@@ -24,7 +24,7 @@ from .results import (
 from .scan import Progress, scan_tensors
 from .select import SORT_KEYS, group_names, natural_key
 from .settings import ReadSettings, Selection
-from .sides import checkpoint_info
+from .sides import checkpoint_info, open_checkpoint_side
 
 
 class _Row(Protocol):
@@ -68,7 +68,7 @@ def inspect_path(
     group_by: int | None = None,
 ) -> InspectResult:
     """`inspect` with its settings already gathered (the command line's way in)."""
-    with open_checkpoint(path, read.input_format, read.key) as checkpoint:
+    with open_checkpoint_side(path, read) as checkpoint:
         return _inspect_open(checkpoint, selection, read, sort, top, group_by)
 
 

@@ -1,5 +1,5 @@
-"""One side of a comparison, check or trend: a checkpoint opened, or a saved inspect report read;
-and the settings every command shares for choosing and naming tensors and for reading them."""
+"""One side of a comparison, check or trend: a checkpoint opened, or a saved inspect report read.
+open_side is the one place an argument becomes tensors (remote URLs plug in here)."""
 
 from __future__ import annotations
 
@@ -145,14 +145,20 @@ class Side:
 
 
 def open_side(path: str | os.PathLike[str], read: ReadSettings, stack: ExitStack) -> Side:
-    """A checkpoint (closed when `stack` closes) or a saved inspect report: the one place where
-    compare, check and trend turn an argument into tensors."""
+    """A checkpoint (closed when `stack` closes) or a saved inspect report: where compare,
+    check and trend turn an argument into tensors."""
     path = os.fspath(path)
     if is_report(path):
         info, stored = load_report(path)
         return Side(info, tuple(stored))
-    checkpoint = stack.enter_context(open_checkpoint(path, read.input_format, read.key))
+    checkpoint = stack.enter_context(open_checkpoint_side(path, read))
     return Side(checkpoint_info(checkpoint), tuple(checkpoint.tensors))
+
+
+def open_checkpoint_side(path: str | os.PathLike[str], read: ReadSettings) -> Checkpoint:
+    """The one place a command opens a checkpoint (inspect directly, the others through
+    open_side): where the location of a side, local or remote, is resolved."""
+    return open_checkpoint(path, read.input_format, read.key)
 
 
 @contextmanager
