@@ -123,3 +123,15 @@ def test_input_format_choices_and_detection_come_from_the_registry(
     unknown.write_bytes(b"not a checkpoint at all")
     with pytest.raises(NormcliError, match="normcli reads safetensors, npz, npy, PyTorch, GGUF"):
         detect_format(str(unknown))
+
+
+def test_every_extra_the_registry_names_is_declared() -> None:
+    from normcli.formats import FORMATS
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    pyproject = Path(__file__).parent.parent / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text("utf-8"))["project"]["optional-dependencies"]
+    named = {f.extra for f in FORMATS.values() if f.extra is not None}
+    assert named == {"gguf", "onnx", "h5"}
+    assert named <= set(extras)
