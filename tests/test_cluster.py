@@ -25,9 +25,9 @@ from safetensors.numpy import save_file
 
 import normcli
 from normcli import cluster, scan
-from normcli.api import inspect
+from normcli.api import inspect, trend
 from normcli.check import CheckConfig, run_check
-from normcli.trend import trend
+from normcli.settings import ReadSettings, Selection
 
 distributed = pytest.importorskip("distributed")
 
@@ -110,7 +110,7 @@ def _all_runs(paths: list[Path], dask: Any) -> list[dict[str, Any]]:
         normcli.compare(a, b, dask=dask).to_dict(),
         normcli.compare(b, c, include_int=True, dask=dask).to_dict(),
         trend([a, b, c], group_by=0, dask=dask).to_dict(),
-        run_check(c, CheckConfig(), b, dask=dask).to_dict(),
+        run_check(c, CheckConfig(), b, Selection(), ReadSettings(dask=dask)).to_dict(),
     ]
 
 
