@@ -274,6 +274,21 @@ def test_no_scheduler_at_the_address_is_one_line(
     )
 
 
+def test_a_scheduler_without_workers_is_one_line(
+    run: Run, checkpoints: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cluster, "CONNECT_SECONDS", 0.5)
+    with distributed.LocalCluster(
+        n_workers=0, processes=False, dashboard_address=None, silence_logs=logging.ERROR
+    ) as empty:
+        result = run("inspect", checkpoints[0], "--dask", empty.scheduler_address, code=2)
+        cluster.close_clients()
+    assert result.stderr == (
+        f"normcli: error: the Dask scheduler at {empty.scheduler_address} has no worker "
+        "(none joined within 0.5 s)\n"
+    )
+
+
 @pytest.mark.parametrize("address", ["local:0", "local:two"])
 def test_a_bad_local_cluster_size_is_a_usage_error(
     run: Run, checkpoints: list[Path], address: str
