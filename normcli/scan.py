@@ -233,7 +233,7 @@ def scan_all(
     if progress is not None:
         progress.start(total)
     pieces = pieces_of(singles, pairs)
-    if dask is not None:
+    if dask is not None and pieces:  # nothing to read (reports on both sides): no cluster
         from . import cluster
 
         results = cluster.run_pieces(
@@ -380,7 +380,7 @@ def scan_many_series(
     total = sum(sizes)
     if progress is not None:
         progress.start(total)
-    if dask is not None:
+    if dask is not None and any(s is not None for row in series for s in row):
         from . import cluster
 
         return cluster.run_series(dask, series, sizes, wants_compiled(total), progress)

@@ -206,6 +206,18 @@ def test_every_command_takes_the_address_by_option_or_environment(
         assert "--dask local:N needs" in run(*args, *option, code=2, env=env).stderr
 
 
+def test_nothing_to_read_needs_no_cluster(
+    run: Run, checkpoints: list[Path], tmp_path: Path
+) -> None:
+    reports = [tmp_path / "a.json", tmp_path / "b.json"]
+    for checkpoint, report in zip(checkpoints, reports, strict=False):
+        run("inspect", checkpoint, "-f", "json", "-o", report)
+    # saved reports on both sides: no value is read, so no cluster is asked for (local:0 would fail)
+    for command in ("compare", "trend"):
+        here = run(command, *reports).stdout
+        assert run(command, *reports, "--dask", "local:0").stdout == here
+
+
 def test_progress_counts_the_bytes_finished_across_the_cluster(
     checkpoints: list[Path], local_cluster: Any, small_pieces: None
 ) -> None:
