@@ -303,7 +303,7 @@ if __name__ == "__main__":
     from normcli import kernels
     kernels.load()
     threads = best()
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster:
         with Client(cluster) as client:
             normcli.inspect(sys.argv[1], dask=client)  # the workers load their kernels
             print(threads, best(dask=client))

@@ -295,7 +295,7 @@ def _start(address: str) -> Any:
                 n_workers=local,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",
                 silence_logs=logging.ERROR,
             )
             client = distributed.Client(cluster)

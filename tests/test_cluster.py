@@ -30,6 +30,7 @@ from normcli.check import CheckConfig, run_check
 from normcli.settings import ReadSettings, Selection
 
 distributed = pytest.importorskip("distributed")
+dask = pytest.importorskip("dask")
 
 BIN = Path(sys.executable).parent
 # pieces of about 1 MiB, so a few MiB of test data make many pieces and many tasks
@@ -87,7 +88,7 @@ def local_cluster() -> Iterator[Any]:
             n_workers=2,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
             silence_logs=logging.ERROR,
         ) as started,
         distributed.Client(started) as client,
@@ -129,7 +130,7 @@ def test_every_command_gives_the_local_figures_bit_for_bit(
 
 
 @settings(
-    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     piece=st.sampled_from([SMALL_PIECES, 2 * SMALL_PIECES, 64 << 20]),
@@ -291,7 +292,7 @@ def test_a_scheduler_without_workers_is_one_line(
 ) -> None:
     monkeypatch.setattr(cluster, "CONNECT_SECONDS", 0.5)
     with distributed.LocalCluster(
-        n_workers=0, processes=False, dashboard_address=None, silence_logs=logging.ERROR
+        n_workers=0, processes=False, dashboard_address=":0", silence_logs=logging.ERROR
     ) as empty:
         result = run("inspect", checkpoints[0], "--dask", empty.scheduler_address, code=2)
         cluster.close_clients()
@@ -377,6 +378,25 @@ def test_the_command_line_against_a_scheduler_and_two_workers(
     assert normcli_json("compare", a, b, NORMCLI_DASK=dask_processes) == here
 
 
+class KillOnFirstTask:
+    """Progress that, as the first task finishes, kills a worker with a task in hand as a
+    machine dies: no goodbye."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.killed: list[int] = []
+
+    def start(self, total_bytes: int) -> None: ...
+
+    def advance(self, done_bytes: int) -> None:
+        if self.killed:
+            return
+        busy = [w for w, keys in self.client.processing().items() if keys]
+        for pid in self.client.run(os.getpid, workers=busy[:1]).values():
+            os.kill(pid, signal.SIGKILL)
+            self.killed.append(pid)
+
+
 def test_a_worker_killed_mid_run_changes_nothing(
     checkpoints: list[Path], dask_processes: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -385,22 +405,29 @@ def test_a_worker_killed_mid_run_changes_nothing(
     a, c = checkpoints[0], checkpoints[2]
     local = normcli.compare(a, c).to_dict()
     client = cluster.connect(dask_processes)
-    killed: list[int] = []
-
-    class KillOnFirstTask:
-        def start(self, total_bytes: int) -> None: ...
-
-        def advance(self, done_bytes: int) -> None:
-            if killed:
-                return
-            # a worker with a task in hand, killed as a machine dies: no goodbye
-            busy = [w for w, keys in client.processing().items() if keys]
-            pids = client.run(os.getpid, workers=busy[:1])
-            for pid in pids.values():
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-
-    result = normcli.compare(a, c, dask=client, progress=KillOnFirstTask())
-    assert killed, "no worker had a task in hand"
+    kill = KillOnFirstTask(client)
+    result = normcli.compare(a, c, dask=client, progress=kill)
+    assert kill.killed, "no worker had a task in hand"
     assert result.to_dict() == local
-    assert killed[0] not in client.run(os.getpid).values()
+    assert kill.killed[0] not in client.run(os.getpid).values()
+
+
+def test_a_task_that_keeps_losing_its_worker_is_one_line(
+    checkpoints: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scan, "PIECE_BYTES", SMALL_PIECES)
+    monkeypatch.setattr(cluster, "TASK_BYTES", 1)
+    # a scheduler that gives a task up the first time its worker dies
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, dashboard_address=":0", silence_logs=logging.CRITICAL
+        ) as started,
+        distributed.Client(started) as client,
+        pytest.raises(
+            normcli.NormcliError, match="Dask workers died again and again running one task"
+        ),
+    ):
+        normcli.compare(
+            checkpoints[0], checkpoints[2], dask=client, progress=KillOnFirstTask(client)
+        )
