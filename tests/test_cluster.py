@@ -255,6 +255,21 @@ def test_a_file_a_worker_cannot_read_is_named_as_a_local_run_names_it(
     assert str(raised.value) == f"{moved}: no such file"
 
 
+def test_a_file_that_changed_since_the_client_read_it_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_file({"w": np.ones(3, np.float32)}, str(path))
+    with normcli.readers.open_checkpoint(path) as checkpoint:
+        task = cluster.Task((cluster.Item((cluster._portable(checkpoint.tensors[0]),), 0, 3),), 12)
+    assert cluster.scan_items(False, None, task)[0].l1 == 3.0
+    save_file({"w": np.ones(4, np.float32)}, str(path))  # rewritten before a worker read it
+    with pytest.raises(normcli.NormcliError) as raised:
+        cluster.scan_items(False, None, task)
+    assert str(raised.value) == (
+        f"{path}: tensor 'w' is not where it was when the run began (the file changed while "
+        "it was read, or this machine sees another file under that name)"
+    )
+
+
 def test_a_version_mismatch_names_the_package(
     checkpoints: list[Path], local_cluster: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
