@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
-from .diff import CompareResult, TensorDiff, compare, is_report
+from .diff import ONE_SIDED, CompareResult, TensorDiff, compare, is_report
 from .errors import UsageError
-from .norms import PairStats, TensorStats
+from .norms import TensorStats
 from .results import InspectResult, number
 from .scan import Progress
 
@@ -80,7 +80,7 @@ RULES: dict[str, Rule] = {
             "require-same-tensors",
             "tensor",
             "baseline",
-            "no tensor added, removed or reshaped",
+            "no tensor added, removed, reshaped or of another dtype",
         ),
         Rule(
             "N016",
@@ -485,33 +485,15 @@ _TENSOR_VALUES: dict[str, tuple[TensorValue, str]] = {
     "max-tensor-linf": (lambda t: t.stats.linf if t.stats else None, "max|x|"),
     "max-tensor-rms": (lambda t: t.stats.rms if t.stats else None, "RMS"),
     "max-tensor-l2-ratio": (
-        lambda t: (
-            _ratio(t.diff.a.stats, t.diff.b.stats)
-            if t.diff and t.diff.a and t.diff.b and t.diff.status != "shape_changed"
-            else None
-        ),
+        lambda t: t.diff.ratio_l2 if t.diff else None,
         "‖B‖₂/‖A‖₂",
     ),
     "max-tensor-rel-update": (
-        lambda t: _rel_update(t.diff.pair) if t.diff and t.diff.pair else None,
+        lambda t: t.diff.rel_l2 if t.diff else None,
         "‖B−A‖₂/‖A‖₂",
     ),
     "min-cosine": (lambda t: t.diff.cosine if t.diff else None, "cosine"),
 }
-
-
-def _ratio(a: TensorStats, b: TensorStats) -> float | None:
-    """‖B‖₂/‖A‖₂, where a zero baseline that became non-zero has grown without bound (inf, which
-    breaks any limit) rather than having no ratio at all."""
-    if a.sumsq:
-        return b.l2 / a.l2
-    return math.inf if b.sumsq else None
-
-
-def _rel_update(pair: PairStats) -> float | None:
-    if pair.a.sumsq:
-        return pair.diff.l2 / pair.a.l2
-    return math.inf if pair.diff.sumsq else 0.0
 
 
 def _breaks(key: str, value: float, limit: float) -> bool:
@@ -568,16 +550,10 @@ def _evaluate(
         "max-l1": (total.l1, "whole-model L1"),
     }
     if comparison is not None:
-        total_pair = comparison.total.pair
-        model_values["max-l2-ratio"] = (
-            _ratio(comparison.total.a, comparison.total.b),
-            "whole-model ‖B‖₂/‖A‖₂",
-        )
-        model_values["max-rel-update"] = (
-            _rel_update(total_pair) if total_pair else None,
-            "whole-model ‖B−A‖₂/‖A‖₂",
-        )
-        model_values["min-cosine"] = (comparison.total.cosine, "whole-model cosine")
+        whole = comparison.total
+        model_values["max-l2-ratio"] = (whole.ratio_l2, "whole-model ‖B‖₂/‖A‖₂")
+        model_values["max-rel-update"] = (whole.rel_l2, "whole-model ‖B−A‖₂/‖A‖₂")
+        model_values["min-cosine"] = (whole.cosine, "whole-model cosine")
 
     for key in LIMIT_KEYS:
         rule = RULES[key]
@@ -620,18 +596,18 @@ def _evaluate(
         judge(
             "require-same-tensors",
             [
-                Violation(
-                    rule.code,
-                    rule.key,
-                    r.name,
-                    None,
-                    None,
-                    r.status.replace("_", " ")
-                    + (f" {list(r.a.shape)} → {list(r.b.shape)}" if r.a and r.b else ""),
-                )
+                Violation(rule.code, rule.key, r.name, None, None, _not_same(r))
                 for r in comparison.tensors
-                if r.status in ("added", "removed", "shape_changed")
+                if r.status in ONE_SIDED or r.dtype_changed
             ],
             None,
         )
     return violations, outcomes
+
+
+def _not_same(row: TensorDiff) -> str:
+    if row.a is None or row.b is None:
+        return row.status
+    if row.status == "shape_changed":
+        return f"shape changed {list(row.a.shape)} → {list(row.b.shape)}"
+    return f"dtype changed {row.a.dtype} → {row.b.dtype}"

@@ -12,19 +12,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CorruptFileError, UsageError
-from .norms import PairStats, TensorStats, merge_all, merge_pairs, squares_of_l2
+from .norms import PairStats, TensorStats, l2_ratio, merge_all, squares_of_l2
 from .readers import Checkpoint, TensorSource, open_checkpoint
 from .readers.files import open_regular
 from .readers.sharded import is_sharded
 from .results import INSPECT_SCHEMA, CheckpointInfo, checkpoint_info, number, stats_dict
 from .scan import Progress, scan_all
 from .select import group_names, name_selected, natural_key, require_some
+from .update import model_update, one_sided
 
-COMPARE_SCHEMA = "normcli/compare/v1"
+COMPARE_SCHEMA = "normcli/compare/v2"
 STATUSES = ("changed", "unchanged", "added", "removed", "shape_changed")
+# tensors with no counterpart of the same shape: in the model vector they meet only zeros
+ONE_SIDED = ("added", "removed", "shape_changed")
 SORT_KEYS = ("rel", "diff", "ratio", "cosine", "name", "l2")
 
 
+# what a saved report, holding norms but not values, leaves unknown about the update
+UPDATE_FIGURES = ("diff", "rel_l2", "cosine")
 # the figures each side of a compared tensor carries (a subset of an inspect row's)
 SIDE_FIGURES = ("numel", "l1", "l2", "linf", "rms", "zeros", "nan", "inf")
 
@@ -75,7 +80,16 @@ class TensorDiff:
     def ratio_l2(self) -> float | None:
         if self.a is None or self.b is None or self.status == "shape_changed":
             return None
-        return self.b.stats.l2 / self.a.stats.l2 if self.a.stats.sumsq else None
+        return l2_ratio(self.b.stats, self.a.stats)
+
+    @property
+    def update(self) -> PairStats | None:
+        """This tensor's part of the model's update: element by element where matched, else
+        its values against the zeros of the side that lacks them; None where values are
+        known on neither basis (a saved report)."""
+        if self.pair is not None or self.status not in ONE_SIDED:
+            return self.pair
+        return one_sided(*(None if s is None else s.stats for s in (self.a, self.b)))
 
     @property
     def cosine(self) -> float | None:
@@ -102,14 +116,23 @@ class TensorDiff:
 
 @dataclass(frozen=True)
 class Aggregate:
-    """A group of tensors, or the whole model: each side's own totals, and the update over the
-    tensors compared element by element (`matched_a` is ‖A‖ over just those)."""
+    """A group of tensors, or the whole model, as one vector: each side's totals and the update
+    over every tensor, one missing on a side counting as zeros there (`pair` None: the update
+    cannot be computed, as a side is a saved report without values)."""
 
     name: str
     tensors: int
     a: TensorStats
     b: TensorStats
     pair: PairStats | None
+    matched: int = 0
+    added: int = 0
+    removed: int = 0
+    reshaped: int = 0
+
+    @property
+    def update_l2(self) -> float | None:
+        return self.pair.diff.l2 if self.pair is not None else None
 
     @property
     def rel_l2(self) -> float | None:
@@ -117,7 +140,7 @@ class Aggregate:
 
     @property
     def ratio_l2(self) -> float | None:
-        return self.b.l2 / self.a.l2 if self.a.sumsq else None
+        return l2_ratio(self.b, self.a)
 
     @property
     def cosine(self) -> float | None:
@@ -127,12 +150,19 @@ class Aggregate:
         return {
             "name": self.name,
             "tensors": self.tensors,
+            "covers": {
+                "matched": self.matched,
+                "added": self.added,
+                "removed": self.removed,
+                "reshaped": self.reshaped,
+            },
             "a": stats_dict(self.a),
             "b": stats_dict(self.b),
             "diff": _diff_dict(self.pair),
             "rel_l2": number(self.rel_l2),
             "ratio_l2": number(self.ratio_l2),
             "cosine": number(self.cosine),
+            "not_computed": [] if self.pair is not None else list(UPDATE_FIGURES),
         }
 
 
@@ -146,6 +176,8 @@ class CompareResult:
     summary: dict[str, int]
     scope: str
     selected: int
+    # tensors on either side before --filter/--exclude
+    available: int
     # every selected tensor holding NaN or Inf on either side, whatever --top hid
     nonfinite_tensors: tuple[str, ...] = ()
 
@@ -155,6 +187,7 @@ class CompareResult:
             "a": self.a.to_dict(),
             "b": self.b.to_dict(),
             "selected": self.selected,
+            "available": self.available,
             "tensors": [t.to_dict() for t in self.tensors],
             "groups": None if self.groups is None else [g.to_dict() for g in self.groups],
             "total": {**self.total.to_dict(), "scope": self.scope},
@@ -361,6 +394,7 @@ def compare(
         summary=summary,
         scope="all" if include_int else "floating",
         selected=len(rows),
+        available=len(every),
         nonfinite_tensors=tuple(r.name for r in rows if r.nonfinite),
     )
 
@@ -437,6 +471,8 @@ def _status(a: SideFigures | None, b: SideFigures | None, pair: PairStats | None
         return "removed"
     if a.shape != b.shape:
         return "shape_changed"
+    if a.dtype != b.dtype:
+        return "changed"  # the stored bits differ even where every value survived the cast
     if pair is not None:
         return "unchanged" if pair.identical else "changed"
     # against a saved report only the figures it stores can be compared
@@ -449,13 +485,17 @@ def _stored_figures(stats: TensorStats) -> tuple[Any, ...]:
 
 
 def _aggregate(name: str, rows: Sequence[TensorDiff]) -> Aggregate:
-    pairs = [r.pair for r in rows if r.pair is not None]
+    count = {status: sum(r.status == status for r in rows) for status in ONE_SIDED}
     return Aggregate(
         name=name,
         tensors=len(rows),
         a=merge_all([r.a.stats for r in rows if r.a is not None]),
         b=merge_all([r.b.stats for r in rows if r.b is not None]),
-        pair=merge_pairs(pairs) if pairs else None,
+        pair=model_update([r.update for r in rows]),
+        matched=len(rows) - sum(count.values()),
+        added=count["added"],
+        removed=count["removed"],
+        reshaped=count["shape_changed"],
     )
 
 
@@ -473,17 +513,8 @@ def _sort_value(sort: str) -> Callable[[TensorDiff | Aggregate], float | None]:
 
 def _ratio_distance(row: TensorDiff | Aggregate) -> float | None:
     """How far ‖B‖₂/‖A‖₂ is from 1, either way; a zero A that became non-zero is infinitely far."""
-    if row.ratio_l2 is not None:
-        return abs(math.log(row.ratio_l2 or 1e-300))
-    a, b = (
-        (row.a, row.b)
-        if isinstance(row, Aggregate)
-        else (row.a.stats if row.a else None, row.b.stats if row.b else None)
-    )
-    reshaped = isinstance(row, TensorDiff) and row.status == "shape_changed"
-    if a is not None and b is not None and not a.sumsq and b.sumsq and not reshaped:
-        return math.inf
-    return None
+    ratio = row.ratio_l2
+    return None if ratio is None else abs(math.log(ratio or 1e-300))
 
 
 def _b_l2(row: TensorDiff | Aggregate) -> float | None:

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from ..diff import Aggregate, CompareResult, TensorDiff
 from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line, skipped_line
-from .text import fmt_float, fmt_shape, printable
+from .text import NOT_COMPUTED, covers, fmt_float, fmt_shape, printable, total_label
 
 STATUS_STYLE = {
     "changed": "",
@@ -81,7 +81,7 @@ def _render_one(result: CompareResult, console: Console) -> None:
     scope = "floating-point tensors" if result.scope == "floating" else "all tensors"
     console.print(
         Text.assemble(
-            ("Whole model", "bold"),
+            (total_label(result.selected, result.available), "bold"),
             f" ({scope}): ",
             f"‖A‖₂ {fmt_float(total.a.l2, 10)}  ‖B‖₂ {fmt_float(total.b.l2, 10)}  "
             f"ratio {fmt_float(total.ratio_l2)}",
@@ -93,6 +93,11 @@ def _render_one(result: CompareResult, console: Console) -> None:
             f"relative {fmt_float(total.rel_l2)}  cosine {fmt_float(total.cosine, 10)}  "
             f"max|B−A| {fmt_float(total.pair.diff.linf)}  ‖B−A‖₁ {fmt_float(total.pair.diff.l1)}"
         )
+    else:
+        console.print(Text(f"  {NOT_COMPUTED}", STANDOUT))
+    over = covers(total.matched, total.added, total.removed, total.reshaped)
+    if over:
+        console.print(Text(f"  every figure {over}", STANDOUT))
     nonfinite = total.a.nan + total.a.inf + total.b.nan + total.b.inf
     console.print(
         Text(
@@ -109,7 +114,7 @@ def _dtype(row: TensorDiff) -> Text:
     a = row.a.dtype if row.a else None
     b = row.b.dtype if row.b else None
     if row.dtype_changed:
-        return Text(f"{a}→{b}", STANDOUT)
+        return Text(f"{b}", STANDOUT)  # the status cell says from what
     return Text(a or b or "")
 
 
@@ -137,6 +142,9 @@ def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> Table:
         status = row.status.replace("_", " ")
         if row.status == "shape_changed" and row.a and row.b:
             status += f" {fmt_shape(row.a.shape)}→{fmt_shape(row.b.shape)}"
+        if row.dtype_changed and row.a and row.b:
+            # in the column that is never hidden: a cast is never taken for no change
+            status += f" {row.a.dtype}→{row.b.dtype}"
         pair = row.pair
         cells: list[Text | str] = [
             Text(printable(row.name)),

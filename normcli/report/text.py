@@ -77,3 +77,36 @@ def sparkline(values: list[float | None]) -> str:
         else:
             marks.append(SPARK[round((scale(v) - lo) / (hi - lo) * (len(SPARK) - 1))])
     return "".join(marks)
+
+
+def total_label(selected: int, available: int) -> str:
+    """What the totals cover: the whole model, or only what --filter/--exclude left."""
+    if selected >= available:
+        return "Whole model"
+    return f"Selected ({selected} of {available} tensors)"
+
+
+# a saved report holds norms, not values: these have no honest value against one
+NOT_COMPUTED = (
+    "update ‖B−A‖₂, relative update and cosine cannot be computed against a saved report "
+    "(it holds norms, not values)"
+)
+
+
+def covers(matched: int, added: int, removed: int, reshaped: int) -> str:
+    """Which tensors an update covers, where the tensor sets differ."""
+    if not (added or removed or reshaped):
+        return ""
+    parts = [f"{matched} matched"] + [
+        f"{n} {what}"
+        for n, what in ((added, "added"), (removed, "removed"), (reshaped, "reshaped"))
+        if n
+    ]
+    return f"over {', '.join(parts)} (a missing tensor counts as zeros)"
+
+
+def shorten(name: str, width: int) -> str:
+    """A name cut to `width` cells from the left, keeping its distinctive tail."""
+    if width < 2 or len(name) <= width:
+        return name
+    return "…" + name[len(name) - width + 1 :]

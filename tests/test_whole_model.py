@@ -1,0 +1,179 @@
+"""The model is the vector of all its selected tensors, one missing on a side counting as zeros
+there: compare, check and trend against an independent float64 / math.fsum reference."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import Run, validate_json
+from reference import model_vectors, vector_figures
+from safetensors.numpy import save_file
+
+import normcli
+from normcli.norms import TensorStats, l2_ratio
+
+RNG = np.random.default_rng(16)
+
+
+def weights(*shape: int, scale: float = 1.0) -> np.ndarray:
+    return (scale * RNG.standard_normal(shape)).astype(np.float32)
+
+
+A_STATE = {
+    "model.w0": weights(8, 8),
+    "model.w1": weights(4, 16),
+    "model.gone": weights(5),
+    "model.bias": weights(8),
+    "step": np.array([7], np.int64),  # outside the floating-point model
+}
+B_STATE = {
+    "model.w0": (A_STATE["model.w0"] + weights(8, 8, scale=0.01)).astype(np.float32),
+    "model.w1": weights(16, 4),  # reshaped
+    "model.bias": A_STATE["model.bias"],
+    "step": np.array([8], np.int64),
+    **{f"new.{i}": weights(8, 8, scale=2.0) for i in range(40)},
+}
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """B = A with one tensor nudged, one reshaped, one removed and 40 large new ones."""
+    folder = tmp_path_factory.mktemp("grown")
+    a, b = folder / "a.safetensors", folder / "b.safetensors"
+    save_file(A_STATE, str(a))
+    save_file(B_STATE, str(b))
+    return a, b
+
+
+def floating(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v for k, v in state.items() if v.dtype.kind == "f"}
+
+
+def test_every_figure_of_the_whole_model_covers_every_tensor(grown: tuple[Path, Path]) -> None:
+    result = normcli.compare(*grown)
+    ref = vector_figures(*model_vectors(floating(A_STATE), floating(B_STATE)))
+    total = result.total
+    assert total.pair is not None
+    assert total.a.l2 == pytest.approx(ref["a_l2"], rel=1e-12)
+    assert total.b.l2 == pytest.approx(ref["b_l2"], rel=1e-12)
+    assert total.pair.diff.l2 == pytest.approx(ref["diff_l2"], rel=1e-12)
+    assert total.pair.diff.l1 == pytest.approx(ref["diff_l1"], rel=1e-12)
+    assert total.pair.diff.linf == pytest.approx(ref["diff_linf"], rel=1e-12)
+    assert total.rel_l2 == pytest.approx(ref["rel"], rel=1e-12)
+    assert total.ratio_l2 == pytest.approx(ref["ratio"], rel=1e-12)
+    assert total.cosine == pytest.approx(ref["cosine"], rel=1e-10)
+    # the relative update on the line is the quotient of the two figures beside it
+    assert total.rel_l2 == pytest.approx(total.pair.diff.l2 / total.a.l2, rel=1e-15)
+    assert (total.matched, total.added, total.removed, total.reshaped) == (2, 40, 1, 1)
+
+
+def test_json_says_which_tensors_the_totals_cover(grown: tuple[Path, Path], run: Run) -> None:
+    doc = json.loads(run("compare", *grown, "-f", "json", "--group-by", "1").stdout)
+    validate_json(doc, "compare.v2")
+    assert doc["total"]["covers"] == {"matched": 2, "added": 40, "removed": 1, "reshaped": 1}
+    assert doc["total"]["not_computed"] == []
+    groups = {g["name"]: g for g in doc["groups"]}
+    new = {k: v for k, v in B_STATE.items() if k.startswith("new.")}
+    ref = vector_figures(*model_vectors({}, new))
+    assert groups["new"]["diff"]["l2"] == pytest.approx(ref["diff_l2"], rel=1e-12)
+    assert groups["new"]["rel_l2"] is None  # infinite: from nothing to something
+    assert groups["new"]["covers"]["added"] == 40
+
+
+def test_the_gate_fails_a_model_that_is_mostly_new(grown: tuple[Path, Path], run: Run) -> None:
+    a, b = grown
+    result = run(
+        "check",
+        b,
+        "--baseline",
+        a,
+        "--max-rel-update",
+        "0.5",
+        "--min-cosine",
+        "0.9",
+        "-f",
+        "json",
+        code=1,
+    )
+    doc = json.loads(result.stdout)
+    ref = vector_figures(*model_vectors(floating(A_STATE), floating(B_STATE)))
+    model = {v["rule"]: v["value"] for v in doc["violations"] if v["tensor"] is None}
+    assert model["max-rel-update"] == pytest.approx(ref["rel"], rel=1e-12)
+    assert model["min-cosine"] == pytest.approx(ref["cosine"], rel=1e-10)
+
+
+def test_against_a_saved_report_the_update_is_not_computed_over_a_subset(
+    grown: tuple[Path, Path], run: Run, tmp_path: Path
+) -> None:
+    a, b = grown
+    report = tmp_path / "a.json"
+    run("inspect", a, "-f", "json", "-o", report)
+    result = run("compare", report, b)
+    assert "cannot be computed against a saved report" in result.stdout
+    doc = json.loads(run("compare", report, b, "-f", "json").stdout)
+    validate_json(doc, "compare.v2")
+    total = doc["total"]
+    assert total["diff"] is None and total["rel_l2"] is None and total["cosine"] is None
+    assert total["not_computed"] == ["diff", "rel_l2", "cosine"]
+    # what a report does hold still covers every tensor
+    ref = vector_figures(*model_vectors(floating(A_STATE), floating(B_STATE)))
+    assert total["ratio_l2"] == pytest.approx(ref["ratio"], rel=1e-12)
+
+
+def test_one_ratio_for_every_figure_with_a_zero_baseline() -> None:
+    zero, some = TensorStats(numel=3), TensorStats(numel=3, l1=3.0, sumsq=9.0, linf=3.0)
+    assert l2_ratio(some, zero) == math.inf
+    assert l2_ratio(zero, zero) is None
+    assert l2_ratio(some, some) == 1.0
+
+
+def test_a_tensor_from_zeros_to_values_breaks_every_update_limit(tmp_path: Path, run: Run) -> None:
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({"w": np.zeros(4, np.float32)}, str(a))
+    save_file({"w": np.ones(4, np.float32)}, str(b))
+    compared = normcli.compare(a, b)
+    assert compared.total.rel_l2 == compared.tensors[0].rel_l2 == math.inf
+    assert compared.total.ratio_l2 == compared.tensors[0].ratio_l2 == math.inf
+    limits = ("--max-rel-update", "9", "--max-tensor-rel-update", "9", "--max-l2-ratio", "9")
+    result = run("check", b, "--baseline", a, *limits, "-f", "json", code=1)
+    rules = sorted(v["rule"] for v in json.loads(result.stdout)["violations"])
+    assert rules == ["max-l2-ratio", "max-rel-update", "max-tensor-rel-update"]
+
+
+# --- statuses ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def half_copy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A float32 checkpoint whose values all fit float16, and its float16 copy."""
+    folder = tmp_path_factory.mktemp("half")
+    values = {f"w{i}": np.arange(-8, 8, dtype=np.float32) / 4 for i in range(3)}
+    a, b = folder / "f32.safetensors", folder / "f16.safetensors"
+    save_file(values, str(a))
+    save_file({k: v.astype(np.float16) for k, v in values.items()}, str(b))
+    return a, b
+
+
+def test_a_dtype_change_is_never_unchanged(half_copy: tuple[Path, Path], run: Run) -> None:
+    result = normcli.compare(*half_copy)
+    assert [t.status for t in result.tensors] == ["changed"] * 3
+    assert all(t.dtype_changed and t.rel_l2 == 0.0 for t in result.tensors)
+    assert result.summary["unchanged"] == 0 and result.summary["dtype_changed"] == 3
+    # the table shows it even on a terminal too narrow for the dtype column
+    narrow = run("compare", *half_copy, env={"COLUMNS": "60"}).stdout
+    assert narrow.count("F32→F16") == 3
+
+
+def test_require_same_tensors_fails_on_a_dtype_change(
+    half_copy: tuple[Path, Path], run: Run
+) -> None:
+    a, b = half_copy
+    result = run("check", b, "--baseline", a, "--require-same-tensors", "-f", "json", code=1)
+    violations = json.loads(result.stdout)["violations"]
+    assert [(v["code"], v["tensor"]) for v in violations] == [("N015", f"w{i}") for i in range(3)]
+    assert all("F32 → F16" in v["message"] for v in violations)
+    run("check", a, "--baseline", a, "--require-same-tensors")
