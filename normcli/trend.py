@@ -8,19 +8,20 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .diff import StoredTensor, is_report, load_report
 from .errors import InputError, UsageError
-from .norms import PairStats, TensorStats, merge_all, merge_pairs
+from .norms import PairStats, TensorStats, merge_all
 from .readers import Checkpoint, TensorSource, open_checkpoint
 from .readers.sharded import CHECKPOINT_SUFFIXES, INDEX_SUFFIX, SHARD_NAME
 from .results import number
 from .scan import Progress, scan_many_series
 from .select import group_name, group_names, name_selected, natural_key, require_some
+from .update import model_update, one_sided
 
-TREND_SCHEMA = "normcli/trend/v1"
+TREND_SCHEMA = "normcli/trend/v2"
 METRICS = ("l2", "l1", "linf", "rms")
 ORDERS = ("name", "mtime", "given")
 # a step whose metric moved by more than this factor (either way) makes its row stand out
@@ -36,6 +37,21 @@ _STEP = re.compile(
 
 
 @dataclass(frozen=True)
+class SetChange:
+    """How the selected tensors of a checkpoint differ from the previous checkpoint's."""
+
+    added: int
+    removed: int
+    reshaped: int
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.reshaped)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"added": self.added, "removed": self.removed, "reshaped": self.reshaped}
+
+
+@dataclass(frozen=True)
 class Point:
     """One checkpoint of the run."""
 
@@ -43,20 +59,34 @@ class Point:
     format: str
     step: int | None
     label: str
+    # against the previous checkpoint; None at the first
+    change: SetChange | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "format": self.format, "step": self.step, "label": self.label}
+        return {
+            "path": self.path,
+            "format": self.format,
+            "step": self.step,
+            "label": self.label,
+            "tensor_set": None if self.change is None else self.change.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
 class TrendRow:
     """A tensor or a group: its statistics at every checkpoint (None where absent) and the
-    update from the previous checkpoint (None at the first, or where shapes differ)."""
+    update from the previous checkpoint (None at the first; for a tensor, where it is absent
+    on a side or shapes differ; for a group, only where a side is a saved report, as a group's
+    members missing on a side count as zeros there)."""
 
     name: str
     tensors: int
     stats: tuple[TensorStats | None, ...]
     updates: tuple[PairStats | None, ...]
+    # the row's part of its group's update at each step (a group's own update)
+    moves: tuple[PairStats | None, ...] = ()
+    # how many of its tensors each checkpoint holds
+    present: tuple[int, ...] = ()
 
     def values(self, metric: str) -> list[float | None]:
         return [_metric(s, metric) for s in self.stats]
@@ -99,6 +129,10 @@ class TrendRow:
                     return t, factor
         return None
 
+    def set_changed(self, t: int) -> bool:
+        """Whether checkpoint t holds a different number of the row's tensors than t-1."""
+        return 0 < t < len(self.present) and self.present[t] != self.present[t - 1]
+
     def jumped(self, metric: str) -> bool:
         return self.first_jump(metric) is not None
 
@@ -128,6 +162,7 @@ class TrendRow:
             "first_jump": at(self.first_jump(metric)),
             "jumped": self.jumped(metric),
             "nonfinite": self.nonfinite,
+            "present": list(self.present),
         }
 
 
@@ -187,9 +222,9 @@ def expand_inputs(arguments: Sequence[str], order: str) -> list[str]:
     paths = list(dict.fromkeys(os.path.normpath(p) for p in paths))  # each checkpoint once
     if order == "name":
         # by step first, wherever the files lie; then by name
-        paths.sort(key=lambda p: (step_of(p) is None, step_of(p) or 0, natural_key(p)))
+        paths.sort(key=lambda p: (step_of(p) is None, step_of(p) or 0, _path_key(p)))
     elif order == "mtime":
-        paths.sort(key=lambda p: (os.stat(p).st_mtime, natural_key(p)))
+        paths.sort(key=lambda p: (os.stat(p).st_mtime, _path_key(p)))
     if len(paths) < 2:
         raise UsageError(f"a trend needs at least two checkpoints, found {len(paths)}")
     return paths
@@ -219,15 +254,25 @@ def step_of(path: str) -> int | None:
     the file name (step-100, ckpt_2000, epoch3), else in its folder's name
     (checkpoint-500/model.safetensors). Digits inside a word (bf16, fp8) are no step."""
     parts = os.path.normpath(path).split(os.sep)
-    for name in (parts[-1], *(parts[-2:-1])):
-        for suffix in (*CHECKPOINT_SUFFIXES, ".json"):
-            if name.lower().endswith(suffix):
-                name = name[: -len(suffix)]
-                break
+    for name in (_stem(parts[-1]), *(parts[-2:-1])):
         found = _STEP.findall(name)
         if found:
             return int(found[-1])
     return None
+
+
+def _stem(name: str) -> str:
+    for suffix in (*CHECKPOINT_SUFFIXES, ".json"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _path_key(path: str) -> tuple[tuple[tuple[int, int | str], ...], ...]:
+    """Natural order folder by folder, names without their suffix: `x` before `x-step` (a
+    separator or a suffix would otherwise decide, '-' sorting before '.' and '/')."""
+    *folders, name = os.path.normpath(path).split(os.sep)
+    return tuple(natural_key(part) for part in (*folders, _stem(name)))
 
 
 # --- the trend ---------------------------------------------------------------------------------
@@ -269,13 +314,14 @@ def trend(
                 entries, fmt = list(checkpoint.tensors), checkpoint.format
             step = step_of(path)
             label = str(step) if step is not None else os.path.basename(os.path.normpath(path))
-            points.append(Point(path, fmt, step, label))
             sides.append({e.name: e for e in entries})
+            points.append(Point(path, fmt, step, label))
         names = _names_in_order(sides)
         every = len(names)
         names = [n for n in names if name_selected(n, filter, exclude)]
         names = [n for n in names if include_int or _floating(n, sides)]
         require_some(len(names), every, filter, exclude)
+        points = _with_set_changes(points, sides, names)
         live = [[_live(side.get(name)) for side in sides] for name in names]
         scanned = scan_many_series(live, threads, progress)
     finally:
@@ -284,7 +330,17 @@ def trend(
     rows = []
     for name, (stats, updates) in zip(names, scanned, strict=True):
         merged = [_stored_stats(side.get(name)) or s for side, s in zip(sides, stats, strict=True)]
-        rows.append(TrendRow(name, 1, tuple(merged), tuple(updates)))
+        shapes = [_shape(side.get(name)) for side in sides]
+        rows.append(
+            TrendRow(
+                name,
+                1,
+                tuple(merged),
+                tuple(updates),
+                _moves(merged, updates, shapes),
+                tuple(int(s is not None) for s in shapes),
+            )
+        )
     automatic = group_by is None and len(rows) > AUTO_GROUPS
     depth = _auto_depth(names) if automatic else group_by
     if depth:
@@ -337,13 +393,57 @@ def _auto_depth(names: Sequence[str]) -> int | None:
 
 
 def _group(name: str, rows: Sequence[TrendRow]) -> TrendRow:
-    """Members merged checkpoint by checkpoint: L2 the global norm, updates likewise."""
+    """Members merged checkpoint by checkpoint as one vector: L2 the global norm, the update
+    over every member, one missing on a side counting as zeros there."""
     width = len(rows[0].stats) if rows else 0
     stats: list[TensorStats | None] = []
-    updates: list[PairStats | None] = []
+    updates: list[PairStats | None] = [None]
     for t in range(width):
         present = [r.stats[t] for r in rows if r.stats[t] is not None]
         stats.append(merge_all([s for s in present if s is not None]) if present else None)
-        moved = [r.updates[t] for r in rows if r.updates[t] is not None]
-        updates.append(merge_pairs([u for u in moved if u is not None]) if moved else None)
-    return TrendRow(name, sum(r.tensors for r in rows), tuple(stats), tuple(updates))
+        if t:
+            updates.append(model_update([r.moves[t] for r in rows]))
+    return TrendRow(
+        name,
+        sum(r.tensors for r in rows),
+        tuple(stats),
+        tuple(updates[:width]),
+        tuple(updates[:width]),
+        tuple(sum(r.present[t] for r in rows) for t in range(width)),
+    )
+
+
+def _moves(
+    stats: Sequence[TensorStats | None],
+    updates: Sequence[PairStats | None],
+    shapes: Sequence[tuple[int, ...] | None],
+) -> tuple[PairStats | None, ...]:
+    """A tensor's part of the model's update at each step: its own update where it kept its
+    shape, else its values against the zeros of the side that lacks them."""
+    moves: list[PairStats | None] = [None]
+    for t in range(1, len(stats)):
+        kept = shapes[t - 1] is not None and shapes[t - 1] == shapes[t]
+        moves.append(updates[t] if kept else one_sided(stats[t - 1], stats[t]))
+    return tuple(moves)
+
+
+def _shape(entry: Entry | None) -> tuple[int, ...] | None:
+    return None if entry is None else entry.shape
+
+
+def _with_set_changes(
+    points: Sequence[Point], sides: Sequence[dict[str, Entry]], names: Sequence[str]
+) -> list[Point]:
+    """Each checkpoint told how its selected tensors differ from the previous one's."""
+    changed = [points[0]]
+    for t in range(1, len(points)):
+        before = [_shape(sides[t - 1].get(n)) for n in names]
+        after = [_shape(sides[t].get(n)) for n in names]
+        pairs = list(zip(before, after, strict=True))
+        change = SetChange(
+            added=sum(b is None and a is not None for b, a in pairs),
+            removed=sum(b is not None and a is None for b, a in pairs),
+            reshaped=sum(b is not None and a is not None and a != b for b, a in pairs),
+        )
+        changed.append(replace(points[t], change=change))
+    return changed

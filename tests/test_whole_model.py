@@ -177,3 +177,77 @@ def test_require_same_tensors_fails_on_a_dtype_change(
     assert [(v["code"], v["tensor"]) for v in violations] == [("N015", f"w{i}") for i in range(3)]
     assert all("F32 → F16" in v["message"] for v in violations)
     run("check", a, "--baseline", a, "--require-same-tensors")
+
+
+# --- trend ---------------------------------------------------------------------------------------
+
+
+def _run_with_changing_tensors() -> list[dict[str, np.ndarray]]:
+    first = {"a.w": weights(4, 4), "a.b": weights(4)}
+    second = {
+        "a.w": first["a.w"] * np.float32(1.1),
+        "a.b": first["a.b"],
+        "c.new": weights(8, scale=5),
+    }
+    third = {"a.w": weights(2, 8), "c.new": second["c.new"] + weights(8, scale=0.1)}
+    return [first, second, third]
+
+
+CHANGING = _run_with_changing_tensors()
+
+
+@pytest.fixture(scope="module")
+def changing_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("changing")
+    for step, state in zip((100, 200, 300), CHANGING, strict=True):
+        save_file(state, str(folder / f"step-{step}.safetensors"))
+    return folder
+
+
+def test_trend_updates_cover_every_tensor_and_say_when_the_set_changed(
+    changing_run: Path, run: Run
+) -> None:
+    states = CHANGING
+    doc = json.loads(run("trend", changing_run, "--group-by", "1", "-f", "json").stdout)
+    validate_json(doc, "trend.v2")
+    sets = [p["tensor_set"] for p in doc["checkpoints"]]
+    assert sets == [
+        None,
+        {"added": 1, "removed": 0, "reshaped": 0},
+        {"added": 0, "removed": 1, "reshaped": 1},
+    ]
+    rows = {r["name"]: r for r in doc["rows"]}
+    for name, pick in (("total", lambda k: True), ("a", lambda k: k.startswith("a."))):
+        row = doc["total"] if name == "total" else rows[name]
+        for t in (1, 2):
+            before = {k: v for k, v in states[t - 1].items() if pick(k)}
+            after = {k: v for k, v in states[t].items() if pick(k)}
+            ref = vector_figures(*model_vectors(before, after))
+            assert row["update_l2"][t] == pytest.approx(ref["diff_l2"], rel=1e-12), (name, t)
+            assert row["rel_update"][t] == pytest.approx(ref["rel"], rel=1e-12), (name, t)
+    assert doc["total"]["present"] == [2, 3, 2] and rows["a"]["present"] == [2, 2, 1]
+    # a tensor row keeps the per-tensor meaning: no update where it appeared
+    single = json.loads(run("trend", changing_run, "--group-by", "0", "-f", "json").stdout)
+    new = next(r for r in single["rows"] if r["name"] == "c.new")
+    assert new["update_l2"][1] is None and new["update_l2"][2] is not None
+    text = run("trend", changing_run, "--group-by", "1").stdout
+    assert "tensor set changed at 200: 1 added" in text
+    assert "tensor set changed at 300: 1 removed, 1 reshaped" in text
+    whole = next(line for line in text.splitlines() if line.startswith("whole model"))
+    assert "200 (×" in whole and "tensors changed" in whole
+
+
+def test_trend_orders_a_name_before_the_same_name_continued(tmp_path: Path) -> None:
+    from normcli.trend import expand_inputs
+
+    for name in ("x-step.safetensors", "x.safetensors", "x-step/model.safetensors"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        save_file({"w": np.ones(2, np.float32)}, str(tmp_path / name))
+    ordered = expand_inputs(
+        [str(tmp_path / "x.safetensors"), str(tmp_path / "x-step.safetensors")], "name"
+    )
+    assert [Path(p).name for p in ordered] == ["x.safetensors", "x-step.safetensors"]
+    nested = expand_inputs(
+        [str(tmp_path / "x-step" / "model.safetensors"), str(tmp_path / "x.safetensors")], "name"
+    )
+    assert [Path(p).name for p in nested] == ["x.safetensors", "model.safetensors"]
