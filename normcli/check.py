@@ -352,6 +352,8 @@ class CheckResult:
     config: str | None
     # rules of the settings file left unjudged for want of a baseline
     skipped_rules: tuple[str, ...] = ()
+    # the checkpoint's tensors before --filter/--exclude
+    available: int = 0
 
     @property
     def passed(self) -> bool:
@@ -366,6 +368,7 @@ class CheckResult:
             "violations": [v.to_dict() for v in self.violations],
             "checked": {
                 "tensors": self.tensors,
+                "available": self.available,
                 "config": self.config,
                 "rules": [r.to_dict() for r in self.rules],
                 "skipped_rules": list(self.skipped_rules),
@@ -391,6 +394,10 @@ def run_check(
     input_format: str | None = None,
     key: str | None = None,
     include_int: bool = False,
+    filter: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    strip_prefix: Sequence[str] = (),
+    rename: Sequence[str] = (),
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> CheckResult:
@@ -419,12 +426,15 @@ def run_check(
             input_format=input_format,
             key=key,
             include_int=include_int,
+            filter=filter,
+            exclude=exclude,
             threads=threads,
             progress=progress,
         )
         tensors, comparison = _from_inspect(inspected), None
         total = inspected.total.stats
         unread = inspected.checkpoint.skipped_tensors
+        available = inspected.checkpoint.tensors
     else:
         comparison = compare(
             baseline,
@@ -432,6 +442,10 @@ def run_check(
             input_format=input_format,
             key=key,
             include_int=include_int,
+            strip_prefix=strip_prefix,
+            rename=rename,
+            filter=filter,
+            exclude=exclude,
             threads=threads,
             progress=progress,
         )
@@ -440,6 +454,7 @@ def run_check(
         ]
         total = comparison.total.b
         unread = comparison.b.skipped_tensors
+        available = comparison.b.tensors
     violations, outcomes = _evaluate(config, tensors, total, comparison)
     if not config.allow_unread:
         rule = RULES["unread"]
@@ -464,6 +479,7 @@ def run_check(
         sum(t.stats is not None for t in tensors),
         config.source,
         tuple(skipped),
+        available,
     )
 
 

@@ -153,10 +153,7 @@ output_options = _options(
     ),
 )
 
-selection_options = _options(
-    click.option(
-        "--top", type=click.IntRange(min=1), metavar="N", help="Show only the first N rows."
-    ),
+name_options = _options(
     click.option(
         "--filter",
         "filters",
@@ -171,6 +168,30 @@ selection_options = _options(
         metavar="GLOB",
         help="Leave out tensors whose name matches GLOB (repeatable).",
     ),
+)
+
+matching_options = _options(
+    click.option(
+        "--strip-prefix",
+        multiple=True,
+        metavar="PREFIX",
+        help="Remove PREFIX from tensor names on both sides before matching, e.g. the "
+        "'module.' DDP adds (repeatable).",
+    ),
+    click.option(
+        "--rename",
+        multiple=True,
+        metavar="REGEX=REPLACEMENT",
+        help="Rewrite tensor names on both sides before matching (re.sub; repeatable, "
+        "applied in order; write a literal '=' in REGEX as '\\=').",
+    ),
+)
+
+selection_options = _options(
+    click.option(
+        "--top", type=click.IntRange(min=1), metavar="N", help="Show only the first N rows."
+    ),
+    name_options,
     click.option(
         "--group-by",
         type=click.IntRange(min=1),
@@ -325,20 +346,7 @@ def inspect(
     "‖B‖₂/‖A‖₂ furthest from 1; cosine: least similar; l2: ‖B‖₂; name.",
 )
 @selection_options
-@click.option(
-    "--strip-prefix",
-    multiple=True,
-    metavar="PREFIX",
-    help="Remove PREFIX from tensor names on both sides before matching, e.g. the "
-    "'module.' DDP adds (repeatable).",
-)
-@click.option(
-    "--rename",
-    multiple=True,
-    metavar="REGEX=REPLACEMENT",
-    help="Rewrite tensor names on both sides before matching (re.sub; repeatable, "
-    "applied in order; write a literal '=' in REGEX as '\\=').",
-)
+@matching_options
 @reading_options
 def compare(
     a: str,
@@ -421,20 +429,7 @@ Examples:
     help="One row per group of tensors sharing the first N name parts; 0 for every "
     "tensor. Default: every tensor, or groups of at most 64 rows for big models.",
 )
-@click.option(
-    "--filter",
-    "filters",
-    multiple=True,
-    metavar="GLOB",
-    help="Only tensors whose name matches GLOB (repeatable).",
-)
-@click.option(
-    "--exclude",
-    "excludes",
-    multiple=True,
-    metavar="GLOB",
-    help="Leave out tensors whose name matches GLOB (repeatable).",
-)
+@name_options
 @click.option("--include-int", is_flag=True, help="Follow integer and bool tensors too.")
 @reading_options
 def trend(
@@ -553,6 +548,8 @@ def _limit_option(flag: str, help_text: str) -> Callable[[F], F]:
     is_flag=True,
     help="Count integer and bool tensors too: in the tensor rules and the whole-model figures.",
 )
+@name_options
+@matching_options
 @reading_options
 def check(
     checkpoints: tuple[str, ...],
@@ -562,6 +559,10 @@ def check(
     output: str | None,
     junit: str | None,
     include_int: bool,
+    filters: tuple[str, ...],
+    excludes: tuple[str, ...],
+    strip_prefix: tuple[str, ...],
+    rename: tuple[str, ...],
     input_format: str | None,
     key: str | None,
     threads: int | None,
@@ -599,6 +600,10 @@ def check(
                     input_format=input_format,
                     key=key,
                     include_int=include_int,
+                    filter=filters,
+                    exclude=excludes,
+                    strip_prefix=strip_prefix,
+                    rename=rename,
                     threads=threads,
                     progress=bar,
                 )

@@ -251,3 +251,39 @@ def test_trend_orders_a_name_before_the_same_name_continued(tmp_path: Path) -> N
         [str(tmp_path / "x-step" / "model.safetensors"), str(tmp_path / "x.safetensors")], "name"
     )
     assert [Path(p).name for p in nested] == ["x.safetensors", "model.safetensors"]
+
+
+# --- check: the same selection as inspect and compare --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def training_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Weights and their optimizer state: 30 moment tensors that hold NaN and grew 10x."""
+    folder = tmp_path_factory.mktemp("training")
+    weights_only = {f"model.w{i}": np.full(4, 1.0, np.float32) for i in range(3)}
+    moments = {f"optimizer.m{i}": np.array([np.nan, 1, 2, 3], np.float32) for i in range(30)}
+    a, b = folder / "a.safetensors", folder / "b.safetensors"
+    save_file({**weights_only, **moments}, str(a))
+    save_file({**weights_only, **{k: v * 10 for k, v in moments.items()}}, str(b))
+    return a, b
+
+
+def test_check_leaves_out_what_the_selection_leaves_out(
+    training_state: tuple[Path, Path], run: Run
+) -> None:
+    a, b = training_state
+    failed = run("check", b, code=1)
+    assert "… and 10 more violations" in failed.stdout
+    every = json.loads(run("check", b, "-f", "json", code=1).stdout)
+    assert len(every["violations"]) == 30  # the table shows 20, the JSON every one
+    passed = run("check", b, "--exclude", "optimizer.*", "-f", "json")
+    doc = json.loads(passed.stdout)
+    validate_json(doc, "check.v1")
+    assert doc["checked"]["tensors"] == 3 and doc["checked"]["available"] == 33
+    assert "3 of 33 tensors selected" in passed.stderr
+    drift = ("--baseline", a, "--max-tensor-l2-ratio", "2", "--allow-nonfinite")
+    run("check", b, *drift, code=1)
+    run("check", b, *drift, "--filter", "model.*")
+    # renames apply to both sides before the selection, as in compare
+    renamed = ("--rename", "^optimizer=opt", "--exclude", "opt.*")
+    run("check", b, *drift, *renamed)

@@ -14,6 +14,8 @@ from .text import printable
 
 FAILED = "bold red"
 PASSED = "green"
+# the table lists this many violations; JSON, JUnit and annotations keep every one
+SHOWN_VIOLATIONS = 20
 
 
 def _plural(n: int, word: str) -> str:
@@ -24,10 +26,10 @@ def verdict(result: CheckResult) -> str:
     """The one-line verdict, for stderr."""
     where = printable(result.checkpoint)
     if result.passed:
-        return (
-            f"normcli check: passed {where} ({_plural(len(result.rules), 'rule')}, "
-            f"{_plural(result.tensors, 'tensor')})"
-        )
+        seen = _plural(result.tensors, "tensor")
+        if result.tensors < result.available:
+            seen = f"{result.tensors} of {result.available} tensors selected"
+        return f"normcli check: passed {where} ({_plural(len(result.rules), 'rule')}, {seen})"
     codes = sorted({v.code for v in result.violations})
     return (
         f"normcli check: FAILED {where}, {_plural(len(result.violations), 'violation')} "
@@ -62,7 +64,7 @@ def render_table(results: list[CheckResult], console: Console) -> None:
             )
             for column in ("code", "rule", "tensor", "finding"):
                 table.add_column(column, overflow="fold")
-            for v in result.violations:
+            for v in result.violations[:SHOWN_VIOLATIONS]:
                 table.add_row(
                     v.code,
                     v.rule,
@@ -71,6 +73,15 @@ def render_table(results: list[CheckResult], console: Console) -> None:
                     style=FAILED,
                 )
             console.print(table)
+            rest = len(result.violations) - SHOWN_VIOLATIONS
+            if rest > 0:
+                console.print(
+                    Text(
+                        f"… and {_plural(rest, 'more violation')} (-f json, -f github and "
+                        "--junit list every one)",
+                        FAILED,
+                    )
+                )
         rules = Table(
             box=box.SIMPLE_HEAD,
             pad_edge=False,
