@@ -3,6 +3,8 @@ there: compare, check and trend against an independent float64 / math.fsum refer
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -287,3 +289,63 @@ def test_check_leaves_out_what_the_selection_leaves_out(
     # renames apply to both sides before the selection, as in compare
     renamed = ("--rename", "^optimizer=opt", "--exclude", "opt.*")
     run("check", b, *drift, *renamed)
+
+
+# --- honest labels -------------------------------------------------------------------------------
+
+
+def _csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_csv_marks_the_whole_model_row_and_labels_a_selection(
+    grown: tuple[Path, Path], run: Run
+) -> None:
+    a, b = grown
+    inspected = json.loads(run("inspect", b, "-f", "json", "--filter", "new.*").stdout)
+    rows = _csv(run("inspect", b, "-f", "csv", "--filter", "new.*").stdout)
+    assert [r["row"] for r in rows] == ["tensor"] * 40 + ["total"]
+    total = rows[-1]
+    assert total["name"] == "Selected (40 of 44 tensors)"
+    assert float(total["l2"]) == inspected["total"]["l2"]
+    assert float(total["l1"]) == inspected["total"]["l1"]
+    grouped = _csv(run("compare", a, b, "-f", "csv", "--group-by", "1").stdout)
+    assert [r["row"] for r in grouped] == ["group", "group", "total"]
+    ref = vector_figures(*model_vectors(floating(A_STATE), floating(B_STATE)))
+    assert grouped[-1]["name"] == "Whole model"
+    assert float(grouped[-1]["diff_l2"]) == pytest.approx(ref["diff_l2"], rel=1e-12)
+    assert float(grouped[-1]["rel_l2"]) == pytest.approx(ref["rel"], rel=1e-12)
+    compared = _csv(run("compare", a, b, "-f", "csv", "--filter", "model.*").stdout)
+    assert compared[-1]["row"] == "total"
+    assert compared[-1]["name"] == "Selected (4 of 45 tensors)"
+
+
+def test_tables_say_when_the_totals_cover_a_selection(grown: tuple[Path, Path], run: Run) -> None:
+    a, b = grown
+    assert (
+        "Selected (40 of 44 tensors): 40 floating-point"
+        in run("inspect", b, "--filter", "new.*").stdout
+    )
+    compared = run("compare", a, b, "--exclude", "new.*").stdout
+    assert "Selected (5 of 45 tensors) (floating-point tensors)" in compared
+    assert "Whole model" not in compared
+    assert "Whole model (floating-point tensors)" in run("compare", a, b).stdout
+    md = run("compare", a, b, "-f", "md", "--filter", "model.*").stdout
+    assert "**Selected (4 of 45 tensors)**" in md
+
+
+def test_narrow_tables_shorten_names_from_the_left(run: Run, tmp_path: Path) -> None:
+    paths = [tmp_path / "step-1.safetensors", tmp_path / "step-2.safetensors"]
+    names = [f"model.encoder.layers.{i}.attention.output.dense.weight" for i in (3, 7)]
+    for path in paths:
+        save_file({n: np.ones(4, np.float32) for n in names}, str(path))
+    commands = (("inspect", paths[0]), ("compare", *paths), ("trend", *paths, "--group-by", "0"))
+    for command in commands:
+        out = run(*command, env={"COLUMNS": "60"}).stdout
+        cut = [line.split()[0] for line in out.splitlines() if line.startswith("…")]
+        # one line per tensor, each the tail of its name: nothing wrapped onto a second line
+        assert len(cut) == 2, (command, out)
+        assert all(any(n.endswith(c[1:]) for n in names) for c in cut), (command, out)
+        assert not any(line.startswith(("weight", "dense")) for line in out.splitlines())
+    wider = run("compare", *paths, env={"COLUMNS": "90"}).stdout
+    assert "…ncoder.layers.3.attention.output.dense.weight" in wider

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..check import RULES, CheckResult
+from .names import TailName
 from .text import printable
 
 FAILED = "bold red"
@@ -68,7 +69,7 @@ def render_table(results: list[CheckResult], console: Console) -> None:
                 table.add_row(
                     v.code,
                     v.rule,
-                    Text(printable(v.tensor or "(whole model)")),
+                    TailName(v.tensor) if v.tensor else "(whole model)",
                     Text(printable(v.message)),
                     style=FAILED,
                 )

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from ..diff import Aggregate, CompareResult, TensorDiff
+from .names import TailName
 from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line, skipped_line
 from .text import NOT_COMPUTED, covers, fmt_float, fmt_shape, printable, total_label
 
@@ -125,7 +126,7 @@ def _counts(a: int | None, b: int | None) -> Text:
 
 def _new_table(first: str, hidden: frozenset[str]) -> tuple[Table, list[bool]]:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    table.add_column(first, overflow="fold")
+    table.add_column(first)
     keep = [True]
     for column in COLUMNS:
         keep.append(column not in hidden)
@@ -146,8 +147,8 @@ def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> Table:
             # in the column that is never hidden: a cast is never taken for no change
             status += f" {row.a.dtype}→{row.b.dtype}"
         pair = row.pair
-        cells: list[Text | str] = [
-            Text(printable(row.name)),
+        cells: list[RenderableType] = [
+            TailName(row.name),
             Text(status, STATUS_STYLE[row.status]),
             _dtype(row),
             fmt_float(row.a.stats.l2) if row.a else "-",
@@ -171,8 +172,8 @@ def _group_table(groups: Sequence[Aggregate], hidden: frozenset[str]) -> Table:
     table, keep = _new_table("group", hidden | {"status", "dtype"})
     for group in groups:
         pair = group.pair
-        cells: list[Text | str] = [
-            Text(printable(group.name)),
+        cells: list[RenderableType] = [
+            TailName(group.name),
             "",
             "",
             fmt_float(group.a.l2),

@@ -103,10 +103,3 @@ def covers(matched: int, added: int, removed: int, reshaped: int) -> str:
         if n
     ]
     return f"over {', '.join(parts)} (a missing tensor counts as zeros)"
-
-
-def shorten(name: str, width: int) -> str:
-    """A name cut to `width` cells from the left, keeping its distinctive tail."""
-    if width < 2 or len(name) <= width:
-        return name
-    return "…" + name[len(name) - width + 1 :]

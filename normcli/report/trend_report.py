@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..trend import TrendResult, TrendRow
+from .names import TailName
 from .table import NONFINITE, STANDOUT, fit_table
 from .text import fmt_float, printable, sparkline
 
@@ -83,7 +84,6 @@ def _table(result: TrendResult, hidden: frozenset[str]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     table.add_column(
         "group" if result.group_by else "tensor",
-        overflow="fold",
         min_width=min(28, max(map(len, names), default=11)),
     )
     table.add_column(METRIC_NAMES[result.metric], no_wrap=True)
@@ -102,10 +102,7 @@ def _table(result: TrendResult, hidden: frozenset[str]) -> Table:
         }
         note = _note(row, result.metric)
         table.add_row(
-            Text(
-                printable(row.name) if row is not result.total else "whole model",
-                "bold" if row is result.total else "",
-            ),
+            TailName(row.name) if row is not result.total else Text("whole model", "bold"),
             sparkline(values),
             *(cells[c] for c in columns),
             Text(note),
