@@ -7,37 +7,51 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckResult",
     "CompareResult",
     "InspectResult",
     "NormcliError",
+    "TrendResult",
     "__version__",
+    "check",
     "compare",
     "inspect",
     "stats",
+    "trend",
 ]
 
 if TYPE_CHECKING:
-    from .api import inspect, stats
+    from .api import check, inspect, stats, trend
     from .diff import CompareResult, compare
     from .errors import NormcliError
+    from .gate import CheckResult
     from .results import InspectResult
+    from .trends import TrendResult
 
 _LAZY = {
     "inspect": "api",
     "stats": "api",
+    "check": "api",
+    "trend": "api",
     "NormcliError": "errors",
     "InspectResult": "results",
     "compare": "diff",
     "CompareResult": "diff",
+    "CheckResult": "gate",
+    "TrendResult": "trends",
 }
 
 
 def __getattr__(name: str) -> Any:
     # numpy and the readers load on first use, so `normcli --version` starts in milliseconds.
-    # (The modules behind `stats` and `compare` are named norms and diff: a submodule of the
-    # same name would replace the function on the package once imported.)
     if name in _LAZY:
         import importlib
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the lazy names are no attributes until used: list the public surface, not the typing
+    # helpers and submodules that happen to be loaded
+    return sorted({*__all__, *(k for k in globals() if k.startswith("__"))})

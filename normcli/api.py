@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -22,6 +22,10 @@ from .results import (
 )
 from .scan import Progress, scan_tensors
 from .select import SORT_KEYS, group_names, name_selected, natural_key, require_some
+
+if TYPE_CHECKING:
+    from .gate import CheckResult
+    from .trends import TrendResult
 
 
 class _Row(Protocol):
@@ -221,3 +225,92 @@ def _total(
 def _largest(rows: Sequence[TensorReport], value: Callable[[TensorStats], float]) -> str | None:
     best = max(rows, key=lambda r: value(r.stats), default=None)
     return best.name if best is not None and value(best.stats) > 0 else None
+
+
+def check(
+    path: str | os.PathLike[str],
+    *,
+    baseline: str | os.PathLike[str] | None = None,
+    config: str | os.PathLike[str] | None = None,
+    allow_nonfinite: bool = False,
+    allow_unread: bool = False,
+    require_same_tensors: bool = False,
+    input_format: str | None = None,
+    key: str | None = None,
+    include_int: bool = False,
+    filter: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    strip_prefix: Sequence[str] = (),
+    rename: Sequence[str] = (),
+    threads: int | None = None,
+    progress: Progress | None = None,
+    **limits: float,
+) -> CheckResult:
+    """The CI gate on the checkpoint at `path`: the result `normcli check` renders.
+
+    Limits are the command's options in Python spelling (`max_rel_update=0.1`,
+    `min_cosine=0.9`, ...); `config` names a settings file, read as `--config` reads it (no
+    file is looked for unless named). Rules needing a baseline need `baseline`."""
+    from . import gate
+
+    unknown = sorted(k for k in limits if k.replace("_", "-") not in gate.LIMIT_KEYS)
+    if unknown:
+        raise TypeError(f"unexpected limits: {', '.join(unknown)}")
+    settings, source = gate.find_config(os.fspath(config)) if config is not None else ({}, None)
+    flags = {
+        "allow-nonfinite": allow_nonfinite,
+        "allow-unread": allow_unread,
+        "require-same-tensors": require_same_tensors,
+    }
+    overrides = {**{k.replace("_", "-"): v for k, v in limits.items()}, **flags}
+    merged = gate.parse_config(settings, source).merged(overrides)
+    reference = os.fspath(baseline) if baseline is not None else merged.baseline
+    return gate.run_check(
+        os.fspath(path),
+        merged,
+        reference,
+        input_format=input_format,
+        key=key,
+        include_int=include_int,
+        filter=filter,
+        exclude=exclude,
+        strip_prefix=strip_prefix,
+        rename=rename,
+        threads=threads,
+        progress=progress,
+    )
+
+
+def trend(
+    checkpoints: Sequence[str | os.PathLike[str]],
+    *,
+    metric: str = "l2",
+    order: str = "name",
+    group_by: int | None = None,
+    include_int: bool = False,
+    filter: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    input_format: str | None = None,
+    key: str | None = None,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> TrendResult:
+    """Norms across a training run: files, folders of checkpoints, glob patterns or saved
+    reports, in step order; the result `normcli trend` renders."""
+    from .trends import trend as follow
+
+    if isinstance(checkpoints, (str, os.PathLike)):
+        raise TypeError("trend takes a list of checkpoints (or of folders or patterns)")
+    return follow(
+        [os.fspath(c) for c in checkpoints],
+        metric=metric,
+        order=order,
+        group_by=group_by,
+        include_int=include_int,
+        filter=filter,
+        exclude=exclude,
+        input_format=input_format,
+        key=key,
+        threads=threads,
+        progress=progress,
+    )

@@ -451,7 +451,7 @@ def trend(
     """Norms across a training run: each tensor (or group) through the checkpoints, in step
     order, with the update from one checkpoint to the next. CKPT may be files, folders of
     checkpoints, glob patterns, or saved `inspect -f json` reports."""
-    from . import trend as trends
+    from . import trends
     from .report import TREND_RENDERERS
     from .report.plots import plot_trend
 
@@ -574,7 +574,7 @@ def check(
     the settings cannot be judged."""
     from rich.text import Text
 
-    from . import check as gate
+    from . import gate
     from .report import json as json_report
     from .report.check_report import (
         render_github,

@@ -131,6 +131,14 @@ class Aggregate:
     reshaped: int = 0
 
     @property
+    def a_l2(self) -> float:
+        return self.a.l2
+
+    @property
+    def b_l2(self) -> float:
+        return self.b.l2
+
+    @property
     def update_l2(self) -> float | None:
         return self.pair.diff.l2 if self.pair is not None else None
 

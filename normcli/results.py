@@ -35,8 +35,42 @@ def stats_dict(stats: TensorStats) -> dict[str, Any]:
     }
 
 
+class Figures:
+    """A row's statistics as its own attributes: `result.total.l2`, `row.linf`."""
+
+    stats: TensorStats
+
+    @property
+    def numel(self) -> int:
+        return self.stats.numel
+
+    @property
+    def l1(self) -> float:
+        return self.stats.l1
+
+    @property
+    def l2(self) -> float:
+        return self.stats.l2
+
+    @property
+    def linf(self) -> float:
+        return self.stats.linf
+
+    @property
+    def rms(self) -> float | None:
+        return self.stats.rms
+
+    @property
+    def nan(self) -> int:
+        return self.stats.nan
+
+    @property
+    def inf(self) -> int:
+        return self.stats.inf
+
+
 @dataclass(frozen=True)
-class TensorReport:
+class TensorReport(Figures):
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -60,7 +94,7 @@ class TensorReport:
 
 
 @dataclass(frozen=True)
-class GroupReport:
+class GroupReport(Figures):
     """Tensors whose names share their first N dot-separated parts, aggregated like the model."""
 
     name: str
@@ -80,7 +114,7 @@ class GroupReport:
 
 
 @dataclass(frozen=True)
-class DtypeSummary:
+class DtypeSummary(Figures):
     dtype: str
     tensors: int
     nbytes: int
@@ -96,7 +130,7 @@ class DtypeSummary:
 
 
 @dataclass(frozen=True)
-class Total:
+class Total(Figures):
     """Whole-model figures: L1 and counts add up, L2 is the global norm √Σ‖t‖₂², Linf the max."""
 
     stats: TensorStats

@@ -18,7 +18,7 @@ import normcli
 from normcli import kernels
 from normcli.readers import files
 from normcli.readers.files import DataFile
-from normcli.trend import trend
+from normcli.trends import trend
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
-from normcli import trend as trends
+from normcli import trends
 from normcli.api import _array_source
 from normcli.readers import files
 from normcli.scan import choose_kernels, scan_series, scan_tensor

@@ -4,6 +4,7 @@ there: compare, check and trend against an independent float64 / math.fsum refer
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import math
@@ -240,7 +241,7 @@ def test_trend_updates_cover_every_tensor_and_say_when_the_set_changed(
 
 
 def test_trend_orders_a_name_before_the_same_name_continued(tmp_path: Path) -> None:
-    from normcli.trend import expand_inputs
+    from normcli.trends import expand_inputs
 
     for name in ("x-step.safetensors", "x.safetensors", "x-step/model.safetensors"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
@@ -349,3 +350,56 @@ def test_narrow_tables_shorten_names_from_the_left(run: Run, tmp_path: Path) -> 
         assert not any(line.startswith(("weight", "dense")) for line in out.splitlines())
     wider = run("compare", *paths, env={"COLUMNS": "90"}).stdout
     assert "…ncoder.layers.3.attention.output.dense.weight" in wider
+
+
+# --- the Python API ------------------------------------------------------------------------------
+
+
+def test_the_api_checks_and_follows_a_run_like_the_command_line(
+    grown: tuple[Path, Path], changing_run: Path, run: Run
+) -> None:
+    a, b = grown
+    for name in ("check", "trend", "CheckResult", "TrendResult", "compare", "inspect"):
+        assert name in normcli.__all__ and name in dir(normcli)
+    checked = normcli.check(b, baseline=a, max_rel_update=0.5, min_cosine=0.9)
+    assert isinstance(checked, normcli.CheckResult) and not checked.passed
+    cli_doc = json.loads(
+        run(
+            "check",
+            b,
+            "--baseline",
+            a,
+            "--max-rel-update",
+            "0.5",
+            "--min-cosine",
+            "0.9",
+            "-f",
+            "json",
+            code=1,
+        ).stdout
+    )
+    assert checked.to_dict() == cli_doc
+    assert normcli.check(
+        b, baseline=a, max_rel_update=0.5, filter=["model.w0", "model.bias"]
+    ).passed
+    with pytest.raises(TypeError, match="max_rel_updat"):
+        normcli.check(b, baseline=a, max_rel_updat=0.5)
+    followed = normcli.trend([changing_run], group_by=1)
+    assert isinstance(followed, normcli.TrendResult)
+    cli_trend = json.loads(run("trend", changing_run, "--group-by", "1", "-f", "json").stdout)
+    assert followed.to_dict() == cli_trend
+    # the modules behind them never shadow the functions once imported
+    importlib.import_module("normcli.gate")
+    importlib.import_module("normcli.trends")
+    assert callable(normcli.check) and callable(normcli.trend)
+
+
+def test_results_answer_the_questions_users_ask_of_them(grown: tuple[Path, Path]) -> None:
+    a, b = grown
+    inspected = normcli.inspect(b)
+    ref = vector_figures(*model_vectors(floating(A_STATE), floating(B_STATE)))
+    assert inspected.total.l2 == pytest.approx(ref["b_l2"], rel=1e-12)
+    assert inspected.tensors[0].l2 == inspected.tensors[0].stats.l2
+    compared = normcli.compare(a, b)
+    assert compared.total.update_l2 == pytest.approx(ref["diff_l2"], rel=1e-12)
+    assert compared.total.a_l2 == pytest.approx(ref["a_l2"], rel=1e-12)

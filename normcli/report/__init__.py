@@ -9,7 +9,7 @@ from rich.console import Console
 
 from ..diff import CompareResult
 from ..results import InspectResult
-from ..trend import TrendResult
+from ..trends import TrendResult
 from . import compare_table, csv, json, markdown, table, trend_report
 
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..check import RULES, CheckResult
+from ..gate import RULES, CheckResult
 from .names import TailName
 from .text import printable
 

@@ -13,7 +13,7 @@ from typing import Any
 from ..diff import CompareResult
 from ..errors import UnsupportedError, UsageError
 from ..results import InspectResult
-from ..trend import TrendResult
+from ..trends import TrendResult
 from .charts import ALERT, PALETTE, Series, bar_chart, line_chart
 from .text import fmt_float, printable, sparkline
 from .trend_report import change_text, jump_text, max_update_text
