@@ -174,12 +174,17 @@ class TrendResult:
     metric: str
     group_by: int | None
     grouped_automatically: bool
+    # tensor names that --filter/--exclude kept, of all the checkpoints hold
+    selected: int = 0
+    available: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": TREND_SCHEMA,
             "metric": self.metric,
             "group_by": self.group_by,
+            "selected": self.selected,
+            "available": self.available,
             "checkpoints": [p.to_dict() for p in self.points],
             "rows": [r.to_dict(self.metric, self.points) for r in self.rows],
             "total": self.total.to_dict(self.metric, self.points),
@@ -319,6 +324,7 @@ def trend(
         names = _names_in_order(sides)
         every = len(names)
         names = [n for n in names if name_selected(n, filter, exclude)]
+        selected = len(names)
         names = [n for n in names if include_int or _floating(n, sides)]
         require_some(len(names), every, filter, exclude)
         points = _with_set_changes(points, sides, names)
@@ -351,7 +357,9 @@ def trend(
     else:
         rows.sort(key=lambda r: natural_key(r.name))
     total = _group("total", rows)
-    return TrendResult(tuple(points), tuple(rows), total, metric, depth or None, automatic)
+    return TrendResult(
+        tuple(points), tuple(rows), total, metric, depth or None, automatic, selected, every
+    )
 
 
 def _names_in_order(sides: Sequence[dict[str, Entry]]) -> list[str]:

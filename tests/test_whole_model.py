@@ -333,6 +333,9 @@ def test_tables_say_when_the_totals_cover_a_selection(grown: tuple[Path, Path], 
     assert "Whole model (floating-point tensors)" in run("compare", a, b).stdout
     md = run("compare", a, b, "-f", "md", "--filter", "model.*").stdout
     assert "**Selected (4 of 45 tensors)**" in md
+    followed = run("trend", a, b, "--filter", "model.*").stdout
+    assert "selected (4 of 45 tensors)" in followed and "whole model" not in followed
+    assert "whole model" in run("trend", a, b).stdout
 
 
 def test_narrow_tables_shorten_names_from_the_left(run: Run, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from rich.text import Text
 from ..trends import TrendResult, TrendRow
 from .names import TailName
 from .table import NONFINITE, STANDOUT, fit_table
-from .text import fmt_float, printable, sparkline
+from .text import fmt_float, printable, sparkline, total_label
 
 METRIC_NAMES = {"l2": "L2", "l1": "L1", "linf": "Linf", "rms": "RMS"}
 
@@ -102,7 +102,7 @@ def _table(result: TrendResult, hidden: frozenset[str]) -> Table:
         }
         note = _note(row, result.metric)
         table.add_row(
-            TailName(row.name) if row is not result.total else Text("whole model", "bold"),
+            TailName(row.name) if row is not result.total else Text(_total_name(result), "bold"),
             sparkline(values),
             *(cells[c] for c in columns),
             Text(note),
@@ -110,6 +110,10 @@ def _table(result: TrendResult, hidden: frozenset[str]) -> Table:
             end_section=row is result.rows[-1] if result.rows else False,
         )
     return table
+
+
+def _total_name(result: TrendResult) -> str:
+    return total_label(result.selected, result.available).lower()
 
 
 def max_update_text(row: TrendRow) -> str:
@@ -160,7 +164,7 @@ def render_markdown(results: Sequence[TrendResult]) -> str:
             present = [v for v in row.values(result.metric) if v is not None]
             note = _note(row, result.metric)
             note = f"**{note}**" if note else ""
-            label = "whole model" if row is result.total else printable(row.name)
+            label = _total_name(result) if row is result.total else printable(row.name)
             label = label.replace("|", "\\|")
             cells = [
                 label,
