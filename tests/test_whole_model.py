@@ -277,6 +277,7 @@ def test_check_leaves_out_what_the_selection_leaves_out(
     a, b = training_state
     failed = run("check", b, code=1)
     assert "… and 10 more violations" in failed.stdout
+    assert sum(line.startswith("N001") for line in failed.stdout.splitlines()) == 20 + 1
     every = json.loads(run("check", b, "-f", "json", code=1).stdout)
     assert len(every["violations"]) == 30  # the table shows 20, the JSON every one
     passed = run("check", b, "--exclude", "optimizer.*", "-f", "json")
