@@ -455,7 +455,10 @@ def run_check(
         total = comparison.total.b
         unread = comparison.b.skipped_tensors
         available = comparison.b.tensors
-    violations, outcomes = _evaluate(config, tensors, total, comparison)
+    # figures over a selection are not the whole model's, and the findings say so
+    seen = sum(t.stats is not None for t in tensors)
+    model = "selected tensors'" if seen < available else "whole-model"
+    violations, outcomes = _evaluate(config, tensors, total, comparison, model)
     if not config.allow_unread:
         rule = RULES["unread"]
         found = [
@@ -476,7 +479,7 @@ def run_check(
         baseline,
         tuple(violations),
         tuple(outcomes),
-        sum(t.stats is not None for t in tensors),
+        seen,
         config.source,
         tuple(skipped),
         available,
@@ -534,6 +537,7 @@ def _evaluate(
     tensors: Sequence[_Tensor],
     total: TensorStats,
     comparison: CompareResult | None,
+    model: str,
 ) -> tuple[list[Violation], list[RuleOutcome]]:
     violations: list[Violation] = []
     outcomes: list[RuleOutcome] = []
@@ -562,14 +566,14 @@ def _evaluate(
         )
 
     model_values: dict[str, tuple[float | None, str]] = {
-        "max-l2": (total.l2, "whole-model L2"),
-        "max-l1": (total.l1, "whole-model L1"),
+        "max-l2": (total.l2, f"{model} L2"),
+        "max-l1": (total.l1, f"{model} L1"),
     }
     if comparison is not None:
         whole = comparison.total
-        model_values["max-l2-ratio"] = (whole.ratio_l2, "whole-model ‖B‖₂/‖A‖₂")
-        model_values["max-rel-update"] = (whole.rel_l2, "whole-model ‖B−A‖₂/‖A‖₂")
-        model_values["min-cosine"] = (whole.cosine, "whole-model cosine")
+        model_values["max-l2-ratio"] = (whole.ratio_l2, f"{model} ‖B‖₂/‖A‖₂")
+        model_values["max-rel-update"] = (whole.rel_l2, f"{model} ‖B−A‖₂/‖A‖₂")
+        model_values["min-cosine"] = (whole.cosine, f"{model} cosine")
 
     for key in LIMIT_KEYS:
         rule = RULES[key]

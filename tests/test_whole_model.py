@@ -288,6 +288,10 @@ def test_check_leaves_out_what_the_selection_leaves_out(
     drift = ("--baseline", a, "--max-tensor-l2-ratio", "2", "--allow-nonfinite")
     run("check", b, *drift, code=1)
     run("check", b, *drift, "--filter", "model.*")
+    # a whole-model rule over a selection says so
+    table = run("check", b, "--filter", "model.*", "--max-l2", "0.1", code=1).stdout
+    assert "(selected tensors)" in table and "selected tensors' L2" in table
+    assert "(whole model)" in run("check", b, "--max-l2", "0.1", "--allow-nonfinite", code=1).stdout
     # renames apply to both sides before the selection, as in compare
     renamed = ("--rename", "^optimizer=opt", "--exclude", "opt.*")
     run("check", b, *drift, *renamed)

@@ -23,6 +23,11 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _whole(result: CheckResult) -> str:
+    """Where a model rule's finding lies: the whole model, or the selection it covered."""
+    return "(selected tensors)" if result.tensors < result.available else "(whole model)"
+
+
 def verdict(result: CheckResult) -> str:
     """The one-line verdict, for stderr."""
     where = printable(result.checkpoint)
@@ -65,11 +70,12 @@ def render_table(results: list[CheckResult], console: Console) -> None:
             )
             for column in ("code", "rule", "tensor", "finding"):
                 table.add_column(column, overflow="fold")
+            whole = _whole(result)
             for v in result.violations[:SHOWN_VIOLATIONS]:
                 table.add_row(
                     v.code,
                     v.rule,
-                    TailName(v.tensor) if v.tensor else "(whole model)",
+                    TailName(v.tensor) if v.tensor else whole,
                     Text(printable(v.message)),
                     style=FAILED,
                 )
@@ -155,7 +161,7 @@ def render_markdown(results: list[CheckResult]) -> str:
         if result.violations:
             lines += ["| code | rule | tensor | finding |", "|---|---|---|---|"]
             lines += [
-                f"| {v.code} | {v.rule} | `{_cell(v.tensor or '(whole model)')}` | "
+                f"| {v.code} | {v.rule} | `{_cell(v.tensor or _whole(result))}` | "
                 f"{_cell(v.message)} |"
                 for v in result.violations
             ]
@@ -200,7 +206,7 @@ def render_junit(results: list[CheckResult]) -> str:
                     type=outcome.code,
                 )
                 failure.text = "\n".join(
-                    printable(f"{v.tensor or '(whole model)'}: {v.message}") for v in breaches
+                    printable(f"{v.tensor or _whole(result)}: {v.message}") for v in breaches
                 )
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

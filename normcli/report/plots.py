@@ -16,7 +16,7 @@ from ..results import InspectResult
 from ..trends import TrendResult
 from .charts import ALERT, PALETTE, Series, bar_chart, line_chart
 from .text import fmt_float, printable, sparkline
-from .trend_report import change_text, jump_text, max_update_text
+from .trend_report import change_text, jump_text, max_update_text, row_note, total_name
 
 PLOT_SUFFIXES = (".png", ".svg", ".html")
 
@@ -121,18 +121,17 @@ def trend_html(result: TrendResult) -> str:
         values = row.values(result.metric)
         present = [v for v in values if v is not None]
         alert = row.nonfinite or row.jumped(result.metric)
-        note = "non-finite" if row.nonfinite else "jumped" if alert else ""
         rows.append(
             (
                 [
-                    "whole model" if row is result.total else printable(row.name),
+                    total_name(result) if row is result.total else printable(row.name),
                     sparkline(values),
                     fmt_float(present[0] if present else None),
                     fmt_float(present[-1] if present else None),
                     change_text(row, result.metric),
                     jump_text(row, result),
                     max_update_text(row),
-                    note,
+                    row_note(row, result.metric),
                 ],
                 alert,
             )

@@ -29,7 +29,7 @@ def jump_text(row: TrendRow, result: TrendResult) -> str:
     return f"{result.points[jump[0]].label} (×{jump[1]:.3g}{cause})"
 
 
-def _note(row: TrendRow, metric: str) -> str:
+def row_note(row: TrendRow, metric: str) -> str:
     if row.nonfinite:
         return "non-finite!"
     jump = row.first_jump(metric)
@@ -100,9 +100,9 @@ def _table(result: TrendResult, hidden: frozenset[str]) -> Table:
             "jump at": jump_text(row, result),
             "max rel. update": max_update_text(row),
         }
-        note = _note(row, result.metric)
+        note = row_note(row, result.metric)
         table.add_row(
-            TailName(row.name) if row is not result.total else Text(_total_name(result), "bold"),
+            TailName(row.name) if row is not result.total else Text(total_name(result), "bold"),
             sparkline(values),
             *(cells[c] for c in columns),
             Text(note),
@@ -112,7 +112,7 @@ def _table(result: TrendResult, hidden: frozenset[str]) -> Table:
     return table
 
 
-def _total_name(result: TrendResult) -> str:
+def total_name(result: TrendResult) -> str:
     return total_label(result.selected, result.available).lower()
 
 
@@ -162,9 +162,9 @@ def render_markdown(results: Sequence[TrendResult]) -> str:
         ]
         for row in (*result.rows, result.total):
             present = [v for v in row.values(result.metric) if v is not None]
-            note = _note(row, result.metric)
+            note = row_note(row, result.metric)
             note = f"**{note}**" if note else ""
-            label = _total_name(result) if row is result.total else printable(row.name)
+            label = total_name(result) if row is result.total else printable(row.name)
             label = label.replace("|", "\\|")
             cells = [
                 label,
