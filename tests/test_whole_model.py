@@ -13,11 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import Run, validate_json
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from reference import model_vectors, vector_figures
 from safetensors.numpy import save_file
 
 import normcli
-from normcli.norms import TensorStats, l2_ratio
+from normcli.norms import TensorStats, l2_ratio, reduce_chunk, reduce_pair
+from normcli.update import model_update, one_sided
 
 RNG = np.random.default_rng(16)
 
@@ -411,3 +415,62 @@ def test_results_answer_the_questions_users_ask_of_them(grown: tuple[Path, Path]
     compared = normcli.compare(a, b)
     assert compared.total.update_l2 == pytest.approx(ref["diff_l2"], rel=1e-12)
     assert compared.total.a_l2 == pytest.approx(ref["a_l2"], rel=1e-12)
+
+
+# --- the core, whatever the tensors --------------------------------------------------------------
+
+_SIDE = st.sampled_from(["both", "a", "b", "reshaped"])
+
+
+@st.composite
+def two_models(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    values = hnp.arrays(
+        np.float32,
+        st.integers(0, 12),
+        elements=st.floats(-1e6, 1e6, width=32) | st.just(np.float32(np.nan)),
+    )
+    a: dict[str, np.ndarray] = {}
+    b: dict[str, np.ndarray] = {}
+    for i in range(draw(st.integers(0, 5))):
+        side, x, y = draw(_SIDE), draw(values), draw(values)
+        if side in ("both", "a", "reshaped"):
+            a[f"t{i}"] = x
+        if side == "both":
+            b[f"t{i}"] = draw(
+                hnp.arrays(np.float32, x.shape, elements=st.floats(-1e6, 1e6, width=32))
+            )
+        elif side == "b":
+            b[f"t{i}"] = y
+        elif side == "reshaped":
+            b[f"t{i}"] = np.concatenate([y, np.ones(1, np.float32)]).reshape(1, -1)  # never x's
+    return a, b
+
+
+@settings(max_examples=150, deadline=None)
+@given(two_models())
+def test_the_model_update_is_the_update_of_the_model_vector(
+    models: tuple[dict[str, np.ndarray], dict[str, np.ndarray]],
+) -> None:
+    a, b = models
+    parts = []
+    for name in sorted(set(a) | set(b)):
+        x, y = a.get(name), b.get(name)
+        if x is not None and y is not None and x.shape == y.shape:
+            parts.append(reduce_pair(x, y))
+        else:
+            stats = [None if v is None else reduce_chunk(v) for v in (x, y)]
+            parts.append(one_sided(*stats))
+    update = model_update(parts)
+    assert update is not None
+    ref = vector_figures(*model_vectors(a, b))
+    assert math.isclose(update.diff.l2, ref["diff_l2"], rel_tol=1e-12, abs_tol=1e-300)
+    assert math.isclose(update.diff.l1, ref["diff_l1"], rel_tol=1e-12, abs_tol=1e-300)
+    assert update.diff.linf == ref["diff_linf"]
+    assert math.isclose(update.a.l2, ref["a_l2"], rel_tol=1e-12, abs_tol=1e-300)
+    assert math.isclose(update.b.l2, ref["b_l2"], rel_tol=1e-12, abs_tol=1e-300)
+    if ref["a_l2"] and ref["b_l2"]:
+        assert update.cosine is not None
+        assert math.isclose(update.cosine, ref["cosine"], rel_tol=1e-9, abs_tol=1e-12)
+    # any order of the parts gives the same bits
+    assert model_update(parts[::-1]) == update
+    assert model_update([*parts, None]) is None
