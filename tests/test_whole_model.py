@@ -165,14 +165,20 @@ def half_copy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return a, b
 
 
-def test_a_dtype_change_is_never_unchanged(half_copy: tuple[Path, Path], run: Run) -> None:
+def test_a_dtype_change_is_never_unchanged(
+    half_copy: tuple[Path, Path], run: Run, tmp_path: Path
+) -> None:
     result = normcli.compare(*half_copy)
     assert [t.status for t in result.tensors] == ["changed"] * 3
     assert all(t.dtype_changed and t.rel_l2 == 0.0 for t in result.tensors)
     assert result.summary["unchanged"] == 0 and result.summary["dtype_changed"] == 3
     # the table shows it even on a terminal too narrow for the dtype column
     narrow = run("compare", *half_copy, env={"COLUMNS": "60"}).stdout
-    assert narrow.count("F32→F16") == 3
+    assert narrow.count("changed F32→F16") == 3
+    assert run("compare", *half_copy, "-f", "md").stdout.count("changed F32→F16") == 3
+    page = tmp_path / "plot.html"
+    run("compare", *half_copy, "--plot", page)
+    assert page.read_text("utf-8").count("changed F32→F16") == 3
 
 
 def test_require_same_tensors_fails_on_a_dtype_change(

@@ -12,7 +12,7 @@ from rich.text import Text
 from ..diff import Aggregate, CompareResult, TensorDiff
 from .names import TailName
 from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line, skipped_line
-from .text import NOT_COMPUTED, covers, fmt_float, fmt_shape, printable, total_label
+from .text import NOT_COMPUTED, covers, fmt_float, printable, status_text, total_label
 
 STATUS_STYLE = {
     "changed": "",
@@ -140,16 +140,10 @@ def _new_table(first: str, hidden: frozenset[str]) -> tuple[Table, list[bool]]:
 def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> Table:
     table, keep = _new_table("tensor", hidden)
     for row in rows:
-        status = row.status.replace("_", " ")
-        if row.status == "shape_changed" and row.a and row.b:
-            status += f" {fmt_shape(row.a.shape)}→{fmt_shape(row.b.shape)}"
-        if row.dtype_changed and row.a and row.b:
-            # in the column that is never hidden: a cast is never taken for no change
-            status += f" {row.a.dtype}→{row.b.dtype}"
         pair = row.pair
         cells: list[RenderableType] = [
             TailName(row.name),
-            Text(status, STATUS_STYLE[row.status]),
+            Text(status_text(row), STATUS_STYLE[row.status]),
             _dtype(row),
             fmt_float(row.a.stats.l2) if row.a else "-",
             fmt_float(row.b.stats.l2) if row.b else "-",

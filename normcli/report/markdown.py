@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ..diff import CompareResult, TensorDiff
+from ..diff import CompareResult
 from ..norms import TensorStats
 from ..results import InspectResult
 from .text import (
@@ -16,6 +16,7 @@ from .text import (
     fmt_percent,
     fmt_shape,
     printable,
+    status_text,
     total_label,
 )
 
@@ -99,12 +100,6 @@ def render_inspect(results: Sequence[InspectResult]) -> str:
     return "\n".join(lines)
 
 
-def _status(row: TensorDiff) -> str:
-    if row.dtype_changed and row.a and row.b:
-        return f"{row.status} ({row.a.dtype}→{row.b.dtype})"
-    return row.status
-
-
 def render_compare(results: Sequence[CompareResult]) -> str:
     lines: list[str] = []
     for result in results:
@@ -134,7 +129,7 @@ def render_compare(results: Sequence[CompareResult]) -> str:
                 [
                     [
                         _code(t.name),
-                        _status(t),
+                        status_text(t),
                         fmt_float(t.a.stats.l2) if t.a else "-",
                         fmt_float(t.b.stats.l2) if t.b else "-",
                         fmt_float(t.pair.diff.l2) if t.pair else "-",

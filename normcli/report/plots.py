@@ -15,7 +15,7 @@ from ..errors import UnsupportedError, UsageError
 from ..results import InspectResult
 from ..trends import TrendResult
 from .charts import ALERT, PALETTE, Series, bar_chart, line_chart
-from .text import fmt_float, printable, sparkline
+from .text import fmt_float, printable, sparkline, status_text
 from .trend_report import change_text, jump_text, max_update_text, row_note, total_name
 
 PLOT_SUFFIXES = (".png", ".svg", ".html")
@@ -347,11 +347,12 @@ def _short(path: str) -> str:
 
 def plot_compare(result: CompareResult, path: str) -> bytes:
     labels, series, alert = _compare_bars(result)
+    statuses = [""] * len(labels) if result.groups is not None else map(status_text, result.tensors)
     table = _html_table(
-        ["name", "relative update"],
+        ["name", "status", "relative update"],
         [
-            ([printable(label), fmt_float(series[0][1][i])], label in alert)
-            for i, label in enumerate(labels)
+            ([printable(label), status, fmt_float(series[0][1][i])], label in alert)
+            for i, (label, status) in enumerate(zip(labels, statuses, strict=True))
         ],
     )
     title = (

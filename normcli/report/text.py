@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..diff import TensorDiff
 
 
 def printable(name: str) -> str:
@@ -103,3 +107,16 @@ def covers(matched: int, added: int, removed: int, reshaped: int) -> str:
         if n
     ]
     return f"over {', '.join(parts)} (a missing tensor counts as zeros)"
+
+
+def status_text(row: TensorDiff) -> str:
+    """A compared tensor's status as every output shows it, a reshape or a cast included: a
+    dtype change is never hidden behind a column a narrow terminal drops."""
+    text = row.status.replace("_", " ")
+    if row.a is None or row.b is None:
+        return text
+    if row.status == "shape_changed":
+        text += f" {fmt_shape(row.a.shape)}→{fmt_shape(row.b.shape)}"
+    if row.dtype_changed:
+        text += f" {row.a.dtype}→{row.b.dtype}"
+    return text
