@@ -405,6 +405,8 @@ def run_check(
     from .api import inspect
 
     skipped: list[str] = []
+    if baseline is None and (strip_prefix or rename):
+        raise UsageError("--strip-prefix and --rename match names to a baseline: give --baseline")
     if baseline is None and config.needs_baseline:
         asked = [k for k in config.needs_baseline if k in config.from_command_line]
         if asked:

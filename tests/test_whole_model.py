@@ -305,6 +305,8 @@ def test_check_leaves_out_what_the_selection_leaves_out(
     # renames apply to both sides before the selection, as in compare
     renamed = ("--rename", "^optimizer=opt", "--exclude", "opt.*")
     run("check", b, *drift, *renamed)
+    alone = run("check", b, "--rename", "^optimizer=opt", code=2)
+    assert "give --baseline" in alone.stderr and len(alone.stderr.splitlines()) == 1
 
 
 # --- honest labels -------------------------------------------------------------------------------
