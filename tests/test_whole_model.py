@@ -482,3 +482,25 @@ def test_the_model_update_is_the_update_of_the_model_vector(
     # any order of the parts gives the same bits
     assert model_update(parts[::-1]) == update
     assert model_update([*parts, None]) is None
+
+
+def test_trend_says_where_a_saved_report_leaves_no_update(
+    changing_run: Path, run: Run, tmp_path: Path
+) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for step in (100, 300):
+        save_file(CHANGING[step // 100 - 1], str(folder / f"step-{step}.safetensors"))
+    run(
+        "inspect",
+        changing_run / "step-200.safetensors",
+        "-f",
+        "json",
+        "-o",
+        folder / "step-200.json",
+    )
+    doc = json.loads(run("trend", folder, "-f", "json").stdout)
+    assert doc["total"]["update_l2"] == [None, None, None]
+    assert doc["total"]["values"][1] is not None  # what a report holds is still shown
+    text = run("trend", folder).stdout
+    assert "no update into or out of 200: a saved report holds norms, not values" in text

@@ -39,9 +39,9 @@ def row_note(row: TrendRow, metric: str) -> str:
     return ", ".join(notes)
 
 
-def set_changes(result: TrendResult) -> list[str]:
-    """Where the selected tensors differ from the previous checkpoint's: the figures from there
-    on cover other tensors, which no training step explains."""
+def run_notes(result: TrendResult) -> list[str]:
+    """Where the selected tensors differ from the previous checkpoint's (the figures from there
+    on cover other tensors, which no training step explains), and where no update exists."""
     lines = []
     for point in result.points:
         change = point.change
@@ -56,6 +56,12 @@ def set_changes(result: TrendResult) -> list[str]:
                 if n
             ]
             lines.append(f"tensor set changed at {printable(point.label)}: {', '.join(counts)}")
+    reports = [printable(p.label) for p in result.points if p.format == "report"]
+    if reports:
+        lines.append(
+            f"no update into or out of {', '.join(reports)}: a saved report holds norms, "
+            "not values"
+        )
     return lines
 
 
@@ -145,7 +151,7 @@ def render_table(results: Sequence[TrendResult], console: Console) -> None:
         fit_table(console, functools.partial(_table, result), OPTIONAL)
         steps = "  ".join(printable(p.label) for p in result.points)
         console.print(Text(f"checkpoints: {steps}", "dim"))
-        for line in set_changes(result):
+        for line in run_notes(result):
             console.print(Text(line, STANDOUT))
 
 
@@ -177,7 +183,7 @@ def render_markdown(results: Sequence[TrendResult]) -> str:
                 note,
             ]
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", *(f"**{line}**" for line in set_changes(result)), ""]
+        lines += ["", *(f"**{line}**" for line in run_notes(result)), ""]
     return "\n".join(lines)
 
 
