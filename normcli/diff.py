@@ -25,11 +25,11 @@ COMPARE_SCHEMA = "normcli/compare/v2"
 STATUSES = ("changed", "unchanged", "added", "removed", "shape_changed")
 # tensors with no counterpart of the same shape: in the model vector they meet only zeros
 ONE_SIDED = ("added", "removed", "shape_changed")
+# what a saved report, holding norms but not values, leaves unknown about the update
+UPDATE_FIGURES = ("diff", "rel_l2", "cosine")
 SORT_KEYS = ("rel", "diff", "ratio", "cosine", "name", "l2")
 
 
-# what a saved report, holding norms but not values, leaves unknown about the update
-UPDATE_FIGURES = ("diff", "rel_l2", "cosine")
 # the figures each side of a compared tensor carries (a subset of an inspect row's)
 SIDE_FIGURES = ("numel", "l1", "l2", "linf", "rms", "zeros", "nan", "inf")
 
