@@ -21,29 +21,28 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .api import check, inspect, stats, trend
-    from .diff import CompareResult, compare
+    from .api import check, compare, inspect, stats, trend
     from .errors import NormcliError
-    from .gate import CheckResult
-    from .results import InspectResult
-    from .trends import TrendResult
+    from .results import CheckResult, CompareResult, InspectResult, TrendResult
 
 _LAZY = {
     "inspect": "api",
     "stats": "api",
+    "compare": "api",
     "check": "api",
     "trend": "api",
     "NormcliError": "errors",
     "InspectResult": "results",
-    "compare": "diff",
-    "CompareResult": "diff",
-    "CheckResult": "gate",
-    "TrendResult": "trends",
+    "CompareResult": "results",
+    "CheckResult": "results",
+    "TrendResult": "results",
 }
 
 
 def __getattr__(name: str) -> Any:
     # numpy and the readers load on first use, so `normcli --version` starts in milliseconds.
+    # (No submodule is named like a function here: once imported it would replace the function
+    # on the package, which is why the modules behind them are api, diff, gate and trends.)
     if name in _LAZY:
         import importlib
 

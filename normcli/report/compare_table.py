@@ -9,7 +9,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..diff import Aggregate, CompareResult, TensorDiff
+from ..results import Aggregate, CompareResult, TensorDiff
 from .names import TailName
 from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line, skipped_line
 from .text import NOT_COMPUTED, covers, fmt_float, printable, status_text, total_label

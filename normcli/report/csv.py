@@ -8,8 +8,7 @@ import io
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ..diff import CompareResult
-from ..results import InspectResult
+from ..results import CompareResult, InspectResult
 from .text import printable, total_label
 
 STAT_COLUMNS = [

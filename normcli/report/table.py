@@ -9,8 +9,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..norms import TensorStats
-from ..results import GroupReport, InspectResult
+from ..results import GroupReport, InspectResult, TensorStats
 from .names import TailName
 from .text import (
     fmt_bytes,

@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..diff import TensorDiff
+    from ..results import TensorDiff
 
 
 def printable(name: str) -> str:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..trends import TrendResult, TrendRow
+from ..results import TrendResult, TrendRow
 from .names import TailName
 from .table import NONFINITE, STANDOUT, fit_table
 from .text import fmt_float, printable, sparkline, total_label
@@ -59,8 +59,7 @@ def run_notes(result: TrendResult) -> list[str]:
     reports = [printable(p.label) for p in result.points if p.format == "report"]
     if reports:
         lines.append(
-            f"no update into or out of {', '.join(reports)}: a saved report holds norms, "
-            "not values"
+            f"no update into or out of {', '.join(reports)}: a saved report holds norms, not values"
         )
     return lines
 

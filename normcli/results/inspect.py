@@ -1,72 +1,14 @@
-"""The results normcli computes, as frozen dataclasses that turn into the documented JSON."""
+"""The inspect result: one checkpoint's tensors, groups and whole-model total."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from .norms import TensorStats
-from .readers import Checkpoint
+from ..norms import TensorStats
+from .common import Figures, stats_dict
 
 INSPECT_SCHEMA = "normcli/inspect/v1"
-
-
-def number(value: float | None) -> float | None:
-    """A JSON-safe number: NaN and infinities (only from overflow) have no JSON form, so null."""
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def stats_dict(stats: TensorStats) -> dict[str, Any]:
-    return {
-        "numel": stats.numel,
-        "l1": number(stats.l1),
-        "l2": number(stats.l2),
-        # the max of no values does not exist (an empty or all-NaN tensor)
-        "linf": number(stats.linf) if stats.finite else None,
-        "rms": number(stats.rms),
-        "mean": number(stats.mean),
-        "zeros": stats.zeros,
-        "sparsity": number(stats.sparsity),
-        "nan": stats.nan,
-        "inf": stats.inf,
-    }
-
-
-class Figures:
-    """A row's statistics as its own attributes: `result.total.l2`, `row.linf`."""
-
-    stats: TensorStats
-
-    @property
-    def numel(self) -> int:
-        return self.stats.numel
-
-    @property
-    def l1(self) -> float:
-        return self.stats.l1
-
-    @property
-    def l2(self) -> float:
-        return self.stats.l2
-
-    @property
-    def linf(self) -> float:
-        return self.stats.linf
-
-    @property
-    def rms(self) -> float | None:
-        return self.stats.rms
-
-    @property
-    def nan(self) -> int:
-        return self.stats.nan
-
-    @property
-    def inf(self) -> int:
-        return self.stats.inf
 
 
 @dataclass(frozen=True)
@@ -180,18 +122,6 @@ class CheckpointInfo:
                 {"name": name, "reason": reason} for name, reason in self.skipped_tensors
             ],
         }
-
-
-def checkpoint_info(checkpoint: Checkpoint) -> CheckpointInfo:
-    return CheckpointInfo(
-        checkpoint.path,
-        checkpoint.format,
-        checkpoint.nbytes,
-        len(checkpoint.tensors),
-        checkpoint.shards,
-        checkpoint.skipped_values,
-        tuple(checkpoint.skipped),
-    )
 
 
 @dataclass(frozen=True)
