@@ -98,7 +98,7 @@ def _render_one(result: CompareResult, console: Console) -> None:
         console.print(Text(f"  {NOT_COMPUTED}", STANDOUT))
     over = covers(total.matched, total.added, total.removed, total.reshaped)
     if over:
-        console.print(Text(f"  every figure {over}", STANDOUT))
+        console.print(Text(f"  {over}", STANDOUT))
     nonfinite = total.a.nan + total.a.inf + total.b.nan + total.b.inf
     console.print(
         Text(

@@ -154,7 +154,7 @@ def render_compare(results: Sequence[CompareResult]) -> str:
             "",
             f"**{total_label(result.selected, result.available)}**: "
             f"‖A‖₂ {fmt_float(total.a.l2, 10)}, ‖B‖₂ {fmt_float(total.b.l2, 10)}, {update}"
-            + (f"; every figure {over}" if over else ""),
+            + (f"; {over}" if over else ""),
             "",
         ]
     return "\n".join(lines)

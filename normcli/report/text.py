@@ -92,13 +92,12 @@ def total_label(selected: int, available: int) -> str:
 
 # a saved report holds norms, not values: these have no honest value against one
 NOT_COMPUTED = (
-    "update ‖B−A‖₂, relative update and cosine cannot be computed against a saved report "
-    "(it holds norms, not values)"
+    "update, relative update and cosine: cannot be computed against a saved report (no values)"
 )
 
 
 def covers(matched: int, added: int, removed: int, reshaped: int) -> str:
-    """Which tensors an update covers, where the tensor sets differ."""
+    """Which tensors the whole-model figures cover, where the tensor sets differ."""
     if not (added or removed or reshaped):
         return ""
     parts = [f"{matched} matched"] + [
@@ -106,7 +105,7 @@ def covers(matched: int, added: int, removed: int, reshaped: int) -> str:
         for n, what in ((added, "added"), (removed, "removed"), (reshaped, "reshaped"))
         if n
     ]
-    return f"over {', '.join(parts)} (a missing tensor counts as zeros)"
+    return f"over {', '.join(parts)} tensors; one missing on a side counts as zeros there"
 
 
 def status_text(row: TensorDiff) -> str:
