@@ -46,7 +46,8 @@ class Item:
 
 @dataclass(frozen=True)
 class Task:
-    """Items run one after another on one worker; `nbytes` is what they read, for progress."""
+    """Items run one after another on one worker; `nbytes` is what they read from files (what
+    progress counts)."""
 
     items: tuple[Any, ...]
     nbytes: int
@@ -63,7 +64,7 @@ def run_pieces(
 ) -> list[Result]:
     """The statistics of every piece, in the order given, each computed on a worker."""
     items = items_of(singles, pairs, pieces)
-    tasks = group(items, [p.nbytes for p in pieces], [_files(i.sources) for i in items])
+    tasks = group(items, [p.file_bytes for p in pieces], [_files(i.sources) for i in items])
     done = _run(dask, tasks, functools.partial(scan_items, compiled, chunk_elements), progress)
     return [result for results in done for result in results]
 
@@ -90,8 +91,9 @@ def run_series(
     compiled: bool,
     progress: scan.Progress | None,
 ) -> list[scan.Series]:
-    """Every tensor's series across checkpoints, rows grouped into tasks: a task reads the
-    same tensors of every checkpoint, so each update is computed where both sides are read."""
+    """Every tensor's series across checkpoints (`sizes`: each row's file bytes), rows grouped
+    into tasks: a task reads the same tensors of every checkpoint, so each update is computed
+    where both sides are read."""
     rows = [tuple(None if s is None else _portable(s) for s in row) for row in series]
     tasks = group(rows, sizes, [() for _ in rows])
     done = _run(dask, tasks, functools.partial(scan_rows, compiled), progress)
@@ -99,8 +101,8 @@ def run_series(
 
 
 def group(items: Sequence[Any], sizes: Sequence[int], files: Sequence[Any]) -> list[Task]:
-    """Consecutive items into tasks of at most TASK_BYTES (an item larger than that alone), a
-    task never crossing from one file (or set of files) to another."""
+    """Consecutive items into tasks reading at most TASK_BYTES of files (an item larger than
+    that alone), a task never crossing from one file (or set of files) to another."""
     limit = TASK_BYTES
     tasks: list[Task] = []
     current: list[Any] = []

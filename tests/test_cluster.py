@@ -25,8 +25,8 @@ from safetensors.numpy import save_file
 
 import normcli
 from normcli import cluster, scan
-from normcli.api import inspect, trend
-from normcli.check import CheckConfig, run_check
+from normcli.api import inspect
+from normcli.gate import CheckConfig, run_check
 from normcli.settings import ReadSettings, Selection
 
 distributed = pytest.importorskip("distributed")
@@ -110,8 +110,9 @@ def _all_runs(paths: list[Path], dask: Any) -> list[dict[str, Any]]:
         inspect(b, dask=dask, group_by=2).to_dict(),
         normcli.compare(a, b, dask=dask).to_dict(),
         normcli.compare(b, c, include_int=True, dask=dask).to_dict(),
-        trend([a, b, c], group_by=0, dask=dask).to_dict(),
-        run_check(c, CheckConfig(), b, Selection(), ReadSettings(dask=dask)).to_dict(),
+        normcli.trend([a, b, c], group_by=0, dask=dask).to_dict(),
+        normcli.check(c, baseline=b, max_rel_update=0.5, dask=dask).to_dict(),
+        run_check(c, CheckConfig(), None, Selection(), ReadSettings(dask=dask)).to_dict(),
     ]
 
 
@@ -165,7 +166,7 @@ def test_tasks_finishing_in_any_order_merge_to_the_local_figures(
         local = scan.scan_all(singles, pairs)
         pieces = scan.pieces_of(singles, pairs)
         items = cluster.items_of(singles, pairs, pieces)
-        tasks = cluster.group(items, [p.nbytes for p in pieces], [0] * len(items))
+        tasks = cluster.group(items, [p.file_bytes for p in pieces], [0] * len(items))
         assert sum(len(t.items) for t in tasks) == len(pieces)
         done: dict[int, list[Any]] = {}
         for i in order.sample(range(len(tasks)), len(tasks)):
@@ -187,7 +188,7 @@ def test_the_workers_do_the_scanning(
     a, b, c = (str(p) for p in checkpoints)
     assert inspect(a, dask=local_cluster).total.stats.numel > 0
     assert normcli.compare(a, b, dask=local_cluster).total.pair is not None
-    assert trend([a, b, c], dask=local_cluster).rows
+    assert normcli.trend([a, b, c], dask=local_cluster).rows
 
 
 @pytest.mark.parametrize(
