@@ -201,8 +201,9 @@ def test_every_command_takes_the_address_by_option_or_environment(
     args = [command, *(checkpoints[i] for i in sides), "-f", "json"]
     here = run(*args, code=code)
     address = local_cluster.scheduler.address
-    assert run(*args, "--dask", address, code=code).stdout == here.stdout
-    assert run(*args, code=code, env={"NORMCLI_DASK": address}).stdout == here.stdout
+    by_option = run(*args, "--dask", address, code=code)
+    by_environment = run(*args, code=code, env={"NORMCLI_DASK": address})
+    assert by_option.stdout == by_environment.stdout == here.stdout
     # the address reaches the scan: one it cannot use fails there
     for option, env in ((["--dask", "local:0"], {}), ([], {"NORMCLI_DASK": "local:0"})):
         assert "--dask local:N needs" in run(*args, *option, code=2, env=env).stderr
