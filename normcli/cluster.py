@@ -308,6 +308,11 @@ def _start(address: str) -> Any:
                 raise ClusterError(
                     f"no Dask scheduler answered at {address} within {CONNECT_SECONDS:g} s"
                 ) from e
+            except ValueError as e:  # Dask's word for an address it cannot parse
+                raise UsageError(
+                    f"--dask {address!r} is not a scheduler address ({e}); give "
+                    "tcp://HOST:PORT, or local[:N]"
+                ) from e
     return client
 
 

@@ -319,6 +319,17 @@ def test_a_scheduler_without_workers_is_one_line(
     )
 
 
+@pytest.mark.parametrize("address", ["scheduler", "http://127.0.0.1:8786"])
+def test_an_address_dask_cannot_parse_is_a_usage_error(
+    run: Run, checkpoints: list[Path], address: str
+) -> None:
+    result = run("inspect", checkpoints[0], "--dask", address, code=2)
+    assert result.stderr.startswith(
+        f"normcli: error: --dask {address!r} is not a scheduler address"
+    )
+    assert result.stderr.endswith("give tcp://HOST:PORT, or local[:N]\n")
+
+
 @pytest.mark.parametrize("address", ["local:0", "local:two"])
 def test_a_bad_local_cluster_size_is_a_usage_error(
     run: Run, checkpoints: list[Path], address: str
