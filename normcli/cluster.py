@@ -225,11 +225,13 @@ def _run(
     futures = {client.submit(function, tasks[i], pure=False): i for i in order}
     results: list[list[T] | None] = [None] * len(tasks)
     try:
-        with _as_user_errors():
-            # on this client's loop: as_completed takes the default client's, which may be another
-            for future, result in as_completed(futures, loop=client.loop, with_results=True):
+        with _as_user_errors(client):
+            # on this client's loop: as_completed takes the default client's, which may be
+            # another. Results are fetched here, not by as_completed (with_results): a fetch that
+            # fails there is never reported, and the loop would wait for ever.
+            for future in as_completed(futures, loop=client.loop):
                 i = futures[future]
-                results[i] = result
+                results[i] = future.result()
                 if progress is not None:
                     progress.advance(tasks[i].nbytes)
     finally:
@@ -238,9 +240,12 @@ def _run(
 
 
 @contextlib.contextmanager
-def _as_user_errors() -> Iterator[None]:
+def _as_user_errors(client: Any) -> Iterator[None]:
     """Dask's own failures as one line each; a task's error (a file a worker cannot read, say)
     is raised as it was on the worker, as a local run raises it."""
+    from asyncio import CancelledError as LoopCancelled
+    from concurrent.futures import CancelledError
+
     from distributed import KilledWorker
 
     try:
@@ -250,6 +255,14 @@ def _as_user_errors() -> Iterator[None]:
             "Dask workers died again and again running one task (out of memory, or killed); "
             f"the scheduler gave up on it: {e}"
         ) from e
+    except (OSError, CancelledError, LoopCancelled) as e:  # what Dask raises as it loses one
+        if client.status == "running":  # a task's own error, raised as the worker raised it
+            raise
+        raise _lost(client) from e
+
+
+def _lost(client: Any) -> ClusterError:
+    return ClusterError(f"lost the Dask scheduler at {client.scheduler.address}")
 
 
 _clients: dict[str, Any] = {}
@@ -289,6 +302,12 @@ def _start(address: str) -> Any:
     except ImportError as e:
         raise UsageError(f"--dask needs Dask: {INSTALL}") from e
     local = _local_workers(address)
+    # A client normcli starts is normcli's to report on: Dask's log lines (a traceback per lost
+    # connection, retries) would break the one line a failure gets; they reach the user as
+    # ClusterError instead. --debug still shows the traceback.
+    for name in ["distributed", *logging.root.manager.loggerDict]:
+        if name.startswith("distributed"):  # Dask sets some of its loggers' levels one by one
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     with warnings.catch_warnings():
         # Dask warns of mismatched versions as it connects; _check_versions says which, once
         warnings.simplefilter("ignore")
@@ -332,6 +351,8 @@ def _check_versions(client: Any) -> None:
     mine = versions()
     try:
         theirs: dict[str, dict[str, str]] = client.run(versions)
+    except OSError as e:  # Dask's closed connections among them
+        raise _lost(client) from e
     except Exception as e:  # normcli missing on a worker fails there, as whatever unpickling met
         raise ClusterError(
             f"the Dask workers cannot run normcli ({type(e).__name__}: {e}); install the same "

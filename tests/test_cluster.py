@@ -3,6 +3,7 @@ into tasks; the work done on the workers; every fault one line and exit code 2."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from safetensors.numpy import save_file
 import normcli
 from normcli import cluster, scan
 from normcli.api import inspect
+from normcli.errors import ClusterError
 from normcli.gate import CheckConfig, run_check
 from normcli.settings import ReadSettings, Selection
 
@@ -349,16 +352,17 @@ def test_without_dask_the_error_says_what_to_install(
 # --- a cluster started as a user starts one: `dask scheduler` and `dask worker` processes ---
 
 
-@pytest.fixture(scope="module")
-def dask_processes() -> Iterator[str]:
-    """`dask scheduler` and two `dask worker` processes on 127.0.0.1, as a user starts them
-    (without nannies, so a killed worker stays dead)."""
+@contextlib.contextmanager
+def _started(workers: int) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """`dask scheduler` and `dask worker` processes on 127.0.0.1, as a user starts them
+    (without nannies, so a killed worker stays dead): the address, and the scheduler's process
+    then the workers'."""
     address = f"tcp://127.0.0.1:{_free_port()}"
     scheduler = f"scheduler --host 127.0.0.1 --port {address.rsplit(':', 1)[1]} --no-dashboard"
     worker = f"worker {address} --host 127.0.0.1 --nthreads 1 --no-nanny --no-dashboard"
-    started = []
+    started: list[subprocess.Popen[bytes]] = []
     try:
-        for command in (scheduler, worker, worker):
+        for command in (scheduler, *[worker] * workers):
             started.append(
                 subprocess.Popen(
                     [BIN / "dask", *command.split()],
@@ -367,13 +371,19 @@ def dask_processes() -> Iterator[str]:
                 )
             )
         with distributed.Client(address, timeout=30) as client:
-            client.wait_for_workers(2, timeout=60)
-        yield address
+            client.wait_for_workers(workers, timeout=60)
+        yield address, started
     finally:
         cluster.close_clients()
         # the workers first, while the scheduler is there to say goodbye to
         for process in reversed(started):
             _stop(process)
+
+
+@pytest.fixture(scope="module")
+def dask_processes() -> Iterator[str]:
+    with _started(workers=2) as (address, _):
+        yield address
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -459,3 +469,35 @@ def test_a_task_that_keeps_losing_its_worker_is_one_line(
         normcli.compare(
             checkpoints[0], checkpoints[2], dask=client, progress=KillOnFirstTask(client)
         )
+
+
+def test_a_scheduler_lost_mid_run_is_one_line_not_a_wait_for_ever(
+    checkpoints: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scan, "PIECE_BYTES", SMALL_PIECES)
+    monkeypatch.setattr(cluster, "TASK_BYTES", 1)
+    with _started(workers=1) as (address, (scheduler, _)):
+
+        class KillTheScheduler:
+            def start(self, total_bytes: int) -> None: ...
+
+            def advance(self, done_bytes: int) -> None:
+                if scheduler.poll() is None:
+                    scheduler.kill()
+                    scheduler.wait()
+
+        failed: list[BaseException] = []
+
+        def scan_it() -> None:
+            try:
+                inspect(checkpoints[0], dask=address, progress=KillTheScheduler())
+            except BaseException as e:
+                failed.append(e)
+
+        # on a thread, so a run that waits for ever fails the test instead of hanging it
+        thread = threading.Thread(target=scan_it, daemon=True)
+        thread.start()
+        thread.join(120)
+    assert not thread.is_alive(), "the run still waits for the lost scheduler"
+    assert [type(e) for e in failed] == [ClusterError]
+    assert str(failed[0]) == f"lost the Dask scheduler at {address}"
