@@ -6,6 +6,7 @@ import json
 import math
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -274,3 +275,39 @@ def test_against_a_report_the_largest_ratio_comes_first_and_new_nan_is_seen(tmp_
     # finetuned -> blowup: the NaN moved no norm, yet comes right after the scaled tensor
     nan_seen = normcli.compare(SAMPLES / "finetuned.safetensors", SAMPLES / "blowup.safetensors")
     assert [r.name for r in nan_seen.tensors[:2]] == [SCALED, POISONED]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: normcli.compare(
+                SAMPLES / "base.safetensors", SAMPLES / "blowup.safetensors", top=0
+            ),
+            "--top must be at least 1",
+        ),
+        (
+            lambda: normcli.compare(
+                SAMPLES / "base.safetensors", SAMPLES / "blowup.safetensors", top=-1
+            ),
+            "--top must be at least 1",
+        ),
+        (
+            lambda: normcli.compare(
+                SAMPLES / "base.safetensors", SAMPLES / "blowup.safetensors", group_by=0
+            ),
+            "--group-by must be at least 1",
+        ),
+        (
+            lambda: normcli.trend(
+                [SAMPLES / "base.safetensors", SAMPLES / "blowup.safetensors"], group_by=-1
+            ),
+            "--group-by must be at least 0",
+        ),
+    ],
+)
+def test_the_library_refuses_the_views_the_command_line_refuses(call: Any, message: str) -> None:
+    # a --top of -1 would silently drop the last row, a --group-by of 0 group by all but the last
+    # name part: the library says so as inspect does, rather than returning a clipped result
+    with pytest.raises(normcli.NormcliError, match=message):
+        call()
