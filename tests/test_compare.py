@@ -203,6 +203,29 @@ def test_against_a_saved_report_uses_stored_norms(tmp_path):
     assert same.summary["unchanged"] == 20
 
 
+@pytest.mark.parametrize("include_int", [False, True])
+def test_a_report_saved_with_include_int_keeps_integers_to_their_scope(tmp_path, include_int):
+    # a report saved with --include-int marks every tensor in_total; the totals of a compare
+    # against it still leave the integer tensors out unless this compare includes them
+    report = tmp_path / "base-all.json"
+    run(
+        "inspect",
+        str(SAMPLES / "base.safetensors"),
+        "--include-int",
+        "-f",
+        "json",
+        "-o",
+        str(report),
+    )
+    arrays = load_file(str(SAMPLES / "base.safetensors"))
+    counted = [a for a in arrays.values() if include_int or a.dtype.kind == "f"]
+    assert len(counted) < len(arrays) or include_int
+    expected = math.sqrt(math.fsum(float(x) ** 2 for a in counted for x in a.ravel()))
+    result = normcli.compare(report, SAMPLES / "base.safetensors", include_int=include_int)
+    assert result.total.a_l2 == pytest.approx(expected, rel=1e-12)
+    assert result.total.b_l2 == pytest.approx(expected, rel=1e-12)
+
+
 def test_a_partial_report_is_refused(tmp_path):
     report = tmp_path / "top.json"
     run("inspect", str(SAMPLES / "base.safetensors"), "-f", "json", "--top", "3", "-o", str(report))
