@@ -189,8 +189,9 @@ def _sort_value(sort: str) -> Callable[[TensorDiff | Aggregate], float | None]:
         "rel": lambda r: r.rel_l2,
         "diff": lambda r: r.pair.diff.l2 if r.pair is not None else None,
         "ratio": _ratio_distance,
-        # least similar first
-        "cosine": lambda r: None if r.cosine is None else -r.cosine,
+        # least similar first: 1 − cosine is 0 where nothing turned, so orthogonal (cosine 0)
+        # counts as moved rather than as unchanged
+        "cosine": lambda r: None if r.cosine is None else 1 - r.cosine,
         "l2": lambda r: _b_l2(r),
     }
     return values[sort]

@@ -226,6 +226,20 @@ def test_a_report_saved_with_include_int_keeps_integers_to_their_scope(tmp_path,
     assert result.total.b_l2 == pytest.approx(expected, rel=1e-12)
 
 
+def test_sort_by_cosine_puts_the_least_similar_first_even_orthogonal(tmp_path):
+    a = {"same": np.ones(4, np.float32), "turned": np.float32([1, 0, 0, 0])}
+    a["bent"] = np.float32([1, 1, 0, 0])
+    b = {"same": a["same"], "turned": np.float32([0, 1, 0, 0]), "bent": np.float32([1, 0, 0, 0])}
+    save_file(a, str(tmp_path / "a.safetensors"))
+    save_file(b, str(tmp_path / "b.safetensors"))
+    result = normcli.compare(tmp_path / "a.safetensors", tmp_path / "b.safetensors", sort="cosine")
+    assert [(r.name, r.cosine) for r in result.tensors] == [
+        ("turned", 0.0),
+        ("bent", pytest.approx(math.sqrt(0.5), rel=1e-12)),
+        ("same", 1.0),
+    ]
+
+
 def test_a_partial_report_is_refused(tmp_path):
     report = tmp_path / "top.json"
     run("inspect", str(SAMPLES / "base.safetensors"), "-f", "json", "--top", "3", "-o", str(report))
