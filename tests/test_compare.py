@@ -341,9 +341,17 @@ def test_against_a_report_the_largest_ratio_comes_first_and_new_nan_is_seen(tmp_
             ),
             "--group-by must be at least 0",
         ),
+        (
+            lambda: normcli.inspect(SAMPLES / "base.safetensors", threads=0),
+            "--threads must be at least 1",
+        ),
+        (
+            lambda: normcli.check(SAMPLES / "base.safetensors", threads=-2),
+            "--threads must be at least 1",
+        ),
     ],
 )
-def test_the_library_refuses_the_views_the_command_line_refuses(call: Any, message: str) -> None:
+def test_the_library_refuses_the_options_the_command_line_refuses(call: Any, message: str) -> None:
     # a --top of -1 would silently drop the last row, a --group-by of 0 group by all but the last
     # name part: the library says so as inspect does, rather than returning a clipped result
     with pytest.raises(normcli.NormcliError, match=message):
