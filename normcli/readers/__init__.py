@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from ..errors import UnsupportedError, UsageError
+from ..errors import NormcliError, UnsupportedError, UsageError
 from . import gguf as gguf_reader
 from . import hdf5 as hdf5_reader
+from . import hub, remote, remote_file, sharded
 from . import numpy as numpy_reader
 from . import onnx as onnx_reader
 from . import pytorch as pytorch_reader
 from . import safetensors as safetensors_reader
-from . import sharded
 from .base import Checkpoint, TensorSource
 from .files import open_regular
 from .zipped import ZIP_MAGIC
@@ -80,13 +81,40 @@ def detect_format(path: str) -> str:
 
 
 def open_checkpoint(
-    path: str | os.PathLike[str], input_format: str | None = None, key: str | None = None
+    path: str | os.PathLike[str],
+    input_format: str | None = None,
+    key: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Checkpoint:
-    """Open `path` lazily: headers are read and validated, tensor data is not touched. `key`
-    selects a sub-tree of a nested PyTorch checkpoint (e.g. "model"); other formats ignore it."""
+    """Open `path` (a local path or a URL) lazily: headers are read and validated, tensor data
+    is not touched. `key` selects a sub-tree of a nested PyTorch checkpoint (e.g. "model");
+    other formats ignore it. `storage_options` go to the filesystem of a URL (fsspec's)."""
     path = os.fspath(path)
+    if storage_options is None:
+        with remote_file.session():
+            return _open_url(path, input_format, key)
+    with remote.storage_options(storage_options), remote_file.session():
+        return _open_url(path, input_format, key)
+
+
+def _open_url(path: str, input_format: str | None, key: str | None) -> Checkpoint:
+    if not remote.is_url(path):
+        return _open(path, input_format, key)
+    shown = remote.redact(path)
+    resolved = remote.local_path(path) or hub.resolve(path)
+    try:
+        checkpoint = _open(resolved, input_format, key)
+    except NormcliError as e:
+        if e.path in (resolved, remote.redact(resolved)):
+            e.path = shown
+        raise
+    checkpoint.path = shown
+    return checkpoint
+
+
+def _open(path: str, input_format: str | None, key: str | None) -> Checkpoint:
     if sharded.is_sharded(path):
-        return sharded.open_sharded(path, lambda shard: open_checkpoint(shard, input_format, key))
+        return sharded.open_sharded(path, lambda shard: _open_url(shard, input_format, key))
     fmt = input_format or detect_format(path)
     if fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (choose from {', '.join(FORMATS)})")

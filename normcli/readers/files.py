@@ -10,21 +10,82 @@ import os
 import sys
 import threading
 import weakref
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
 from ..errors import CorruptFileError, InputError, UnsupportedError
+from . import remote
+from .remote_file import RemoteFile, any_open, open_stream
 
 # Reads the raw bytes [start, stop) of one tensor's data, into `out` (at least that long) when
 # it can, and returns them.
 ByteReader = Callable[[int, int, np.ndarray], "bytes | memoryview | np.ndarray"]
 
 
+class Data(Protocol):
+    """A checkpoint file's bytes, wherever they lie: a local DataFile or a remote file."""
+
+    path: str
+    size: int
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, span: slice) -> bytes: ...
+
+    def readinto(self, buffer: memoryview, offset: int) -> int: ...
+
+    def reader(self, base: int) -> Callable[[int, int, np.ndarray], np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def open_data(path: str) -> Data:
+    """The file at `path` (a local path or a URL), for reading tensor data in place."""
+    if remote.is_url(path) and remote.local_path(path) is None:
+        return RemoteFile(remote.spec_for(path))
+    return DataFile(remote.local_path(path) or path)
+
+
+def reading_remote() -> bool:
+    """Whether a remote file is open: reads then follow storage order, which it fetches ahead."""
+    return any_open()
+
+
+def open_zip(path: str) -> zipfile.ZipFile:
+    """A zip archive (its directory read, members not): closing it closes what it opened."""
+    if not remote.is_url(path) or remote.local_path(path) is not None:
+        return zipfile.ZipFile(remote.local_path(path) or path)
+    stream = open_regular(path)
+    try:
+        archive = _OwningZipFile(stream)
+    except BaseException:
+        stream.close()
+        raise
+    archive.owned = stream
+    return archive
+
+
+class _OwningZipFile(zipfile.ZipFile):
+    owned: BinaryIO | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self.owned is not None:
+            self.owned.close()
+            self.owned = None
+
+
 def open_regular(path: str) -> BinaryIO:
-    """Open a regular file for binary reading, or say plainly why it cannot be."""
+    """Open a regular file (or a URL) for binary reading, or say plainly why it cannot be."""
+    if remote.is_url(path):
+        local = remote.local_path(path)
+        if local is None:
+            return open_stream(remote.spec_for(path))
+        path = local
     if os.path.isdir(path):
         raise InputError("is a directory, not a checkpoint file", path)
     try:

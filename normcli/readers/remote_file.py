@@ -1,0 +1,374 @@
+"""A remote file read in place, behind the interface of a local DataFile: headers from a small
+prefix fetched once, tensor data in large blocks fetched ahead of the readers, several at a time,
+each block once and dropped once read through, so memory stays bounded whatever the file."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import io
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptFileError, InputError, NormcliError
+from . import remote
+from .remote import RemoteSpec
+
+# One range request per block: large enough that a request's round trip is small beside its
+# transfer, small enough that a few in flight per reader keep memory modest.
+BLOCK_BYTES = 16 << 20
+# Blocks fetched ahead of the block being read.
+AHEAD = 4
+# Blocks held or in flight, over every remote file of the process; a block being read is
+# fetched beyond this if it must be, prefetching waits.
+BUDGET_BYTES = 256 << 20
+# Headers are read from the file's first bytes, fetched once (grown if a header is larger).
+HEAD_BYTES = 64 << 10
+MAX_HEAD_BYTES = 16 << 20
+# A range request that fails part way (a dropped connection) is tried this many times in all.
+TRIES = 3
+RETRY_PAUSE = 0.25
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_budget_lock = threading.Lock()
+_held_bytes = 0
+_open_files = 0
+
+
+def _fetch_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(2 * AHEAD, thread_name_prefix="normcli-fetch")
+        return _pool
+
+
+@dataclass
+class _Known:
+    """What one opening of a checkpoint learnt of a remote file: its size and first bytes."""
+
+    size: int
+    head: bytes = b""
+
+
+_known: contextvars.ContextVar[dict[RemoteSpec, _Known] | None] = contextvars.ContextVar(
+    "normcli_remote_known", default=None
+)
+
+
+@contextlib.contextmanager
+def session() -> Iterator[None]:
+    """Within, a remote file opened again (to detect its format, then to read its header, then
+    its data) is not asked for its size or its first bytes again."""
+    if _known.get() is not None:
+        yield
+        return
+    token = _known.set({})
+    try:
+        yield
+    finally:
+        _known.reset(token)
+
+
+def any_open() -> bool:
+    """Whether a remote file is open: scans then read in storage order, which reads ahead."""
+    return _open_files > 0
+
+
+@dataclass
+class _Block:
+    future: Future[bytes]
+    size: int
+    read: int = 0
+    touched: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Traffic:
+    """Range requests made and bytes received, for tests and the benchmark."""
+
+    requests: int = 0
+    received: int = 0
+
+
+class RemoteFile:
+    """A file named by a URL: random access by range requests, never a whole-file download."""
+
+    def __init__(self, spec: RemoteSpec) -> None:
+        global _open_files
+        self.spec = spec
+        self.path = spec.shown
+        fs, inner = remote.filesystem(spec)
+        known = _known.get()
+        if known is not None and spec in known:
+            self.size, self._head = known[spec].size, known[spec].head
+        else:
+            self.size, self._head = _size(fs, inner, self.path), b""
+        size = self.size
+        self._file = remote.call(
+            lambda: (
+                fs.open(inner, "rb", block_size=BLOCK_BYTES, cache_type="none", size=size)
+                if remote.protocol_of(spec.url) in ("http", "https")
+                else fs.open(inner, "rb", block_size=BLOCK_BYTES, cache_type="none")
+            ),
+            self.path,
+            "cannot open",
+        )
+        self.traffic = Traffic()
+        self._blocks: dict[int, _Block] = {}
+        self._lock = threading.Lock()
+        self._head_lock = threading.Lock()
+        self._closed = False
+        _open_files += 1
+
+    # --- the interface readers use (as files.DataFile) ------------------------------------------
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, span: slice) -> bytes:
+        """Small reads (headers): file[start:stop], clipped at the end like a bytes slice."""
+        start, stop, _ = span.indices(self.size)
+        if stop <= start:
+            return b""
+        if stop <= MAX_HEAD_BYTES:
+            with self._head_lock:
+                if stop > len(self._head):
+                    grown = max(stop, min(MAX_HEAD_BYTES, max(HEAD_BYTES, 2 * len(self._head))))
+                    self._head += self._fetch(len(self._head), min(self.size, grown))
+                    known = _known.get()
+                    if known is not None:
+                        known[self.spec] = _Known(self.size, self._head)
+                return self._head[start:stop]
+        return self._fetch(start, stop)
+
+    def readinto(self, buffer: memoryview, offset: int) -> int:
+        """Copy the bytes from `offset` into `buffer`, as many as the file holds; their count."""
+        stop = min(self.size, offset + len(buffer))
+        if stop <= offset:
+            return 0
+        data = self[offset:stop]
+        buffer[: len(data)] = data
+        return len(data)
+
+    def reader(self, base: int) -> Callable[[int, int, np.ndarray], np.ndarray]:
+        """Reads bytes [start, stop) of a tensor whose data begins at `base` into `out`."""
+
+        def read(start: int, stop: int, out: np.ndarray) -> np.ndarray:
+            first, last = base + start, base + stop
+            if last > self.size:
+                raise CorruptFileError("the file ended early (truncated?)", self.path)
+            self._copy(first, last, out.data.cast("B"))
+            return out[: last - first]
+
+        return read
+
+    def close(self) -> None:
+        global _open_files
+        if self._closed:
+            return
+        self._closed = True
+        _open_files -= 1
+        with self._lock:
+            blocks = list(self._blocks.values())
+            self._blocks.clear()
+        for block in blocks:
+            block.future.cancel()
+            _release(block.size)
+        self._head = b""
+
+    # --- blocks ---------------------------------------------------------------------------------
+
+    def _copy(self, first: int, last: int, view: memoryview) -> None:
+        position = first
+        index = first // BLOCK_BYTES
+        while position < last:
+            index = position // BLOCK_BYTES
+            low = index * BLOCK_BYTES
+            data = self._block(index)
+            take = min(last, low + len(data)) - position
+            if take <= 0:
+                raise CorruptFileError("the file ended early (truncated?)", self.path)
+            view[position - first : position - first + take] = data[
+                position - low : position - low + take
+            ]
+            self._done_with(index, take)
+            position += take
+        self._read_ahead(index + 1)
+
+    def _block(self, index: int) -> bytes:
+        with self._lock:
+            block = self._blocks.get(index) or self._start(index, demanded=True)
+            assert block is not None  # a demanded block is always started
+            block.touched = time.monotonic()
+        try:
+            return block.future.result()
+        except BaseException:
+            self._forget(index)
+            raise
+
+    def _start(self, index: int, demanded: bool) -> _Block | None:
+        """Start fetching block `index` (the lock held); None if prefetching must wait."""
+        low = index * BLOCK_BYTES
+        size = min(BLOCK_BYTES, self.size - low)
+        if not _reserve(size, force=demanded):
+            self._evict_stale()
+            if not _reserve(size, force=demanded):
+                return None
+        block = _Block(_fetch_pool().submit(self._fetch_block, low, low + size), size)
+        self._blocks[index] = block
+        return block
+
+    def _read_ahead(self, index: int) -> None:
+        last = min(index + AHEAD, -(-self.size // BLOCK_BYTES))
+        with self._lock:
+            for ahead in range(index, last):
+                if ahead not in self._blocks and self._start(ahead, demanded=False) is None:
+                    break
+
+    def _done_with(self, index: int, count: int) -> None:
+        with self._lock:
+            block = self._blocks.get(index)
+            if block is None:
+                return
+            block.read += count
+            if block.read >= block.size:
+                del self._blocks[index]
+                _release(block.size)
+
+    def _forget(self, index: int) -> None:
+        with self._lock:
+            block = self._blocks.pop(index, None)
+        if block is not None:
+            _release(block.size)
+
+    def _evict_stale(self) -> None:
+        """Drop the least recently read block of this file that no reader waits for (the lock
+        held): part of it lay outside every tensor read, so it was never read through."""
+        done = [(b.touched, i) for i, b in self._blocks.items() if b.future.done() and b.read]
+        if done:
+            _, index = min(done)
+            _release(self._blocks.pop(index).size)
+
+    # --- range requests -------------------------------------------------------------------------
+
+    def _fetch_block(self, start: int, stop: int) -> bytes:
+        """A block; the part of it that the first bytes (read for the header) hold is not
+        fetched again."""
+        held = self._head[start:stop]
+        if not held:
+            return self._fetch(start, stop)
+        rest = self._fetch(start + len(held), stop) if start + len(held) < stop else b""
+        return held + rest
+
+    def _fetch(self, start: int, stop: int) -> bytes:
+        """Bytes [start, stop), all of them or an error: a request cut short is tried again a
+        bounded number of times, never taken for the file's contents."""
+        problem = ""
+        for attempt in range(TRIES):
+            if self._closed and attempt:
+                break
+            try:
+                data = bytes(self._file._fetch_range(start, stop))
+            except ValueError as e:
+                if "range" in str(e).lower():
+                    raise InputError(
+                        "the server ignores Range requests, and normcli reads remote files "
+                        "by ranges (never a whole large body into memory)",
+                        self.path,
+                    ) from e
+                raise remote.describe(e, self.path) from e
+            except NormcliError:
+                raise
+            except Exception as e:
+                error = remote.describe(e, self.path)
+                if "404" in error.message or "403" in error.message:
+                    raise error from e
+                problem = error.message
+            else:
+                self.traffic.requests += 1
+                self.traffic.received += len(data)
+                if len(data) == stop - start:
+                    return data
+                problem = f"the server sent {len(data)} of {stop - start} bytes"
+            time.sleep(RETRY_PAUSE * (attempt + 1))
+        raise InputError(
+            f"reading bytes {start}-{stop} failed {TRIES} times ({problem}); no figures "
+            "are given from a partial read",
+            self.path,
+        )
+
+
+def _size(fs: Any, inner: str, shown: str) -> int:
+    found = remote.call(lambda: fs.info(inner), shown, "cannot open")
+    if found.get("type") == "directory":
+        raise InputError("is a folder, not a checkpoint file", shown)
+    size = found.get("size")
+    if not isinstance(size, int):
+        raise InputError(
+            "the server does not say how large the file is; normcli reads remote files by ranges",
+            shown,
+        )
+    return size
+
+
+def _reserve(size: int, force: bool) -> bool:
+    global _held_bytes
+    with _budget_lock:
+        if not force and _held_bytes + size > BUDGET_BYTES:
+            return False
+        _held_bytes += size
+        return True
+
+
+def _release(size: int) -> None:
+    global _held_bytes
+    with _budget_lock:
+        _held_bytes -= size
+
+
+class RemoteStream(io.RawIOBase):
+    """A remote file as a seekable binary file object, for the libraries that read one
+    (zipfile, h5py, onnx, the unpickler): each read is a range of the file."""
+
+    def __init__(self, data: RemoteFile) -> None:
+        super().__init__()
+        self.data, self.position = data, 0
+        self.name = data.path
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        origin = {0: 0, 1: self.position, 2: self.data.size}[whence]
+        self.position = max(0, origin + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        got = self.data.readinto(view, self.position)
+        self.position += got
+        return got
+
+    def close(self) -> None:
+        if not self.closed:
+            self.data.close()
+        super().close()
+
+
+def open_stream(spec: RemoteSpec) -> io.BufferedReader:
+    """A buffered file object over the remote file (closing it closes the file)."""
+    return io.BufferedReader(RemoteStream(RemoteFile(spec)), buffer_size=HEAD_BYTES)
