@@ -36,14 +36,12 @@ _PACKAGES = {
 # --storage-option or fsspec configuration overrides them.
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "s3": {
-        "retries": 3,
         "config_kwargs": {
             "connect_timeout": 5,
             "read_timeout": 60,
             "retries": {"max_attempts": 2, "mode": "standard"},
         },
     },
-    "http": {"client_kwargs": {"timeout": None}},
 }
 _SECRET_QUERY = re.compile(
     r"(?i)([?&](?:[a-z0-9_.-]*(?:token|signature|sig|key|secret|credential|password|auth)"
@@ -203,37 +201,50 @@ def call(action: Callable[[], T], shown: str, what: str = "cannot read") -> T:
         raise describe(e, shown, what) from e
 
 
+_DNS_FAILURES = (
+    "name or service not known",
+    "nodename nor servname",
+    "temporary failure in name resolution",
+    "no address associated",
+    "getaddrinfo failed",
+)
+
+
 def describe(error: BaseException, shown: str, what: str = "cannot read") -> NormcliError:
-    """A remote library's exception as the user's one line."""
-    status = _status(error)
-    if isinstance(error, FileNotFoundError) or status == 404:
-        return InputError("no such file, bucket or repository (404 not found)", shown)
-    if isinstance(error, PermissionError) or status in (401, 403):
+    """A remote library's exception as the user's one line. fsspec reports many failures as
+    FileNotFoundError; what really happened is in the error it was raised from."""
+    chain = _chain(error)
+    status = next((s for s in map(_status, chain) if s is not None), None)
+    text = redact(" / ".join(dict.fromkeys(str(e) for e in chain if str(e))))
+    lowered = text.lower()
+    if status in (401, 403) or any(isinstance(e, PermissionError) for e in chain):
         return InputError(
             "access denied (403): check the credentials (AWS_*, HF_TOKEN, --storage-option ...)",
             shown,
         )
-    if isinstance(error, IsADirectoryError):
-        return InputError("is a folder, not a checkpoint file", shown)
-    text = redact(f"{error}" or type(error).__name__)
-    lowered = text.lower()
-    if any(
-        s in lowered
-        for s in (
-            "name or service not known",
-            "nodename nor servname",
-            "temporary failure in name resolution",
-            "getaddrinfo",
-        )
-    ):
+    if any(s in lowered for s in _DNS_FAILURES):
         return InputError(f"cannot resolve the server's name (DNS): {text}", shown)
-    if "connect" in lowered and (
-        "refused" in lowered or "could not" in lowered or "cannot" in lowered
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or (
+        "connect" in lowered and any(w in lowered for w in ("refused", "could not", "cannot"))
     ):
         return InputError(f"cannot connect to the server: {text}", shown)
+    if status == 404 or any(isinstance(e, FileNotFoundError) for e in chain):
+        return InputError("no such file, bucket or repository (404 not found)", shown)
+    if isinstance(error, IsADirectoryError):
+        return InputError("is a folder, not a checkpoint file", shown)
     if status is not None:
         return InputError(f"{what}: the server answered {status}: {text}", shown)
     return InputError(f"{what}: {type(error).__name__}: {text}", shown)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and those it was raised from, outermost first."""
+    found: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and len(found) < 8 and seen not in found:
+        found.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return found
 
 
 def _status(error: BaseException) -> int | None:
