@@ -48,9 +48,11 @@ def inspect(
     group_by: int | None = None,
     threads: int | None = None,
     progress: Progress | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> InspectResult:
-    """Norms of every tensor in the checkpoint at `path`, and of the whole model."""
-    with open_checkpoint(path, input_format, key) as checkpoint:
+    """Norms of every tensor in the checkpoint at `path` (a local path, or a URL: s3://,
+    gs://, az://, hf://, https://... with its fsspec `storage_options`), and of the model."""
+    with open_checkpoint(path, input_format, key, storage_options) as checkpoint:
         return _inspect_open(
             checkpoint, include_int, filter, exclude, sort, top, group_by, threads, progress
         )

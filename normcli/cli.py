@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar, cast
 
 import click
 
@@ -185,7 +186,32 @@ selection_options = _options(
     ),
 )
 
+
+def _with_storage_options(command: F) -> F:
+    """The command, run with its --storage-option values given to every URL it opens."""
+
+    @functools.wraps(command)
+    def run(*args: Any, storage_options: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        from .readers import remote
+
+        parsed = dict(remote.parse_option(text) for text in storage_options)
+        with remote.storage_options(parsed):
+            return command(*args, **kwargs)
+
+    return cast(F, run)
+
+
 reading_options = _options(
+    _with_storage_options,
+    click.option(
+        "--storage-option",
+        "storage_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="An option of the storage of URL arguments (s3://, gs://, az://, hf://, https://), "
+        "e.g. endpoint_url=http://127.0.0.1:9000 or anon=true (repeatable); credentials come "
+        "from the usual places (AWS_*, HF_TOKEN, fsspec's configuration).",
+    ),
     click.option(
         "--input-format",
         type=click.Choice(
@@ -641,7 +667,17 @@ def _write_text(path: str, text: str, append: bool = False) -> None:
 
 def main() -> None:
     _allow_open_files()
+    sys.excepthook = _redacted_traceback
     cli.main()
+
+
+def _redacted_traceback(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+    """The traceback --debug shows, with credentials in URLs, queries and options hidden."""
+    import traceback
+
+    from .readers.remote import redact
+
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, error, trace))))
 
 
 def _allow_open_files() -> None:

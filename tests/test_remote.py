@@ -148,6 +148,16 @@ def test_a_big_file_is_read_in_blocks_several_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(remote_file, "BLOCK_BYTES", 1 << 16)
+    monkeypatch.setattr(remote_file, "BUDGET_BYTES", 6 << 16)
+    held: list[int] = []
+    reserve = remote_file._reserve
+
+    def counted(size: int, force: bool) -> bool:
+        granted = reserve(size, force)
+        held.append(remote_file._held_bytes)
+        return granted
+
+    monkeypatch.setattr(remote_file, "_reserve", counted)
     values = np.random.default_rng(1).standard_normal(1 << 20).astype(np.float32)
     save_file({"w": values, "v": values[:1000].copy()}, str(tmp_path / "big.safetensors"))
     local = figures(normcli.inspect(tmp_path / "big.safetensors"))
@@ -158,6 +168,10 @@ def test_a_big_file_is_read_in_blocks_several_at_once(
         starts = sorted(start for start, _ in server.served.ranges)
         assert len(starts) == len(set(starts))  # no range asked for twice
         assert len(server.served.ranges) >= size // (1 << 16)
+        # blocks are dropped once read through: memory stays within the budget, plus the
+        # blocks the readers (two threads) wait for
+        assert max(held) <= (6 + 2) << 16
+        assert remote_file._held_bytes == 0
 
 
 def test_a_missing_file_is_one_line_and_exit_2(run: Run, http_server: FileServer) -> None:

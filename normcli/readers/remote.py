@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import InputError, NormcliError, UnsupportedError
+from ..errors import InputError, NormcliError, UnsupportedError, UsageError
 
 _URL = re.compile(r"^(?P<protocol>[A-Za-z][A-Za-z0-9+.-]+)://")
 # protocol -> (the package that reads it, the normcli extra that installs it)
@@ -45,7 +45,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 _SECRET_QUERY = re.compile(
     r"(?i)([?&](?:[a-z0-9_.-]*(?:token|signature|sig|key|secret|credential|password|auth)"
-    r"[a-z0-9_.-]*)=)[^&#\s'\"]*"
+    r"[a-z0-9_.-]*)=)[^&#:\s'\"]*"
 )
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s'\"]+@")
 _SECRET_NAME = re.compile(r"(?i)(token|secret|password|key|credential|sas|signature)")
@@ -119,7 +119,7 @@ def parse_option(text: str) -> tuple[str, Any]:
     """KEY=VALUE: true/false/none, integers and decimals as such, anything else a string."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise NormcliError(f"--storage-option {redact(text)!r} is not KEY=VALUE")
+        raise UsageError(f"--storage-option {redact(text)!r} is not KEY=VALUE")
     lowered = value.strip().lower()
     parsed: Any = value
     if lowered in ("true", "false"):
