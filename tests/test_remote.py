@@ -357,3 +357,15 @@ def test_offline_and_not_in_the_cache_is_said_plainly(hub_cache: Path, run: Run)
     result = run("inspect", "hf://org/absent", code=2)
     assert "HF_HUB_OFFLINE" in result.stderr
     assert "hf://org/absent" in result.stderr
+
+
+def test_compare_reads_both_sides_through_urls(
+    zoo: Path, http_server: FileServer, run: Run
+) -> None:
+    a, b = "model.safetensors", "sharded/model.safetensors.index.json"
+    remote_json = json.loads(
+        run("compare", f"{http_server.url}/{a}", f"{http_server.url}/{b}", "-f", "json").stdout
+    )
+    local_json = json.loads(run("compare", zoo / a, zoo / b, "-f", "json").stdout)
+    assert remote_json["total"] == local_json["total"]
+    assert remote_json["tensors"] == local_json["tensors"]
