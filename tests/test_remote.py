@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Iterator
@@ -369,3 +370,30 @@ def test_compare_reads_both_sides_through_urls(
     local_json = json.loads(run("compare", zoo / a, zoo / b, "-f", "json").stdout)
     assert remote_json["total"] == local_json["total"]
     assert remote_json["tensors"] == local_json["tensors"]
+
+
+def test_a_remote_file_pickles_as_its_url_and_reopens(http_server: FileServer) -> None:
+    spec = remote.RemoteSpec(f"{http_server.url}/model.safetensors", (("block_size", 1024),))
+    opened = remote_file.RemoteFile(spec)
+    copy = pickle.loads(pickle.dumps(opened))
+    try:
+        assert copy.spec == spec
+        assert copy.size == opened.size
+        assert copy[0:8] == opened[0:8]
+    finally:
+        opened.close()
+        copy.close()
+
+
+def test_a_shard_missing_from_an_unlistable_folder_is_named(
+    zoo: Path, http_server: FileServer, run: Run
+) -> None:
+    index = json.loads((zoo / "sharded" / "model.safetensors.index.json").read_text())
+    index["weight_map"]["extra"] = "model-00009-of-00009.safetensors"
+    (zoo / "sharded" / "broken.index.json").write_text(json.dumps(index))
+    try:
+        result = run("inspect", f"{http_server.url}/sharded/broken.index.json", code=2)
+    finally:
+        (zoo / "sharded" / "broken.index.json").unlink()
+    assert "model-00009-of-00009.safetensors" in result.stderr
+    assert "404" in result.stderr

@@ -215,19 +215,21 @@ def describe(error: BaseException, shown: str, what: str = "cannot read") -> Nor
     FileNotFoundError; what really happened is in the error it was raised from."""
     chain = _chain(error)
     status = next((s for s in map(_status, chain) if s is not None), None)
-    text = redact(" / ".join(dict.fromkeys(str(e) for e in chain if str(e))))
-    lowered = text.lower()
+    texts = [redact(str(e)) for e in chain if str(e)]
+    # the outermost error says what failed, the innermost why (a refused connection...)
+    text = " / ".join(dict.fromkeys(texts[:1] + texts[-1:])) or type(error).__name__
+    lowered = " ".join(texts).lower()
     if status in (401, 403) or any(isinstance(e, PermissionError) for e in chain):
         return InputError(
             "access denied (403): check the credentials (AWS_*, HF_TOKEN, --storage-option ...)",
             shown,
         )
     if any(s in lowered for s in _DNS_FAILURES):
-        return InputError(f"cannot resolve the server's name (DNS): {text}", shown)
+        return InputError(f"cannot resolve the server's name (DNS): {texts[-1]}", shown)
     if any(isinstance(e, ConnectionRefusedError) for e in chain) or (
         "connect" in lowered and any(w in lowered for w in ("refused", "could not", "cannot"))
     ):
-        return InputError(f"cannot connect to the server: {text}", shown)
+        return InputError(f"cannot connect to the server: {texts[-1]}", shown)
     if status == 404 or any(isinstance(e, FileNotFoundError) for e in chain):
         return InputError("no such file, bucket or repository (404 not found)", shown)
     if isinstance(error, IsADirectoryError):
@@ -298,6 +300,12 @@ def list_dir(url: str) -> dict[str, str]:
         if name:
             found[name] = "directory" if entry.get("type") == "directory" else "file"
     return found
+
+
+def listable(url: str) -> bool:
+    """Whether the folder of `url` can be listed: not over plain HTTP(S), where a folder is at
+    best a web page of links."""
+    return protocol_of(url) not in ("http", "https")
 
 
 def join(folder: str, name: str) -> str:

@@ -128,6 +128,11 @@ class RemoteFile:
         self._closed = False
         _open_files += 1
 
+    def __reduce__(self) -> tuple[type[RemoteFile], tuple[RemoteSpec]]:
+        """Pickled as its description (a URL and storage options): another process, a Dask
+        worker, opens the file again itself."""
+        return RemoteFile, (self.spec,)
+
     # --- the interface readers use (as files.DataFile) ------------------------------------------
 
     def __len__(self) -> int:

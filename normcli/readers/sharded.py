@@ -120,11 +120,12 @@ def _from_index(index_path: str, open_one: OpenOne, shown: str | None = None) ->
         remote.dirname(index_path) if remote.is_url(index_path) else os.path.dirname(index_path)
     )
     shards = list(dict.fromkeys(weight_map.values()))
-    present = set(_files(folder or "."))
+    # a shard missing from a folder that cannot be listed is a 404 when it is opened
+    present = set(_files(folder or ".")) if remote.listable(index_path) else None
     for shard in shards:
         if os.path.basename(shard) != shard or shard in ("", ".", ".."):
             raise CorruptFileError(f"index names shard {shard!r} outside its folder", index_path)
-        if shard not in present:
+        if present is not None and shard not in present:
             raise CorruptFileError(f"index names shard {shard!r}, which does not exist", index_path)
     checkpoint = _combine(
         shown or index_path, [(shard, _join(folder, shard)) for shard in shards], open_one
