@@ -73,11 +73,13 @@ def bench_remote(folder: Path, checkpoint: Path) -> None:
         )
         server.served.reset()
         index = f"{server.url}/{sharded.name}/model.safetensors.index.json"
+        started = time.perf_counter()
         with open_checkpoint(index) as opened:
             count = len(opened.tensors)
+        took = time.perf_counter() - started
         print(
             f"  headers of 20 shards ({count} tensors): {server.served.requests} requests, "
-            f"{server.served.bytes / 1024:.0f} KiB"
+            f"{server.served.bytes / 1024:.0f} KiB, {took:.2f} s"
         )
     finally:
         servers.close()

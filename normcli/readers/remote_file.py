@@ -12,13 +12,15 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..errors import CorruptFileError, InputError, NormcliError
 from . import remote
 from .remote import RemoteSpec
+
+T = TypeVar("T")
 
 # One range request per block: large enough that a request's round trip is small beside its
 # transfer, small enough that a few in flight per reader keep memory modest.
@@ -126,7 +128,8 @@ class RemoteFile:
         self._lock = threading.Lock()
         self._head_lock = threading.Lock()
         self._closed = False
-        _open_files += 1
+        with _budget_lock:
+            _open_files += 1
 
     def __reduce__(self) -> tuple[type[RemoteFile], tuple[RemoteSpec]]:
         """Pickled as its description (a URL and storage options): another process, a Dask
@@ -180,7 +183,8 @@ class RemoteFile:
         if self._closed:
             return
         self._closed = True
-        _open_files -= 1
+        with _budget_lock:
+            _open_files -= 1
         with self._lock:
             blocks = list(self._blocks.values())
             self._blocks.clear()
@@ -309,6 +313,27 @@ class RemoteFile:
             "are given from a partial read",
             self.path,
         )
+
+
+# Remote files opened at once (the shards of a checkpoint): their headers' requests overlap.
+OPENING = 8
+
+
+def open_concurrently(
+    open_one: Callable[[str], T], urls: list[str], close: Callable[[T], None]
+) -> list[T]:
+    """open_one(url) for each URL, several at once, in this context (the run's storage
+    options); if one fails, those opened are closed and the first failure in order raised."""
+    with ThreadPoolExecutor(min(OPENING, len(urls)), thread_name_prefix="normcli-open") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, open_one, url) for url in urls]
+        outcomes = [f.exception() for f in futures]
+    failed = next((e for e in outcomes if e is not None), None)
+    if failed is None:
+        return [f.result() for f in futures]
+    for future, error in zip(futures, outcomes, strict=True):
+        if error is None:
+            close(future.result())
+    raise failed
 
 
 def _size(fs: Any, inner: str, shown: str) -> int:
