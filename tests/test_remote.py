@@ -397,3 +397,26 @@ def test_a_shard_missing_from_an_unlistable_folder_is_named(
         (zoo / "sharded" / "broken.index.json").unlink()
     assert "model-00009-of-00009.safetensors" in result.stderr
     assert "404" in result.stderr
+
+
+def test_opening_a_sharded_checkpoint_reads_headers_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each shard: its size asked, then its first bytes (the header within them); no value."""
+    from normcli.readers import open_checkpoint
+
+    rng = np.random.default_rng(5)
+    weight_map = {}
+    for part in range(1, 6):
+        shard = f"model-{part:05d}-of-00005.safetensors"
+        arrays = {
+            f"l{part}.w{i}": rng.standard_normal(1 << 16).astype(np.float32) for i in range(4)
+        }
+        save_file(arrays, str(tmp_path / shard))
+        weight_map.update(dict.fromkeys(arrays, shard))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    for server in serve_folder(str(tmp_path)):
+        with open_checkpoint(f"{server.url}/model.safetensors.index.json") as opened:
+            assert len(opened.tensors) == 20
+        assert server.served.requests <= 2 + 2 * 5  # the index, then HEAD and GET per shard
+        assert server.served.bytes <= 5 * remote_file.HEAD_BYTES + (1 << 12)
