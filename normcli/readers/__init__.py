@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -9,10 +10,10 @@ from typing import Any
 from ..errors import NormcliError, UnsupportedError, UsageError
 from . import gguf as gguf_reader
 from . import hdf5 as hdf5_reader
-from . import hub, remote, remote_file, sharded
 from . import numpy as numpy_reader
 from . import onnx as onnx_reader
 from . import pytorch as pytorch_reader
+from . import remote, sharded
 from . import safetensors as safetensors_reader
 from .base import Checkpoint, TensorSource
 from .files import open_regular
@@ -90,16 +91,25 @@ def open_checkpoint(
     is not touched. `key` selects a sub-tree of a nested PyTorch checkpoint (e.g. "model");
     other formats ignore it. `storage_options` go to the filesystem of a URL (fsspec's)."""
     path = os.fspath(path)
-    if storage_options is None:
-        with remote_file.session():
-            return _open_url(path, input_format, key)
-    with remote.storage_options(storage_options), remote_file.session():
+    if not remote.is_url(path):
+        return _open(path, input_format, key)
+    from .remote_file import session
+
+    # without options of its own, a shard keeps those of the checkpoint that names it
+    options = (
+        contextlib.nullcontext()
+        if storage_options is None
+        else remote.storage_options(storage_options)
+    )
+    with options, session():
         return _open_url(path, input_format, key)
 
 
 def _open_url(path: str, input_format: str | None, key: str | None) -> Checkpoint:
     if not remote.is_url(path):
         return _open(path, input_format, key)
+    from . import hub
+
     shown = remote.redact(path)
     resolved = remote.local_path(path) or hub.resolve(path)
     try:

@@ -19,7 +19,6 @@ import numpy as np
 
 from ..errors import CorruptFileError, InputError, UnsupportedError
 from . import remote
-from .remote_file import RemoteFile, any_open, open_stream
 
 # Reads the raw bytes [start, stop) of one tensor's data, into `out` (at least that long) when
 # it can, and returns them.
@@ -46,13 +45,16 @@ class Data(Protocol):
 def open_data(path: str) -> Data:
     """The file at `path` (a local path or a URL), for reading tensor data in place."""
     if remote.is_url(path) and remote.local_path(path) is None:
+        from .remote_file import RemoteFile
+
         return RemoteFile(remote.spec_for(path))
     return DataFile(remote.local_path(path) or path)
 
 
 def reading_remote() -> bool:
     """Whether a remote file is open: reads then follow storage order, which it fetches ahead."""
-    return any_open()
+    opened = sys.modules.get(f"{__package__}.remote_file")  # none unless a URL was read
+    return opened is not None and bool(opened.any_open())
 
 
 def open_zip(path: str) -> zipfile.ZipFile:
@@ -84,6 +86,8 @@ def open_regular(path: str) -> BinaryIO:
     if remote.is_url(path):
         local = remote.local_path(path)
         if local is None:
+            from .remote_file import open_stream
+
             return open_stream(remote.spec_for(path))
         path = local
     if os.path.isdir(path):

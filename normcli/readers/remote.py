@@ -43,12 +43,13 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         },
     },
 }
-_SECRET_QUERY = re.compile(
+# patterns compiled on first use (re caches them): a local run never needs them
+_SECRET_QUERY = (
     r"(?i)([?&](?:[a-z0-9_.-]*(?:token|signature|sig|key|secret|credential|password|auth)"
     r"[a-z0-9_.-]*)=)[^&#:\s'\"]*"
 )
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s'\"]+@")
-_SECRET_NAME = re.compile(r"(?i)(token|secret|password|key|credential|sas|signature)")
+_USERINFO = r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s'\"]+@"
+_SECRET_NAME = r"(?i)(token|secret|password|key|credential|sas|signature)"
 _SECRET_ENV = (
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -133,7 +134,7 @@ def parse_option(text: str) -> tuple[str, Any]:
                 break
             except ValueError:
                 continue
-    _SECRETS.update({value} if _SECRET_NAME.search(key) and len(value) >= 4 else set())
+    _SECRETS.update({value} if re.search(_SECRET_NAME, key) and len(value) >= 4 else set())
     return key.strip(), parsed
 
 
@@ -146,8 +147,8 @@ _SECRETS: set[str] = set()
 def redact(text: str) -> str:
     """`text` with user:password@ in URLs, secret query parameters and every known credential
     value replaced by ***."""
-    text = _USERINFO.sub(r"\1***@", text)
-    text = _SECRET_QUERY.sub(r"\1***", text)
+    text = re.sub(_USERINFO, r"\1***@", text)
+    text = re.sub(_SECRET_QUERY, r"\1***", text)
     secrets = _SECRETS | {v for k in _SECRET_ENV if len(v := os.environ.get(k, "")) >= 4}
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")

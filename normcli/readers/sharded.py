@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ..errors import CorruptFileError, InputError, UsageError
-from . import remote, remote_file
+from . import remote
 from .base import Checkpoint, TensorSource
 from .files import open_regular
 
@@ -160,8 +160,10 @@ def _check_against_map(checkpoint: Checkpoint, weight_map: dict[str, str], index
 def _combine(shown: str, shards: list[tuple[str, str]], open_one: OpenOne) -> Checkpoint:
     paths = [shard_path for _, shard_path in shards]
     if any(map(remote.is_url, paths)):
+        from .remote_file import open_concurrently
+
         # a request's round trip each: a hundred shards' headers in seconds, not minutes
-        opened = remote_file.open_concurrently(open_one, paths, Checkpoint.close)
+        opened = open_concurrently(open_one, paths, Checkpoint.close)
     else:
         opened = []
         try:
