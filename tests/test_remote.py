@@ -8,6 +8,8 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -420,3 +422,28 @@ def test_opening_a_sharded_checkpoint_reads_headers_only(
             assert len(opened.tensors) == 20
         assert server.served.requests <= 2 + 2 * 5  # the index, then HEAD and GET per shard
         assert server.served.bytes <= 5 * remote_file.HEAD_BYTES + (1 << 12)
+
+
+def test_storage_options_reach_the_filesystem(
+    s3_bucket: dict[str, str], run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint given as an option wins over the environment's, which leads nowhere."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    given = ["--storage-option", f"endpoint_url={s3_bucket['AWS_ENDPOINT_URL']}"]
+    result = run("inspect", "s3://normcli-test/model.safetensors", *given, "-f", "json")
+    assert json.loads(result.stdout)["checkpoint"]["tensors"] == 3
+
+
+def test_a_secret_is_never_shown_not_even_by_debug(http_server: FileServer, run: Run) -> None:
+    url = http_server.url.replace("http://", "http://user:wrong-secret-xyz@") + "/none.safetensors"
+    result = run("inspect", url, code=2)
+    assert "wrong-secret-xyz" not in result.stderr
+    assert "http://***@127.0.0.1" in result.stderr
+    debugged = subprocess.run(
+        [sys.executable, "-m", "normcli", "--debug", "inspect", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Traceback" in debugged.stderr
+    assert "wrong-secret-xyz" not in debugged.stderr + debugged.stdout
