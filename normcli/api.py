@@ -16,6 +16,7 @@ from .results import (
     CompareResult,
     DtypeSummary,
     GroupReport,
+    HeaderCounts,
     InspectResult,
     TensorReport,
     Total,
@@ -52,12 +53,16 @@ def inspect(
     threads: int | None = None,
     progress: Progress | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    header_only: bool = False,
 ) -> InspectResult:
     """Norms of every tensor in the checkpoint at `path` (a local path, or a URL: s3://,
-    gs://, az://, hf://, https://... with fsspec's `storage_options`), and of the model."""
+    gs://, az://, hf://, https://... with fsspec's `storage_options`), and of the model.
+    `header_only`: names, dtypes, shapes and counts from the headers, no value read."""
     selection = Selection(tuple(filter), tuple(exclude), include_int)
     read = ReadSettings(input_format, key, threads, progress, _options(storage_options))
-    return inspect_path(path, selection, read, sort=sort, top=top, group_by=group_by)
+    return inspect_path(
+        path, selection, read, sort=sort, top=top, group_by=group_by, header_only=header_only
+    )
 
 
 def inspect_path(
@@ -68,10 +73,16 @@ def inspect_path(
     sort: str | None = None,
     top: int | None = None,
     group_by: int | None = None,
+    header_only: bool = False,
 ) -> InspectResult:
     """`inspect` with its settings already gathered (the command line's way in)."""
+    if header_only and sort in _SORT_VALUE and sort != "numel":
+        raise UsageError(
+            f"--sort {sort} needs the tensors' values, which --header-only does not read "
+            "(sort by name or numel)"
+        )
     with open_checkpoint_side(path, read) as checkpoint:
-        return _inspect_open(checkpoint, selection, read, sort, top, group_by)
+        return _inspect_open(checkpoint, selection, read, sort, top, group_by, header_only)
 
 
 def stats(
@@ -188,11 +199,16 @@ def _inspect_open(
     sort: str | None,
     top: int | None,
     group_by: int | None,
+    header_only: bool = False,
 ) -> InspectResult:
     _check_selection(sort, top, group_by)
     sources = [t for t in checkpoint.tensors if selection.selects(t.name)]
     selection.require_some(len(sources), len(checkpoint.tensors))
-    all_stats = scan_tensors(sources, threads=read.threads, progress=read.progress)
+    all_stats: Sequence[TensorStats] = (
+        [HeaderCounts(numel=s.numel) for s in sources]
+        if header_only
+        else scan_tensors(sources, threads=read.threads, progress=read.progress)
+    )
     rows = [
         TensorReport(
             s.name,
@@ -215,6 +231,7 @@ def _inspect_open(
         groups=groups,
         total=_total(rows, covered, selection.scope),
         selected=len(rows),
+        header_only=header_only,
     )
 
 
@@ -255,7 +272,7 @@ def _groups(rows: Sequence[TensorReport], depth: int) -> list[GroupReport]:
                 tensors=len(chosen),
                 dtypes=tuple(sorted({r.dtype for r in chosen})),
                 nbytes=sum(r.nbytes for r in chosen),
-                stats=merge_all([r.stats for r in chosen]),
+                stats=_combined([r.stats for r in chosen]),
             )
         )
     return result
@@ -267,11 +284,11 @@ def _total(rows: Sequence[TensorReport], covered: Sequence[TensorReport], scope:
         same = [r for r in rows if r.dtype == dtype]
         by_dtype.append(
             DtypeSummary(
-                dtype, len(same), sum(r.nbytes for r in same), merge_all([r.stats for r in same])
+                dtype, len(same), sum(r.nbytes for r in same), _combined([r.stats for r in same])
             )
         )
     return Total(
-        stats=merge_all([r.stats for r in covered]),
+        stats=_combined([r.stats for r in covered]),
         nbytes=sum(r.nbytes for r in covered),
         scope=scope,
         tensors=len(covered),
@@ -281,6 +298,13 @@ def _total(rows: Sequence[TensorReport], covered: Sequence[TensorReport], scope:
         largest_l2=_largest(covered, lambda s: s.l2),
         largest_linf=_largest(covered, lambda s: s.linf),
     )
+
+
+def _combined(parts: list[TensorStats]) -> TensorStats:
+    """Statistics merged; counts added up where only headers were read."""
+    if parts and all(isinstance(p, HeaderCounts) for p in parts):
+        return HeaderCounts.of(parts)
+    return merge_all(parts)
 
 
 def _largest(rows: Sequence[TensorReport], value: Callable[[TensorStats], float]) -> str | None:

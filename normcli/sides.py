@@ -70,6 +70,10 @@ def load_report(path: str) -> tuple[CheckpointInfo, list[StoredTensor]]:
         raise CorruptFileError(
             f"not a normcli inspect report (expected schema {INSPECT_SCHEMA})", path
         )
+    if doc.get("header_only"):
+        raise UsageError(
+            "a --header-only report holds no figures of the values to compare against", path
+        )
     try:
         info = doc["checkpoint"]
         if len(doc["tensors"]) < doc["selected"]:
