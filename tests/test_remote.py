@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -325,7 +325,9 @@ def hub_cache(zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     sharded = zoo / "sharded"
-    _hub_cache(cache, zoo, "org/sharded", {p.name: p for p in sharded.iterdir()})
+    # the PyTorch checkpoint a repo often keeps beside the safetensors one
+    files = {p.name: p for p in sharded.iterdir()} | {"pytorch_model.bin": zoo / "zip.pt"}
+    _hub_cache(cache, zoo, "org/sharded", files)
     _hub_cache(
         cache,
         zoo,
@@ -447,3 +449,80 @@ def test_a_secret_is_never_shown_not_even_by_debug(http_server: FileServer, run:
     )
     assert "Traceback" in debugged.stderr
     assert "wrong-secret-xyz" not in debugged.stderr + debugged.stdout
+
+
+def _fake_hub(root: Path) -> type[Any]:
+    """Stands in for huggingface_hub's HfFileSystem (its network is not ours to use): repos are
+    folders ORG/REPO/REVISION/ under `root`, read by ranges as the real one reads them."""
+    import fsspec
+    from fsspec.spec import AbstractBufferedFile
+
+    class HubFile(AbstractBufferedFile):  # type: ignore[misc]
+        def _fetch_range(self, start: int, end: int) -> bytes:
+            with open(self.fs.local(self.path), "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+
+    class Hub(fsspec.AbstractFileSystem):  # type: ignore[misc]
+        protocol = "hf"
+        opened: ClassVar[list[str]] = []
+
+        def local(self, path: str) -> str:
+            repo, _, rest = self._strip_protocol(path).partition("@")
+            revision, _, inner = rest.partition("/")
+            return str(root / repo / revision / inner)
+
+        def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+            local = Path(self.local(path))
+            if local.is_dir():
+                return {"name": path, "type": "directory", "size": 0}
+            if not local.is_file():
+                raise FileNotFoundError(path)
+            return {"name": path, "type": "file", "size": local.stat().st_size}
+
+        def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+            base = self._strip_protocol(path).rstrip("/")
+            return [
+                self.info(f"{base}/{entry.name}")
+                for entry in sorted(Path(self.local(path)).iterdir())
+            ]
+
+        def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+            type(self).opened.append(path)
+            return HubFile(self, path, mode, **kwargs)
+
+    return Hub
+
+
+@pytest.fixture
+def fake_hub(zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[type[Any]]:
+    import fsspec
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    shutil.copytree(zoo / "sharded", tmp_path / "org" / "sharded" / "main")
+    # beside the safetensors checkpoint, the PyTorch one a repo often keeps too
+    shutil.copy(zoo / "zip.pt", tmp_path / "org" / "sharded" / "main" / "pytorch_model.bin")
+    (tmp_path / "org" / "single" / "v1").mkdir(parents=True)
+    shutil.copy(zoo / "model.safetensors", tmp_path / "org" / "single" / "v1")
+    shutil.copy(zoo / "weights.h5", tmp_path / "org" / "single" / "v1")
+    hub = _fake_hub(tmp_path)
+    fsspec.register_implementation("hf", hub, clobber=True)
+    try:
+        yield hub
+    finally:
+        from fsspec.registry import _registry
+
+        _registry.pop("hf", None)
+        hub.clear_instance_cache()
+
+
+def test_a_hub_repo_not_in_the_cache_is_read_through_the_hub_filesystem(
+    zoo: Path, fake_hub: type[Any]
+) -> None:
+    assert figures(normcli.inspect("hf://org/sharded")) == figures(normcli.inspect(zoo / "sharded"))
+    assert any(p.endswith("model-00002-of-00002.safetensors") for p in fake_hub.opened)
+    local = figures(normcli.inspect(zoo / "weights.h5"))
+    assert figures(normcli.inspect("hf://org/single@v1/weights.h5")) == local
+    with pytest.raises(normcli.errors.InputError, match="404"):
+        normcli.inspect("hf://org/single@v1/none.safetensors")
