@@ -1,6 +1,6 @@
 """The remote part of `make bench`: a checkpoint read over HTTP on loopback (a server with Range
 support, as the tests use), against fetching the same file whole with fsspec's `cat_file`; and
-what opening a sharded checkpoint (its headers only) costs in requests and bytes."""
+what `inspect --header-only` of a sharded checkpoint costs in requests and bytes."""
 
 from __future__ import annotations
 
@@ -50,7 +50,6 @@ def bench_remote(folder: Path, checkpoint: Path) -> None:
     import fsspec
 
     import normcli
-    from normcli.readers import open_checkpoint
 
     sharded = folder / "remote-sharded"
     sharded.mkdir(exist_ok=True)
@@ -71,15 +70,19 @@ def bench_remote(folder: Path, checkpoint: Path) -> None:
             f"  normcli inspect               {size / MIB / scan:8.0f} MiB/s  "
             f"{whole / scan:.2f}x of cat_file (goal >= 0.8x), {fetched:.3f}x the file fetched"
         )
+        from bench import NORMCLI, peak_rss
+
+        rss = peak_rss([*NORMCLI, "inspect", url, "--no-progress"])
+        if rss > 0:
+            print(f"  peak RSS of `normcli inspect URL`: {rss / 1024:.0f} MiB")
         server.served.reset()
         index = f"{server.url}/{sharded.name}/model.safetensors.index.json"
         started = time.perf_counter()
-        with open_checkpoint(index) as opened:
-            count = len(opened.tensors)
+        count = normcli.inspect(index, header_only=True).checkpoint.tensors
         took = time.perf_counter() - started
         print(
-            f"  headers of 20 shards ({count} tensors): {server.served.requests} requests, "
-            f"{server.served.bytes / 1024:.0f} KiB, {took:.2f} s"
+            f"  inspect --header-only, 20 shards ({count} tensors): "
+            f"{server.served.requests} requests, {server.served.bytes / 1024:.0f} KiB, {took:.2f} s"
         )
     finally:
         servers.close()

@@ -150,8 +150,14 @@ def test_a_full_read_fetches_each_byte_about_once(zoo: Path, http_server: FileSe
 def test_a_big_file_is_read_in_blocks_several_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Two threads on pieces of one tensor, in blocks fetched ahead: each byte comes once, and
+    memory stays within the budget, however the threads' speeds interleave (tried a few
+    times)."""
+    from normcli import scan
+
     monkeypatch.setattr(remote_file, "BLOCK_BYTES", 1 << 16)
     monkeypatch.setattr(remote_file, "BUDGET_BYTES", 6 << 16)
+    monkeypatch.setattr(scan, "PIECE_BYTES", 5 << 16)
     held: list[int] = []
     reserve = remote_file._reserve
 
@@ -163,18 +169,21 @@ def test_a_big_file_is_read_in_blocks_several_at_once(
     monkeypatch.setattr(remote_file, "_reserve", counted)
     values = np.random.default_rng(1).standard_normal(1 << 20).astype(np.float32)
     save_file({"w": values, "v": values[:1000].copy()}, str(tmp_path / "big.safetensors"))
+    size = (tmp_path / "big.safetensors").stat().st_size
     local = figures(normcli.inspect(tmp_path / "big.safetensors"))
     for server in serve_folder(str(tmp_path)):
-        assert figures(normcli.inspect(f"{server.url}/big.safetensors")) == local
-        size = (tmp_path / "big.safetensors").stat().st_size
-        assert size <= server.served.bytes <= 1.1 * size
-        starts = sorted(start for start, _ in server.served.ranges)
-        assert len(starts) == len(set(starts))  # no range asked for twice
-        assert len(server.served.ranges) >= size // (1 << 16)
-        # blocks are dropped once read through: memory stays within the budget, plus the
-        # blocks the readers (two threads) wait for
-        assert max(held) <= (6 + 2) << 16
-        assert remote_file._held_bytes == 0
+        for _ in range(3):
+            server.served.reset()
+            held.clear()
+            assert figures(normcli.inspect(f"{server.url}/big.safetensors", threads=2)) == local
+            starts = sorted(start for start, _ in server.served.ranges)
+            assert len(starts) == len(set(starts))  # no range asked for twice
+            assert server.served.bytes == size
+            assert len(server.served.ranges) >= size // (1 << 16)
+            # blocks go once read through, or once every reader has passed them: memory
+            # stays within the budget, plus the blocks the two readers wait for
+            assert max(held) <= (6 + 2) << 16
+            assert remote_file._held_bytes == 0
 
 
 def test_a_missing_file_is_one_line_and_exit_2(run: Run, http_server: FileServer) -> None:

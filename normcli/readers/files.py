@@ -155,6 +155,9 @@ def set_readers(count: int) -> None:
 def release_windows() -> None:
     """Hand back every page this thread keeps mapped: it is done with what it was reading.
     Raises if a page it read could not be (the values read there were zeros)."""
+    remote_reads = sys.modules.get(f"{__package__}.remote_file")  # none unless a URL was read
+    if remote_reads is not None:
+        remote_reads.release_thread()
     windows = _thread_windows()
     for data, window in list(windows.items()):
         data._release(window.low, window.high)

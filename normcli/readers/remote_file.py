@@ -9,9 +9,10 @@ import contextvars
 import io
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -28,8 +29,8 @@ BLOCK_BYTES = 16 << 20
 # Blocks fetched ahead of the block being read.
 AHEAD = 4
 # Blocks held or in flight, over every remote file of the process; a block being read is
-# fetched beyond this if it must be, prefetching waits.
-BUDGET_BYTES = 256 << 20
+# fetched beyond this if it must be, prefetching waits. Two threads, four blocks ahead each.
+BUDGET_BYTES = 128 << 20
 # Headers are read from the file's first bytes, fetched once (grown if a header is larger).
 HEAD_BYTES = 64 << 10
 MAX_HEAD_BYTES = 16 << 20
@@ -41,7 +42,7 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _budget_lock = threading.Lock()
 _held_bytes = 0
-_open_files = 0
+_reading: weakref.WeakSet[RemoteFile] = weakref.WeakSet()
 
 
 def _fetch_pool() -> ThreadPoolExecutor:
@@ -79,9 +80,17 @@ def session() -> Iterator[None]:
         _known.reset(token)
 
 
+def release_thread() -> None:
+    """The calling thread is done with what it was reading, in every remote file."""
+    with _budget_lock:
+        files = list(_reading)
+    for data in files:
+        data.leave()
+
+
 def any_open() -> bool:
     """Whether a remote file is open: scans then read in storage order, which reads ahead."""
-    return _open_files > 0
+    return len(_reading) > 0
 
 
 @dataclass
@@ -89,7 +98,6 @@ class _Block:
     future: Future[bytes]
     size: int
     read: int = 0
-    touched: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -104,7 +112,6 @@ class RemoteFile:
     """A file named by a URL: random access by range requests, never a whole-file download."""
 
     def __init__(self, spec: RemoteSpec) -> None:
-        global _open_files
         self.spec = spec
         self.path = spec.shown
         fs, inner = remote.filesystem(spec)
@@ -128,8 +135,12 @@ class RemoteFile:
         self._lock = threading.Lock()
         self._head_lock = threading.Lock()
         self._closed = False
+        # where each thread reading the file is (the start of its last read)
+        self._positions: dict[int, int] = {}
+        # the blocks read through or passed by every reader: never fetched ahead again
+        self._finished: set[int] = set()
         with _budget_lock:
-            _open_files += 1
+            _reading.add(self)
 
     def __reduce__(self) -> tuple[type[RemoteFile], tuple[RemoteSpec]]:
         """Pickled as its description (a URL and storage options): another process, a Dask
@@ -179,12 +190,11 @@ class RemoteFile:
         return read
 
     def close(self) -> None:
-        global _open_files
         if self._closed:
             return
         self._closed = True
         with _budget_lock:
-            _open_files -= 1
+            _reading.discard(self)
         with self._lock:
             blocks = list(self._blocks.values())
             self._blocks.clear()
@@ -196,6 +206,9 @@ class RemoteFile:
     # --- blocks ---------------------------------------------------------------------------------
 
     def _copy(self, first: int, last: int, view: memoryview) -> None:
+        with self._lock:
+            self._positions[threading.get_ident()] = first
+            self._drop_below(min(self._positions.values()) // BLOCK_BYTES)
         position = first
         index = first // BLOCK_BYTES
         while position < last:
@@ -216,7 +229,6 @@ class RemoteFile:
         with self._lock:
             block = self._blocks.get(index) or self._start(index, demanded=True)
             assert block is not None  # a demanded block is always started
-            block.touched = time.monotonic()
         try:
             return block.future.result()
         except BaseException:
@@ -228,9 +240,7 @@ class RemoteFile:
         low = index * BLOCK_BYTES
         size = min(BLOCK_BYTES, self.size - low)
         if not _reserve(size, force=demanded):
-            self._evict_stale()
-            if not _reserve(size, force=demanded):
-                return None
+            return None
         block = _Block(_fetch_pool().submit(self._fetch_block, low, low + size), size)
         self._blocks[index] = block
         return block
@@ -239,7 +249,9 @@ class RemoteFile:
         last = min(index + AHEAD, -(-self.size // BLOCK_BYTES))
         with self._lock:
             for ahead in range(index, last):
-                if ahead not in self._blocks and self._start(ahead, demanded=False) is None:
+                if ahead in self._blocks or ahead in self._finished:
+                    continue
+                if self._start(ahead, demanded=False) is None:
                     break
 
     def _done_with(self, index: int, count: int) -> None:
@@ -250,6 +262,7 @@ class RemoteFile:
             block.read += count
             if block.read >= block.size:
                 del self._blocks[index]
+                self._finished.add(index)
                 _release(block.size)
 
     def _forget(self, index: int) -> None:
@@ -258,13 +271,22 @@ class RemoteFile:
         if block is not None:
             _release(block.size)
 
-    def _evict_stale(self) -> None:
-        """Drop the least recently read block of this file that no reader waits for (the lock
-        held): part of it lay outside every tensor read, so it was never read through."""
-        done = [(b.touched, i) for i, b in self._blocks.items() if b.future.done() and b.read]
-        if done:
-            _, index = min(done)
+    def _drop_below(self, below: int) -> None:
+        """Drop the fetched blocks before block `below`, which every reader of the file has
+        passed (the lock held): reads go forward, in storage order, and part of such a block
+        lay outside every tensor read (a header, the gap between two zip members), so it was
+        never read through."""
+        for index in [i for i, b in self._blocks.items() if i < below and b.future.done()]:
             _release(self._blocks.pop(index).size)
+            self._finished.add(index)
+
+    def leave(self) -> None:
+        """This thread is done reading (a scan job ended): what lies behind where it read goes,
+        unless another reader is behind it still."""
+        with self._lock:
+            position = self._positions.pop(threading.get_ident(), None)
+            if position is not None:
+                self._drop_below(min(self._positions.values(), default=position) // BLOCK_BYTES)
 
     # --- range requests -------------------------------------------------------------------------
 
