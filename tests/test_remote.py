@@ -535,3 +535,37 @@ def test_a_hub_repo_not_in_the_cache_is_read_through_the_hub_filesystem(
     assert figures(normcli.inspect("hf://org/single@v1/weights.h5")) == local
     with pytest.raises(normcli.errors.InputError, match="404"):
         normcli.inspect("hf://org/single@v1/none.safetensors")
+
+
+def test_a_sharded_model_does_not_keep_a_block_per_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard's block that holds its header is never read through: it goes once no thread
+    has read the shard for a while, instead of staying until the whole model is read."""
+    monkeypatch.setattr(remote_file, "BLOCK_BYTES", 1 << 16)
+    monkeypatch.setattr(remote_file, "IDLE_SECONDS", 0.0)
+    held: list[int] = []
+    reserve = remote_file._reserve
+
+    def counted(size: int, force: bool) -> bool:
+        granted = reserve(size, force)
+        held.append(remote_file._held_bytes)
+        return granted
+
+    monkeypatch.setattr(remote_file, "_reserve", counted)
+    rng = np.random.default_rng(3)
+    for part in range(1, 13):
+        values = {f"w{part}": rng.standard_normal(5000).astype(np.float32)}
+        save_file(values, str(tmp_path / f"model-{part:05d}-of-00012.safetensors"))
+    total = sum(p.stat().st_size for p in tmp_path.iterdir())
+    local = figures(normcli.inspect(tmp_path))
+    for server in serve_folder(str(tmp_path)):
+        url = f"{server.url}/"
+        shards = [f"{url}model-{part:05d}-of-00012.safetensors" for part in range(1, 13)]
+        index = {"weight_map": {f"w{i + 1}": s.rsplit("/", 1)[1] for i, s in enumerate(shards)}}
+        (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+        server.served.reset()
+        fetched = figures(normcli.inspect(f"{url}model.safetensors.index.json", threads=1))
+        assert fetched["tensors"] == local["tensors"]
+        assert server.served.bytes <= total + 1000  # the index, and each shard once
+        assert max(held) <= 3 << 16

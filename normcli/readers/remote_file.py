@@ -31,6 +31,8 @@ AHEAD = 4
 # Blocks held or in flight, over every remote file of the process; a block being read is
 # fetched beyond this if it must be, prefetching waits. Two threads, four blocks ahead each.
 BUDGET_BYTES = 128 << 20
+# How long a file no thread reads keeps the block where its readers stopped (release_thread).
+IDLE_SECONDS = 0.25
 # Headers are read from the file's first bytes, fetched once (grown if a header is larger).
 HEAD_BYTES = 64 << 10
 MAX_HEAD_BYTES = 16 << 20
@@ -81,11 +83,17 @@ def session() -> Iterator[None]:
 
 
 def release_thread() -> None:
-    """The calling thread is done with what it was reading, in every remote file."""
+    """The calling thread is done with what it was reading, in every remote file. A file no
+    thread has read for IDLE_SECONDS drops the blocks where its readers stopped (the next job
+    usually starts where the last ended, a moment later): the tail of a file (a zip's
+    directory) is never read through, and a sharded model must not keep one block per shard."""
     with _budget_lock:
         files = list(_reading)
+    now = time.monotonic()
     for data in files:
         data.leave()
+        if data.idle_since is not None and now - data.idle_since > IDLE_SECONDS:
+            data.drop_passed()
 
 
 def any_open() -> bool:
@@ -139,6 +147,9 @@ class RemoteFile:
         self._positions: dict[int, int] = {}
         # the blocks read through or passed by every reader: never fetched ahead again
         self._finished: set[int] = set()
+        # when and where the last thread reading the file stopped (None: being read, or not yet)
+        self.idle_since: float | None = None
+        self._stopped = 0
         with _budget_lock:
             _reading.add(self)
 
@@ -207,6 +218,7 @@ class RemoteFile:
 
     def _copy(self, first: int, last: int, view: memoryview) -> None:
         with self._lock:
+            self.idle_since = None
             self._positions[threading.get_ident()] = first
             self._drop_below(min(self._positions.values()) // BLOCK_BYTES)
         position = first
@@ -287,6 +299,14 @@ class RemoteFile:
             position = self._positions.pop(threading.get_ident(), None)
             if position is not None:
                 self._drop_below(min(self._positions.values(), default=position) // BLOCK_BYTES)
+                if not self._positions:
+                    self.idle_since, self._stopped = time.monotonic(), position
+
+    def drop_passed(self) -> None:
+        """Drop the blocks up to where the last reader stopped, blocks fetched ahead kept."""
+        with self._lock:
+            if not self._positions:  # no reader came back meanwhile
+                self._drop_below(self._stopped // BLOCK_BYTES + 1)
 
     # --- range requests -------------------------------------------------------------------------
 
