@@ -569,3 +569,18 @@ def test_a_sharded_model_does_not_keep_a_block_per_shard(
         assert fetched["tensors"] == local["tensors"]
         assert server.served.bytes <= total + 1000  # the index, and each shard once
         assert max(held) <= 3 << 16
+
+
+def test_trend_and_check_read_urls(zoo: Path, http_server: FileServer, run: Run) -> None:
+    a, b = "model.safetensors", "sharded/model.safetensors.index.json"
+    urls = [f"{http_server.url}/{a}", f"{http_server.url}/{b}"]
+    remote_trend = json.loads(run("trend", *urls, "--order", "given", "-f", "json").stdout)
+    local_trend = json.loads(
+        run("trend", zoo / a, zoo / b, "--order", "given", "-f", "json").stdout
+    )
+    assert remote_trend["rows"] == local_trend["rows"]
+    assert remote_trend["total"] == local_trend["total"]
+    remote_check = json.loads(run("check", urls[1], "--baseline", urls[0], "-f", "json").stdout)
+    local_check = json.loads(run("check", zoo / b, "--baseline", zoo / a, "-f", "json").stdout)
+    assert remote_check["violations"] == local_check["violations"]
+    assert remote_check["checked"] == local_check["checked"]
