@@ -9,7 +9,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from .dtypes import from_numpy
-from .errors import UnsupportedError
+from .errors import UnsupportedError, UsageError
 from .norms import TensorStats, merge_all
 from .readers import Checkpoint, TensorSource
 from .results import (
