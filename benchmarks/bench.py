@@ -197,6 +197,9 @@ def main() -> None:
             bench_file(path, None if large else stepped, name, threads)
         bench_dask(folder)
         print_startup()
+        from bench_remote import bench_remote
+
+        bench_remote(folder, folder / "f16-1g.safetensors")
     finally:
         if not os.environ.get("BENCH_DIR"):
             shutil.rmtree(folder, ignore_errors=True)

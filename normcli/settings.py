@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import UsageError
 from .select import name_selected, require_some
@@ -54,7 +54,15 @@ class ReadSettings:
     key: str | None = None
     threads: int | None = None
     progress: Progress | None = None
+    # --storage-option KEY=VALUE pairs, for the filesystem of every URL opened
+    storage_options: tuple[tuple[str, Any], ...] = ()
     dask: Cluster | None = None
+
+    def __post_init__(self) -> None:
+        # the command line's range, for library callers: 0 would quietly mean every core, and a
+        # negative count would fail deep in the thread pool
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, not {self.threads}")
 
 
 def parse_rename(rule: str) -> tuple[re.Pattern[str], str]:

@@ -501,3 +501,48 @@ def test_a_scheduler_lost_mid_run_is_one_line_not_a_wait_for_ever(
     assert not thread.is_alive(), "the run still waits for the lost scheduler"
     assert [type(e) for e in failed] == [ClusterError]
     assert str(failed[0]) == f"lost the Dask scheduler at {address}"
+
+
+# --- URLs: the workers open them with the run's storage options ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_run(checkpoints: list[Path]) -> Iterator[tuple[list[str], dict[str, Any]]]:
+    """The three checkpoints in a bucket of moto's S3 server on 127.0.0.1, and the storage
+    options that reach it (no AWS_* variable: the workers know the server only from them)."""
+    moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"endpoint_url": f"http://{host}:{port}", "key": "id", "secret": "secret"}
+    try:
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+        fs.mkdir("run")
+        root = checkpoints[0].parent
+        for path in root.rglob("*"):
+            if path.is_file():
+                fs.put_file(str(path), f"run/{path.relative_to(root).as_posix()}")
+        yield [f"s3://run/{p.relative_to(root).as_posix()}" for p in checkpoints], options
+    finally:
+        server.stop()
+
+
+def _figures(result: Any) -> dict[str, Any]:
+    """The JSON of a result, less where its checkpoints were read from."""
+    data = result.to_dict()
+    for side in ("checkpoint", "a", "b"):
+        if isinstance(data.get(side), dict):
+            data[side].pop("path", None)
+    return data
+
+
+def test_workers_read_urls_with_the_runs_storage_options(
+    checkpoints: list[Path], s3_run: tuple[list[str], dict[str, Any]], local_cluster: Any
+) -> None:
+    urls, options = s3_run
+    assert _figures(inspect(urls[1], storage_options=options, dask=local_cluster)) == _figures(
+        inspect(checkpoints[1])
+    )
+    on_cluster = normcli.compare(urls[0], urls[2], storage_options=options, dask=local_cluster)
+    assert _figures(on_cluster) == _figures(normcli.compare(checkpoints[0], checkpoints[2]))

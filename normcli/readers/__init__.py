@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
-from ..errors import CorruptFileError, UnsupportedError, UsageError
+from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
 from ..formats import FORMATS, by_content, by_suffix, what_normcli_reads
-from . import sharded
+from . import remote, sharded
 from .base import Checkpoint, Origin, TensorSource
 from .files import open_regular
 
@@ -41,30 +44,74 @@ def detect_format(path: str) -> str:
 
 
 def open_checkpoint(
-    path: str | os.PathLike[str], input_format: str | None = None, key: str | None = None
+    path: str | os.PathLike[str],
+    input_format: str | None = None,
+    key: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Checkpoint:
-    """Open `path` lazily: headers are read and validated, tensor data is not touched. `key`
-    selects a sub-tree of a nested PyTorch checkpoint (e.g. "model"); other formats ignore it.
-    Only the reader of the format at hand is imported."""
+    """Open `path` (a local path or a URL) lazily: headers are read and validated, tensor data
+    is not touched. `key` selects a sub-tree of a nested PyTorch checkpoint (e.g. "model");
+    other formats ignore it. `storage_options` go to the filesystem of a URL (fsspec's). Only
+    the reader of the format at hand is imported."""
     path = os.fspath(path)
+    if not remote.is_url(path):
+        return _open(path, input_format, key)
+    from .remote_file import session
+
+    # without options of its own, a shard keeps those of the checkpoint that names it
+    options = (
+        contextlib.nullcontext()
+        if storage_options is None
+        else remote.storage_options(storage_options)
+    )
+    with options, session():
+        return _open_url(path, input_format, key)
+
+
+def _open_url(path: str, input_format: str | None, key: str | None) -> Checkpoint:
+    if not remote.is_url(path):
+        return _open(path, input_format, key)
+    from . import hub
+
+    shown = remote.redact(path)
+    resolved = remote.local_path(path) or hub.resolve(path)
+    try:
+        checkpoint = _open(resolved, input_format, key)
+    except NormcliError as e:
+        if e.path in (resolved, remote.redact(resolved)):
+            e.path = shown
+        raise
+    checkpoint.path = shown
+    return checkpoint
+
+
+def _open(path: str, input_format: str | None, key: str | None) -> Checkpoint:
     if sharded.is_sharded(path):
-        return sharded.open_sharded(path, lambda shard: open_checkpoint(shard, input_format, key))
+        return sharded.open_sharded(path, lambda shard: _open_url(shard, input_format, key))
     fmt = input_format or detect_format(path)
     if fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (choose from {', '.join(FORMATS)})")
     checkpoint: Checkpoint = FORMATS[fmt].open(path, key)
-    # a path as every process can name it (a worker's folder is not ours); a URL as it is
-    where = path if "://" in path else os.path.abspath(path)
-    key = key if FORMATS[fmt].takes_key else None
+    file = _origin(path, fmt, key)
     checkpoint.tensors = [
-        replace(t, origin=Origin(where, fmt, key, i)) for i, t in enumerate(checkpoint.tensors)
+        replace(t, origin=replace(file, index=i)) for i, t in enumerate(checkpoint.tensors)
     ]
     return checkpoint
 
 
+def _origin(path: str, fmt: str, key: str | None) -> Origin:
+    """Where the file at `path` lies, told so that another process can open it: a local path
+    made absolute (a worker's folder is not ours), a URL with its storage options."""
+    if remote.is_url(path):
+        where, options = path, remote.spec_for(path).options
+    else:
+        where, options = os.path.abspath(path), ()
+    return Origin(where, fmt, key if FORMATS[fmt].takes_key else None, 0, options)
+
+
 def reopen(origin: Origin) -> Checkpoint:
     """The file an Origin names, opened again (in another process, say): headers only."""
-    return open_checkpoint(origin.location, origin.format, origin.key)
+    return open_checkpoint(origin.location, origin.format, origin.key, dict(origin.storage_options))
 
 
 def find(checkpoint: Checkpoint, wanted: TensorSource) -> TensorSource:
@@ -82,6 +129,6 @@ def find(checkpoint: Checkpoint, wanted: TensorSource) -> TensorSource:
         raise CorruptFileError(
             f"tensor {wanted.name!r} is not where it was when the run began (the file changed "
             "while it was read, or this machine sees another file under that name)",
-            origin.location,
+            remote.redact(origin.location),
         )
     return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -15,13 +16,15 @@ from .files import ByteReader
 @dataclass(frozen=True)
 class Origin:
     """Where a tensor lies, told in terms another process can open it by: the file (a path on a
-    filesystem both share), its format, the PyTorch sub-tree read, and the tensor's place among
-    the file's tensors. Picklable; holds no open file and no bytes."""
+    filesystem both share, or a URL), its format, the PyTorch sub-tree read, and the tensor's
+    place among the file's tensors. Picklable; holds no open file and no bytes."""
 
     location: str
     format: str
     key: str | None
     index: int
+    # a URL's storage options (--storage-option), which the other process opens it with
+    storage_options: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
