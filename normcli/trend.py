@@ -15,6 +15,7 @@ from .diff import StoredTensor, is_report, load_report
 from .errors import InputError, UsageError
 from .norms import PairStats, TensorStats, merge_all, merge_pairs
 from .readers import Checkpoint, TensorSource, open_checkpoint
+from .readers.dcp_metadata import METADATA
 from .readers.sharded import CHECKPOINT_SUFFIXES, INDEX_SUFFIX, SHARD_NAME
 from .results import number
 from .scan import Progress, scan_many_series
@@ -198,8 +199,10 @@ def expand_inputs(arguments: Sequence[str], order: str) -> list[str]:
 def _is_one_checkpoint(folder: str) -> bool:
     """A folder holding one sharded checkpoint, rather than a run's checkpoints."""
     entries = os.listdir(folder)
-    return any(e.endswith(INDEX_SUFFIX) for e in entries) or any(
-        SHARD_NAME.match(e) for e in entries
+    return (
+        METADATA in entries  # a torch.distributed.checkpoint folder
+        or any(e.endswith(INDEX_SUFFIX) for e in entries)
+        or any(SHARD_NAME.match(e) for e in entries)
     )
 
 

@@ -6,13 +6,14 @@ import os
 from collections.abc import Callable
 
 from ..errors import UnsupportedError, UsageError
+from . import dcp, sharded
 from . import gguf as gguf_reader
 from . import hdf5 as hdf5_reader
 from . import numpy as numpy_reader
 from . import onnx as onnx_reader
 from . import pytorch as pytorch_reader
 from . import safetensors as safetensors_reader
-from . import sharded
+from . import torchscript as torchscript_reader
 from .base import Checkpoint, TensorSource
 from .files import open_regular
 from .zipped import ZIP_MAGIC
@@ -24,6 +25,7 @@ FORMATS: dict[str, Callable[[str], Checkpoint]] = {
     "npz": numpy_reader.open_npz,
     "npy": numpy_reader.open_npy,
     "pytorch": pytorch_reader.open_pytorch,
+    "torchscript": torchscript_reader.open_torchscript,
     "gguf": gguf_reader.open_gguf,
     "onnx": onnx_reader.open_onnx,
     "hdf5": hdf5_reader.open_hdf5,
@@ -58,6 +60,8 @@ def detect_format(path: str) -> str:
         return "hdf5"
     if hdf5_reader.looks_like_keras(head, path):
         return "keras"
+    if torchscript_reader.looks_like_torchscript(head, path):
+        return "torchscript"
     if pytorch_reader.looks_like_pytorch(head, path):
         return "pytorch"
     if head.startswith(ZIP_MAGIC):
@@ -72,8 +76,8 @@ def detect_format(path: str) -> str:
     if size == 0:
         raise UnsupportedError("file is empty", path)
     raise UnsupportedError(
-        "unrecognised format (normcli reads safetensors, npz, npy, PyTorch, GGUF, ONNX and "
-        "Keras/HDF5 files; "
+        "unrecognised format (normcli reads safetensors, npz, npy, PyTorch, TorchScript, GGUF, "
+        "ONNX and Keras/HDF5 files, and torch.distributed.checkpoint folders; "
         "--input-format names one explicitly)",
         path,
     )
@@ -85,6 +89,8 @@ def open_checkpoint(
     """Open `path` lazily: headers are read and validated, tensor data is not touched. `key`
     selects a sub-tree of a nested PyTorch checkpoint (e.g. "model"); other formats ignore it."""
     path = os.fspath(path)
+    if dcp.is_dcp(path) and input_format in (None, dcp.FORMAT):
+        return dcp.open_dcp(path, key)
     if sharded.is_sharded(path):
         return sharded.open_sharded(path, lambda shard: open_checkpoint(shard, input_format, key))
     fmt = input_format or detect_format(path)
@@ -92,5 +98,7 @@ def open_checkpoint(
         raise UsageError(f"unknown input format {fmt!r} (choose from {', '.join(FORMATS)})")
     if fmt == "pytorch":
         return pytorch_reader.open_pytorch(path, key)
+    if fmt == "torchscript":
+        return torchscript_reader.open_torchscript(path, key)
     # other formats hold flat tensors: --key is for the PyTorch side of a compare or a run
     return FORMATS[fmt](path)
