@@ -11,6 +11,7 @@ import math
 import os
 import zipfile
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from .files import DataFile, open_regular
 from .pytorch import flatten, tensor_source
 from .torch_archive import Loaded, archive_prefix, check_byteorder, load_pickle, open_zip
 from .torch_pickle import RestrictedUnpickler, TensorStub
+from .training import flat_slots
 from .zipped import ZIP_MAGIC
 
 FORMAT = "dcp"
@@ -57,6 +59,8 @@ def open_dcp(path: str, key: str | None = None) -> Checkpoint:
             data.close()
         raise
     closers = [data.close for data in files.values()] + closers
+    slots = flat_slots([(e.name, e.shape, e.torch_dtype) for e in tensors], values)
+    sources = [replace(s, optimizer=slots.get(s.name)) for s in sources]
     nbytes = sum(data.size for data in files.values()) + len(raw)
     return Checkpoint(
         folder, FORMAT, nbytes, sources, closers, shards=len(files), skipped_values=len(values)

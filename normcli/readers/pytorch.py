@@ -12,6 +12,7 @@ import struct
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from .torch_pickle import (
     pickled_text,
     unpickle,
 )
+from .training import tree_slots
 from .zipped import ZIP_MAGIC, CrcCheckedReader
 
 FORMAT = "pytorch"
@@ -88,6 +90,8 @@ def open_pytorch(path: str, key: str | None = None) -> Checkpoint:
         stem = key or _stem(path)
         tensors, skipped = flatten(root, stem if isinstance(root, TensorStub) else "")
         sources = read_tensors(tensors, loaded, data, closers)
+        slots = tree_slots(root, tensors)
+        sources = [replace(s, optimizer=slots.get(s.name)) for s in sources]
     return Checkpoint(path, FORMAT, size, sources, closers, skipped_values=skipped)
 
 
