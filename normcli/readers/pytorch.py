@@ -140,7 +140,10 @@ def _load_zip(path: str, data: DataFile) -> Loaded:
         )
         check_byteorder(archive, f"{prefix}byteorder", data)
         return load_pickle(
-            archive, data, f"{prefix}data.pkl", f"{prefix}data/",
+            archive,
+            data,
+            f"{prefix}data.pkl",
+            f"{prefix}data/",
             lambda raw: RestrictedUnpickler(raw, torchscript=torchscript),
         )
 
