@@ -240,6 +240,31 @@ def test_damaged_chunk_bytes_are_reported(tmp_path: Path) -> None:
     assert error.value.path == str(folder / "__0_0.distcp")
 
 
+def patched_metadata(tmp_path: Path, old: bytes, new: bytes) -> Path:
+    """A copy of the folder whose .metadata says `new` where torch wrote `old` (same length,
+    so the pickle stays well-formed)."""
+    folder = broken_copy(tmp_path)
+    raw = (folder / ".metadata").read_bytes()
+    assert len(old) == len(new) and raw.count(old) == 1
+    (folder / ".metadata").write_bytes(raw.replace(old, new))
+    return folder
+
+
+def test_a_chunk_file_outside_the_folder_is_refused(tmp_path: Path) -> None:
+    folder = patched_metadata(tmp_path, b"__1_0.distcp", b"../_0.distcp")
+    with pytest.raises(CorruptFileError, match="not a file of the folder") as error:
+        open_checkpoint(folder)
+    assert error.value.path == str(folder / ".metadata")
+
+
+def test_a_metadata_lying_about_the_dtype_is_caught(tmp_path: Path) -> None:
+    folder = patched_metadata(tmp_path, b"float32", b"float64")
+    with pytest.raises(
+        CorruptFileError, match=r"F32 values; the metadata declares \[3, 6\] torch\.float64"
+    ):
+        open_checkpoint(folder)
+
+
 def test_a_hostile_metadata_runs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = broken_copy(tmp_path)
     (folder / ".metadata").write_bytes(pickle.dumps({"x": Hostile()}))
