@@ -127,6 +127,8 @@ def _slots(found: list[_Optimizer], tensors: list[tuple[str, Any]]) -> dict[str,
         if owner is not None:
             slots[name] = _slot(name, owner)
     model = [(n, t) for n, t in tensors if n not in slots]
+    if not model:
+        return {}  # optimizer state alone (a trainer's optimizer.pt, --key optimizer): read as is
     for optimizer in found:
         keys = {s.param for s in slots.values() if s.optimizer == optimizer.prefix and s.param}
         names = _parameter_names(optimizer, keys, model)
