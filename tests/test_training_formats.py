@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from test_pytorch_reader import NAMES, close, head, same, values
 
 import normcli
+from normcli.api import trend
 from normcli.dtypes import SAFETENSORS_DTYPES
 from normcli.errors import CorruptFileError, UnsupportedError, UsageError
 from normcli.readers import detect_format, open_checkpoint
@@ -30,7 +31,6 @@ from normcli.readers.dcp import _Grid
 from normcli.readers.dcp_metadata import Chunk, TensorEntry
 from normcli.readers.torchscript import open_torchscript
 from normcli.scan import scan_tensor
-from normcli.trend import trend
 
 TRAINING = Path(__file__).resolve().parent / "fixtures" / "pytorch" / "training"
 EXPECTED: dict[str, Any] = json.loads((TRAINING / "expected.json").read_text())["files"]

@@ -16,32 +16,25 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
+from ..formats import DCP, DCP_METADATA, ZIP_MAGIC
 from .base import Checkpoint, TensorSource
-from .dcp_metadata import METADATA, Chunk, TensorEntry, read_metadata
+from .dcp_metadata import Chunk, TensorEntry, read_metadata
 from .files import DataFile, open_regular
 from .pytorch import flatten, tensor_source
 from .torch_archive import Loaded, archive_prefix, check_byteorder, load_pickle, open_zip
 from .torch_pickle import RestrictedUnpickler, TensorStub
 from .training import flat_slots
-from .zipped import ZIP_MAGIC
 
-FORMAT = "dcp"
+FORMAT = DCP
 # Boxes of one tensor are put in place through a grid of at most this many cells.
 MAX_CELLS = 1 << 20
-
-
-def is_dcp(path: str) -> bool:
-    """A folder holding a .metadata file, or that file itself."""
-    if os.path.basename(path) == METADATA:
-        return os.path.isfile(path)
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, METADATA))
 
 
 def open_dcp(path: str, key: str | None = None) -> Checkpoint:
     """Open a DCP folder (or its .metadata file); `key` (dotted, e.g. "model") reads only the
     entries under it, named from there."""
-    folder = os.path.dirname(path) if os.path.basename(path) == METADATA else path
-    metadata_path = os.path.join(folder, METADATA)
+    folder = os.path.dirname(path) if os.path.basename(path) == DCP_METADATA else path
+    metadata_path = os.path.join(folder, DCP_METADATA)
     with open_regular(metadata_path) as f:
         raw = f.read()
     try:

@@ -10,9 +10,9 @@ from typing import Any
 
 from ..dtypes import DType
 from ..errors import CorruptFileError, UnsupportedError
+from ..formats import DCP_METADATA
 from .torch_pickle import TORCH_DTYPES, RestrictedUnpickler, is_size, unpickle
 
-METADATA = ".metadata"
 # torch moved these classes from _shard to checkpoint (2.2); old folders name the old modules
 _MODULES = (
     "torch.distributed.checkpoint.metadata",
@@ -136,7 +136,7 @@ class MetadataUnpickler(RestrictedUnpickler):
 
 def read_metadata(raw: bytes) -> Contents:
     """The tensors and other entries a .metadata pickle describes, checked for consistency."""
-    root = unpickle(MetadataUnpickler(raw), METADATA)
+    root = unpickle(MetadataUnpickler(raw), DCP_METADATA)
     if not _is(root, "Metadata"):
         raise CorruptFileError(f"holds a {type(root).__name__}, not torch's checkpoint Metadata")
     entries = root.get("state_dict_metadata")

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from ..errors import CorruptFileError, UnsupportedError
+from ..formats import ZIP_MAGIC
 from .base import Checkpoint
 from .files import DataFile, open_regular
 from .pytorch import closed_on_error, flatten, read_tensors, select
 from .torch_archive import archive_prefix, check_byteorder, load_pickle, open_zip
 from .torch_pickle import RestrictedUnpickler, TensorStub
-from .zipped import ZIP_MAGIC
 
 FORMAT = "torchscript"
 # The name the code gives the archive's constants (CONSTANTS.c0, ...): tensors it captured.
