@@ -12,11 +12,15 @@ from .dtypes import from_numpy
 from .errors import UnsupportedError, UsageError
 from .norms import TensorStats, merge_all
 from .readers import Checkpoint, TensorSource
+from .readers.base import OptimizerSlot
 from .results import (
     CompareResult,
     DtypeSummary,
     GroupReport,
     InspectResult,
+    MomentTotal,
+    OptimizerState,
+    OptimizerTensor,
     TensorReport,
     Total,
     TrendResult,
@@ -76,6 +80,7 @@ def stats(
     tensors: Mapping[str, Any],
     *,
     include_int: bool = False,
+    include_optimizer: bool = False,
     filter: Sequence[str] = (),
     exclude: Sequence[str] = (),
     sort: str | None = None,
@@ -101,6 +106,7 @@ def compare(
     input_format: str | None = None,
     key: str | None = None,
     include_int: bool = False,
+    include_optimizer: bool = False,
     strip_prefix: Sequence[str] = (),
     rename: Sequence[str] = (),
     filter: Sequence[str] = (),
@@ -115,7 +121,12 @@ def compare(
     from . import diff
 
     selection = Selection(
-        tuple(filter), tuple(exclude), include_int, tuple(strip_prefix), tuple(rename)
+        tuple(filter),
+        tuple(exclude),
+        include_int,
+        tuple(strip_prefix),
+        tuple(rename),
+        include_optimizer,
     )
     read = ReadSettings(input_format, key, threads, progress)
     return diff.compare(a, b, selection, read, sort=sort, top=top, group_by=group_by)
@@ -128,6 +139,7 @@ def trend(
     order: str = "name",
     group_by: int | None = None,
     include_int: bool = False,
+    include_optimizer: bool = False,
     filter: Sequence[str] = (),
     exclude: Sequence[str] = (),
     input_format: str | None = None,
@@ -138,7 +150,9 @@ def trend(
     """Every tensor (or group) followed through the checkpoints of a run, in step order."""
     from . import trend as trends
 
-    selection = Selection(tuple(filter), tuple(exclude), include_int)
+    selection = Selection(
+        tuple(filter), tuple(exclude), include_int, include_optimizer=include_optimizer
+    )
     read = ReadSettings(input_format, key, threads, progress)
     return trends.trend(checkpoints, selection, read, metric=metric, order=order, group_by=group_by)
 
@@ -190,8 +204,9 @@ def _inspect_open(
             s.shape,
             s.file_bytes,
             st,
-            covered=selection.covers(s.dtype.is_floating),
+            covered=selection.covers(s.dtype.is_floating, s.optimizer is not None),
             shard=s.shard,
+            optimizer=_optimizer_tensor(s.optimizer),
         )
         for s, st in zip(sources, all_stats, strict=True)
     ]
@@ -205,6 +220,45 @@ def _inspect_open(
         groups=groups,
         total=_total(rows, covered, selection.scope),
         selected=len(rows),
+        optimizer=_optimizer_state(
+            [
+                r
+                for r, s in zip(rows, sources, strict=True)
+                if selection.covers(s.dtype.is_floating)
+            ],
+            len([s for s in sources if s.optimizer is not None]),
+            selection.include_optimizer,
+        ),
+    )
+
+
+def _optimizer_tensor(slot: OptimizerSlot | None) -> OptimizerTensor | None:
+    return None if slot is None else OptimizerTensor(slot.optimizer, slot.param, slot.moment)
+
+
+def _optimizer_state(
+    rows: Sequence[TensorReport], tensors: int, in_total: bool
+) -> OptimizerState | None:
+    """The figures of the optimizer's `tensors` among `rows` (those the totals would count were
+    they the model's: floating point, or all with --include-int), in all and moment by moment."""
+    state = [(r, r.optimizer) for r in rows if r.optimizer is not None]
+    if not tensors:
+        return None
+    by_moment = []
+    for moment in dict.fromkeys(slot.moment for _, slot in state):
+        same = [r for r, slot in state if slot.moment == moment]
+        by_moment.append(
+            MomentTotal(
+                moment, len(same), sum(r.nbytes for r in same), merge_all([r.stats for r in same])
+            )
+        )
+    return OptimizerState(
+        optimizers=tuple(dict.fromkeys(slot.optimizer for _, slot in state)),
+        tensors=tensors,
+        in_total=in_total,
+        nbytes=sum(r.nbytes for r, _ in state),
+        stats=merge_all([r.stats for r, _ in state]),
+        by_moment=tuple(by_moment),
     )
 
 
@@ -266,6 +320,7 @@ def _total(rows: Sequence[TensorReport], covered: Sequence[TensorReport], scope:
         scope=scope,
         tensors=len(covered),
         excluded=len(rows) - len(covered),
+        optimizer_excluded=sum(1 for r in rows if r.optimizer is not None and not r.covered),
         by_dtype=tuple(by_dtype),
         nonfinite_tensors=tuple(r.name for r in rows if r.stats.nan or r.stats.inf),
         largest_l2=_largest(covered, lambda s: s.l2),

@@ -29,6 +29,8 @@ class StoredTensor:
     shape: tuple[int, ...]
     stats: TensorStats
     floating: bool
+    # a tensor of a training checkpoint's optimizer state
+    optimizer: bool = False
 
 
 Entry = TensorSource | StoredTensor
@@ -36,6 +38,10 @@ Entry = TensorSource | StoredTensor
 
 def is_floating(entry: Entry) -> bool:
     return entry.floating if isinstance(entry, StoredTensor) else entry.dtype.is_floating
+
+
+def is_optimizer(entry: Entry) -> bool:
+    return entry.optimizer if isinstance(entry, StoredTensor) else entry.optimizer is not None
 
 
 def dtype_name(entry: Entry) -> str:
@@ -103,7 +109,9 @@ def _stored_tensor(t: dict[str, Any]) -> StoredTensor:
         str(t["dtype"]),
         tuple(int(d) for d in t["shape"]),
         stats,
-        bool(t["in_total"]),
+        # optimizer state is left out of the total it was saved with: say so, not "integer"
+        bool(t["in_total"]) or t.get("optimizer") is not None,
+        t.get("optimizer") is not None,
     )
 
 

@@ -17,7 +17,7 @@ from .results import Point, TrendResult, TrendRow
 from .scan import scan_many_series
 from .select import group_name, group_names, natural_key
 from .settings import ReadSettings, Selection
-from .sides import Entry, Side, StoredTensor, is_floating, open_sides
+from .sides import Entry, Side, StoredTensor, is_floating, is_optimizer, open_sides
 
 METRICS = ("l2", "l1", "linf", "rms")
 ORDERS = ("name", "mtime", "given")
@@ -122,7 +122,7 @@ def trend(
         names = _names_in_order(sides)
         every = len(names)
         names = [n for n in names if selection.selects(n)]
-        names = [n for n in names if selection.covers(_floating(n, sides))]
+        names = [n for n in names if selection.covers(*_kind(n, sides))]
         selection.require_some(len(names), every)
         live = [[_live(side.get(name)) for side in sides] for name in names]
         scanned = scan_many_series(live, read.threads, read.progress)
@@ -156,12 +156,13 @@ def _names_in_order(sides: Sequence[dict[str, Entry]]) -> list[str]:
     return list(names)
 
 
-def _floating(name: str, sides: Sequence[dict[str, Entry]]) -> bool:
+def _kind(name: str, sides: Sequence[dict[str, Entry]]) -> tuple[bool, bool]:
+    """Whether the tensor is floating point, and whether it is optimizer state."""
     for side in sides:
         entry = side.get(name)
         if entry is not None:
-            return is_floating(entry)
-    return False
+            return is_floating(entry), is_optimizer(entry)
+    return False, False
 
 
 def _live(entry: Entry | None) -> TensorSource | None:

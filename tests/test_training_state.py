@@ -3,10 +3,14 @@ Lightning's layout, Hugging Face's optimizer.pt, a DCP folder) and in crafted tr
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Run, validate_json
 
 from normcli.readers import open_checkpoint
 from normcli.readers.base import OptimizerSlot
@@ -127,3 +131,97 @@ def test_optimizer_keys_set_state_apart_in_other_layouts() -> None:
         "optimizer_state_dict.base_optimizer_state", "module.w", "exp_avg"
     )
     assert "module.w" not in found
+
+
+# --- the model's totals, and the optimizer's apart ------------------------------------------------
+
+EXPECTED: dict[str, Any] = json.loads((TRAINING / "expected.json").read_text())["files"]
+
+
+def torch_l2(file: str, names: Iterable[str]) -> float:
+    """The global L2 norm over `names`, from the per-tensor norms torch computed."""
+    figures = EXPECTED[file]["tensors"]
+    return math.sqrt(math.fsum(figures[n]["l2"] ** 2 for n in names))
+
+
+def inspected(run: Run, path: Path, *options: str) -> dict[str, Any]:
+    doc = json.loads(run("inspect", path, "-f", "json", *options).stdout)
+    validate_json(doc, "inspect.v1")
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("file", "model", "optimizer"),
+    [
+        ("training.pt", "model.", "optimizer."),
+        ("lightning.ckpt", "state_dict.", "optimizer_states."),
+        ("dcp", "model.", "optim."),
+    ],
+)
+def test_whole_model_totals_cover_the_weights_alone(
+    file: str, model: str, optimizer: str, run: Run
+) -> None:
+    names = list(EXPECTED[file]["tensors"])
+    weights = [n for n in names if n.startswith(model)]
+    state = [n for n in names if n.startswith(optimizer)]
+    doc = inspected(run, TRAINING / file)
+    assert math.isclose(doc["total"]["l2"], torch_l2(file, weights), rel_tol=1e-12)
+    assert doc["total"]["covers"]["tensors"] == len(weights) == 6
+    assert doc["total"]["covers"]["optimizer_excluded"] == len(state) == 18
+    section = doc["optimizer"]
+    assert section["tensors"] == 18 and section["in_total"] is False
+    assert math.isclose(section["l2"], torch_l2(file, state), rel_tol=1e-12)
+    moments = {m["moment"]: m for m in section["by_moment"]}
+    assert sorted(moments) == sorted(ADAM)
+    exp_avg = [n for n in state if n.endswith(".exp_avg")]
+    assert moments["exp_avg"]["tensors"] == len(exp_avg) == 6
+    assert math.isclose(moments["exp_avg"]["l2"], torch_l2(file, exp_avg), rel_tol=1e-12)
+    rows = {t["name"]: t for t in doc["tensors"]}
+    assert all(not rows[n]["in_total"] and rows[n]["optimizer"] for n in state)
+    assert all(rows[n]["in_total"] and rows[n]["optimizer"] is None for n in weights)
+
+    everything = inspected(run, TRAINING / file, "--include-optimizer")
+    assert math.isclose(everything["total"]["l2"], torch_l2(file, names), rel_tol=1e-12)
+    assert everything["optimizer"]["in_total"] is True
+    assert everything["total"]["covers"]["optimizer_excluded"] == 0
+
+
+def test_key_model_gives_the_same_totals(run: Run) -> None:
+    default = inspected(run, TRAINING / "training.pt")
+    model = inspected(run, TRAINING / "training.pt", "--key", "model")
+    assert model["total"]["l2"] == default["total"]["l2"] and model["optimizer"] is None
+
+
+def test_the_table_says_what_was_set_apart(run: Run) -> None:
+    out = run("inspect", TRAINING / "training.pt").stdout
+    assert "Whole model: 6 floating-point tensors (18 optimizer-state tensors set apart; " in out
+    assert "--include-optimizer adds them)" in out
+    assert "Optimizer state: 18 tensors in 'optimizer', not in the whole model" in out
+    assert "optimizer, not in total" in out
+    markdown = run("inspect", TRAINING / "training.pt", "-f", "md").stdout
+    assert "**Optimizer state** (18 tensors, not in the whole model)" in markdown
+
+
+def test_compare_and_trend_leave_optimizer_state_out(run: Run, tmp_path: Path) -> None:
+    a, b = TRAINING / "training.pt", TRAINING / "lightning.ckpt"
+    renames = [
+        "--rename",
+        r"^state_dict\.net\.=model.",
+        "--rename",
+        "^optimizer_states.0.=optimizer.",
+    ]
+    doc = json.loads(run("compare", a, b, *renames, "-f", "json").stdout)
+    validate_json(doc, "compare.v1")
+    assert doc["optimizer_excluded"] == 18 and doc["total"]["tensors"] == 6
+    assert doc["summary"]["unchanged"] == 24  # the same training state, relaid by Lightning
+    both = json.loads(run("compare", a, b, *renames, "--include-optimizer", "-f", "json").stdout)
+    assert both["optimizer_excluded"] == 0 and both["total"]["tensors"] == 24
+    assert "18 optimizer-state tensors set apart" in run("compare", a, b, *renames).stdout
+
+    trend = json.loads(run("trend", a, TRAINING / "dcp_consolidated.pt", "-f", "json").stdout)
+    assert not any(r["name"].startswith("optim") for r in trend["rows"])
+
+    # a saved report keeps its optimizer rows out of a later comparison too
+    saved = tmp_path / "training.json"
+    run("inspect", a, "-f", "json", "-o", saved)
+    assert json.loads(run("compare", saved, a, "-f", "json").stdout)["optimizer_excluded"] == 18

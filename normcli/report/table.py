@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..results import GroupReport, InspectResult, TensorStats
+from ..results import GroupReport, InspectResult, OptimizerState, TensorStats
 from .text import fmt_bytes, fmt_float, fmt_int, fmt_percent, fmt_shape, printable
 
 NONFINITE = "bold red"
@@ -138,7 +138,7 @@ def _tensor_table(result: InspectResult, hidden: frozenset[str]) -> Table:
         note, style = (
             _notes(row.stats, row.name == total.largest_l2, row.name == total.largest_linf)
             if row.covered
-            else ("not in total", "dim")
+            else ("optimizer, not in total" if row.optimizer else "not in total", "dim")
         )
         table.add(
             [
@@ -198,11 +198,18 @@ def _render_total(result: InspectResult, console: Console) -> None:
     total = result.total
     stats = total.stats
     kind = "floating-point " if total.scope == "floating" else ""
-    left_out = (
-        f" ({_plural(total.excluded, 'integer/bool tensor')} left out; --include-int adds them)"
-        if total.excluded
-        else ""
-    )
+    integers = total.excluded - total.optimizer_excluded
+    reasons = [
+        f"{_plural(integers, 'integer/bool tensor')} left out; --include-int adds them"
+        if integers
+        else "",
+        f"{_plural(total.optimizer_excluded, 'optimizer-state tensor')} set apart; "
+        "--include-optimizer adds them"
+        if total.optimizer_excluded
+        else "",
+    ]
+    left_out = "; ".join(r for r in reasons if r)
+    left_out = f" ({left_out})" if left_out else ""
     console.print(
         Text.assemble(
             ("Whole model", "bold"), f": {_plural(total.tensors, kind + 'tensor')}{left_out}"
@@ -221,21 +228,57 @@ def _render_total(result: InspectResult, console: Console) -> None:
         f"  L1 {fmt_float(stats.l1, 10)}  L2 {fmt_float(stats.l2, 10)}  "
         f"Linf {fmt_float(stats.linf, 10)}  RMS {fmt_float(stats.rms, 10)}"
     )
+    _print_breakdown(
+        console, "By dtype:", [(d.dtype, d.tensors, d.nbytes, d.stats) for d in total.by_dtype]
+    )
+    if result.optimizer is not None:
+        _render_optimizer(result.optimizer, console)
+
+
+def _render_optimizer(state: OptimizerState, console: Console) -> None:
+    where = ", ".join(repr(printable(o)) if o else "the whole file" for o in state.optimizers)
+    counted = "counted in the whole model" if state.in_total else "not in the whole model"
+    console.print(
+        Text.assemble(
+            ("Optimizer state", "bold"),
+            f": {_plural(state.tensors, 'tensor')}"
+            + (f" in {where}" if where else "")
+            + f", {counted}",
+        )
+    )
+    stats = state.stats
+    console.print(
+        f"  elements {fmt_int(stats.numel)}  bytes {fmt_bytes(state.nbytes)}  "
+        f"L1 {fmt_float(stats.l1, 10)}  L2 {fmt_float(stats.l2, 10)}  "
+        f"Linf {fmt_float(stats.linf, 10)}"
+    )
+    _print_breakdown(
+        console,
+        "By moment:",
+        [(printable(m.moment), m.tensors, m.nbytes, m.stats) for m in state.by_moment],
+    )
+
+
+def _print_breakdown(
+    console: Console, title: str, lines: Sequence[tuple[str, int, int, TensorStats]]
+) -> None:
+    """Totals line by line (by dtype, by moment): tensors, elements, bytes, L2, Linf."""
+    if not lines:
+        return
     grid = Table.grid(padding=(0, 2))
     grid.add_column()
     for justify in ("right", "right", "right", "left", "left", "left"):
         grid.add_column(justify=justify)
-    for d in total.by_dtype:
-        bad = d.stats.nan or d.stats.inf
+    for label, tensors, nbytes, stats in lines:
+        bad = stats.nan or stats.inf
         grid.add_row(
-            d.dtype,
-            _plural(d.tensors, "tensor"),
-            f"{fmt_int(d.stats.numel)} elements",
-            fmt_bytes(d.nbytes),
-            f"L2 {fmt_float(d.stats.l2)}",
-            f"Linf {fmt_float(d.stats.linf)}",
-            Text(f"NaN {d.stats.nan}  Inf {d.stats.inf}", NONFINITE) if bad else "",
+            label,
+            _plural(tensors, "tensor"),
+            f"{fmt_int(stats.numel)} elements",
+            fmt_bytes(nbytes),
+            f"L2 {fmt_float(stats.l2)}",
+            f"Linf {fmt_float(stats.linf)}",
+            Text(f"NaN {stats.nan}  Inf {stats.inf}", NONFINITE) if bad else "",
         )
-    if total.by_dtype:
-        console.print(Text("By dtype:", "bold"))
-        console.print(grid)
+    console.print(Text(title, "bold"))
+    console.print(grid)

@@ -26,6 +26,7 @@ from .inspect import (
     TensorReport,
     Total,
 )
+from .optimizer import MomentTotal, OptimizerState, OptimizerTensor
 from .trend import JUMP_FACTOR, TREND_SCHEMA, Point, TrendResult, TrendRow
 
 __all__ = [
@@ -44,6 +45,9 @@ __all__ = [
     "DtypeSummary",
     "GroupReport",
     "InspectResult",
+    "MomentTotal",
+    "OptimizerState",
+    "OptimizerTensor",
     "PairStats",
     "Point",
     "Rule",

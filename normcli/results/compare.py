@@ -136,6 +136,8 @@ class CompareResult:
     selected: int
     # every selected tensor holding NaN or Inf on either side, whatever --top hid
     nonfinite_tensors: tuple[str, ...] = ()
+    # tensors of optimizer state left out of the total (without --include-optimizer)
+    optimizer_excluded: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,4 +150,5 @@ class CompareResult:
             "total": {**self.total.to_dict(), "scope": self.scope},
             "summary": dict(self.summary),
             "nonfinite_tensors": list(self.nonfinite_tensors),
+            "optimizer_excluded": self.optimizer_excluded,
         }
