@@ -225,3 +225,11 @@ def test_compare_and_trend_leave_optimizer_state_out(run: Run, tmp_path: Path) -
     saved = tmp_path / "training.json"
     run("inspect", a, "-f", "json", "-o", saved)
     assert json.loads(run("compare", saved, a, "-f", "json").stdout)["optimizer_excluded"] == 18
+
+
+def test_check_judges_the_weights_unless_told(run: Run) -> None:
+    # the step counters (2.0) break the limit; the weights (Linf 1.01) keep it
+    path = TRAINING / "training.pt"
+    run("check", path, "--max-tensor-linf", "1.5", code=0)
+    result = run("check", path, "--max-tensor-linf", "1.5", "--include-optimizer", code=1)
+    assert "6 violations" in result.stdout + result.stderr

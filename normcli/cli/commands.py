@@ -305,6 +305,12 @@ Examples:
     is_flag=True,
     help="Count integer and bool tensors too: in the tensor rules and the whole-model figures.",
 )
+@click.option(
+    "--include-optimizer",
+    is_flag=True,
+    help="Judge a training checkpoint's optimizer state (moments, step counters) with the "
+    "model's weights; by default only the weights are judged.",
+)
 @reading_options
 def check(
     checkpoints: tuple[str, ...],
@@ -314,6 +320,7 @@ def check(
     output: str | None,
     junit: str | None,
     include_int: bool,
+    include_optimizer: bool,
     read: ReadSettings,
     progress: bool,
     **limits: Any,
@@ -332,7 +339,7 @@ def check(
     results = []
     for path in checkpoints:
         with _progress(progress, _label("check", path)) as bar:
-            selection = Selection(include_int=include_int)
+            selection = Selection(include_int=include_int, include_optimizer=include_optimizer)
             results.append(
                 gate.run_check(path, config, baseline, selection, replace(read, progress=bar))
             )
