@@ -355,3 +355,13 @@ def test_boxes_that_overlap_or_leave_a_gap_are_refused() -> None:
     outside = [*entry.chunks[:-1], Chunk((2, 2), (2, 2), "f", 0, 0)]
     with pytest.raises(CorruptFileError, match="outside"):
         _Grid(TensorEntry("x", F64, "float64", (3, 4), outside), pieces)
+
+
+def test_compare_and_trend_take_torchscript_archives(tmp_path: Path, run: Run) -> None:
+    for step in (1, 2):
+        shutil.copy(TRAINING / "scripted_net.pt", tmp_path / f"step-{step}.pt")
+    result = normcli.compare(tmp_path / "step-1.pt", tmp_path / "step-2.pt").to_dict()
+    assert {t["status"] for t in result["tensors"]} == {"unchanged"}
+    assert len(result["tensors"]) == len(EXPECTED["scripted_net.pt"]["tensors"])
+    doc = json.loads(run("trend", tmp_path, "-f", "json").stdout)
+    assert [c["format"] for c in doc["checkpoints"]] == ["torchscript", "torchscript"]
