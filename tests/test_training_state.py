@@ -211,7 +211,7 @@ def test_compare_and_trend_leave_optimizer_state_out(run: Run, tmp_path: Path) -
         "^optimizer_states.0.=optimizer.",
     ]
     doc = json.loads(run("compare", a, b, *renames, "-f", "json").stdout)
-    validate_json(doc, "compare.v1")
+    validate_json(doc, "compare.v2")
     assert doc["optimizer_excluded"] == 18 and doc["total"]["tensors"] == 6
     assert doc["summary"]["unchanged"] == 24  # the same training state, relaid by Lightning
     both = json.loads(run("compare", a, b, *renames, "--include-optimizer", "-f", "json").stdout)

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..norms import TensorStats
-from .common import stats_dict
+from .common import Figures, stats_dict
 from .optimizer import OptimizerState, OptimizerTensor
 
 INSPECT_SCHEMA = "normcli/inspect/v1"
 
 
 @dataclass(frozen=True)
-class TensorReport:
+class TensorReport(Figures):
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -40,7 +40,7 @@ class TensorReport:
 
 
 @dataclass(frozen=True)
-class GroupReport:
+class GroupReport(Figures):
     """Tensors whose names share their first N dot-separated parts, aggregated like the model."""
 
     name: str
@@ -60,7 +60,7 @@ class GroupReport:
 
 
 @dataclass(frozen=True)
-class DtypeSummary:
+class DtypeSummary(Figures):
     dtype: str
     tensors: int
     nbytes: int
@@ -76,7 +76,7 @@ class DtypeSummary:
 
 
 @dataclass(frozen=True)
-class Total:
+class Total(Figures):
     """Whole-model figures: L1 and counts add up, L2 is the global norm √Σ‖t‖₂², Linf the max."""
 
     stats: TensorStats
