@@ -135,7 +135,9 @@ def trend(
         every = len(names)
         names = [n for n in names if selection.selects(n)]
         selected = len(names)
-        names = [n for n in names if selection.covers(*_kind(n, sides))]
+        kinds = {n: _kind(n, sides) for n in names}
+        names = [n for n in names if selection.covers(*kinds[n])]
+        set_apart = sum(1 for f, o in kinds.values() if o and not selection.covers(f, o))
         selection.require_some(len(names), every)
         points = _with_set_changes(points, sides, names)
         live = [[_live(side.get(name)) for side in sides] for name in names]
@@ -165,7 +167,15 @@ def trend(
         rows.sort(key=lambda r: natural_key(r.name))
     total = _group("total", rows)
     return TrendResult(
-        tuple(points), tuple(rows), total, metric, depth or None, automatic, selected, every
+        tuple(points),
+        tuple(rows),
+        total,
+        metric,
+        depth or None,
+        automatic,
+        selected,
+        every,
+        optimizer_excluded=set_apart,
     )
 
 

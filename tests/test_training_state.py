@@ -219,7 +219,10 @@ def test_compare_and_trend_leave_optimizer_state_out(run: Run, tmp_path: Path) -
     assert "18 optimizer-state tensors set apart" in run("compare", a, b, *renames).stdout
 
     trend = json.loads(run("trend", a, TRAINING / "dcp_consolidated.pt", "-f", "json").stdout)
+    validate_json(trend, "trend.v2")
     assert not any(r["name"].startswith("optim") for r in trend["rows"])
+    assert trend["optimizer_excluded"] == 36  # named by index in one, by parameter in the other
+    assert "36 optimizer-state tensors set apart" in run("trend", a, TRAINING / "dcp").stdout
 
     # a saved report keeps its optimizer rows out of a later comparison too
     saved = tmp_path / "training.json"
