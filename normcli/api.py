@@ -49,6 +49,7 @@ def inspect(
     input_format: str | None = None,
     key: str | None = None,
     include_int: bool = False,
+    include_optimizer: bool = False,
     filter: Sequence[str] = (),
     exclude: Sequence[str] = (),
     sort: str | None = None,
@@ -58,7 +59,9 @@ def inspect(
     progress: Progress | None = None,
 ) -> InspectResult:
     """Norms of every tensor in the checkpoint at `path`, and of the whole model."""
-    selection = Selection(tuple(filter), tuple(exclude), include_int)
+    selection = Selection(
+        tuple(filter), tuple(exclude), include_int, include_optimizer=include_optimizer
+    )
     read = ReadSettings(input_format, key, threads, progress)
     return inspect_path(path, selection, read, sort=sort, top=top, group_by=group_by)
 
@@ -81,7 +84,6 @@ def stats(
     tensors: Mapping[str, Any],
     *,
     include_int: bool = False,
-    include_optimizer: bool = False,
     filter: Sequence[str] = (),
     exclude: Sequence[str] = (),
     sort: str | None = None,

@@ -236,3 +236,18 @@ def test_check_judges_the_weights_unless_told(run: Run) -> None:
     run("check", path, "--max-tensor-linf", "1.5", code=0)
     result = run("check", path, "--max-tensor-linf", "1.5", "--include-optimizer", code=1)
     assert "6 violations" in result.stdout + result.stderr
+
+
+def test_the_library_sets_optimizer_state_apart_too() -> None:
+    import normcli
+
+    default = normcli.inspect(TRAINING / "dcp")
+    everything = normcli.inspect(TRAINING / "dcp", include_optimizer=True)
+    assert default.optimizer is not None and everything.optimizer is not None
+    assert [m.moment for m in default.optimizer.by_moment] == ["exp_avg", "exp_avg_sq", "step"]
+    assert default.total.tensors == 6 and everything.total.tensors == 24
+    assert everything.optimizer.in_total and not default.optimizer.in_total
+    both = normcli.compare(TRAINING / "dcp", TRAINING / "dcp", include_optimizer=True)
+    assert both.optimizer_excluded == 0 and both.total.tensors == 24
+    run = normcli.trend([TRAINING / "dcp", TRAINING / "dcp_consolidated.pt"])
+    assert run.optimizer_excluded == 18  # the same names in both
