@@ -17,9 +17,10 @@ import numpy as np
 
 from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
 from ..formats import DCP, DCP_METADATA, ZIP_MAGIC
+from . import remote
 from .base import Checkpoint, TensorSource
 from .dcp_metadata import Chunk, TensorEntry, read_metadata
-from .files import DataFile, open_regular
+from .files import Data, open_data, open_regular
 from .pytorch import flatten, tensor_source
 from .torch_archive import Loaded, archive_prefix, check_byteorder, load_pickle, open_zip
 from .torch_pickle import RestrictedUnpickler, TensorStub
@@ -33,8 +34,9 @@ MAX_CELLS = 1 << 20
 def open_dcp(path: str, key: str | None = None) -> Checkpoint:
     """Open a DCP folder (or its .metadata file); `key` (dotted, e.g. "model") reads only the
     entries under it, named from there."""
-    folder = os.path.dirname(path) if os.path.basename(path) == DCP_METADATA else path
-    metadata_path = os.path.join(folder, DCP_METADATA)
+    named = path.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+    folder = remote.parent(path) if named == DCP_METADATA else path.rstrip("/")
+    metadata_path = remote.join_path(folder, DCP_METADATA)
     with open_regular(metadata_path) as f:
         raw = f.read()
     try:
@@ -43,7 +45,7 @@ def open_dcp(path: str, key: str | None = None) -> Checkpoint:
         e.path = e.path or metadata_path
         raise
     tensors, values = _selected(contents.tensors, contents.values, key, folder)
-    files: dict[str, DataFile] = {}
+    files: dict[str, Data] = {}
     closers: list[Callable[[], None]] = []
     try:
         sources = [_assembled(entry, folder, files, closers) for entry in tensors]
@@ -82,7 +84,7 @@ def _selected(
 
 
 def _assembled(
-    entry: TensorEntry, folder: str, files: dict[str, DataFile], closers: list[Callable[[], None]]
+    entry: TensorEntry, folder: str, files: dict[str, Data], closers: list[Callable[[], None]]
 ) -> TensorSource:
     """The tensor `entry` whole, its chunks read from their files."""
     pieces = [_piece(entry, chunk, folder, files, closers) for chunk in entry.chunks]
@@ -99,15 +101,15 @@ def _piece(
     entry: TensorEntry,
     chunk: Chunk,
     folder: str,
-    files: dict[str, DataFile],
+    files: dict[str, Data],
     closers: list[Callable[[], None]],
 ) -> TensorSource:
     """One chunk's values, from the torch.save archive at its byte range."""
-    path = os.path.join(folder, chunk.file)
+    path = remote.join_path(folder, chunk.file)
     if chunk.file not in files:
-        if not os.path.isfile(path):
+        if not remote.is_url(path) and not os.path.isfile(path):
             raise CorruptFileError("missing: the folder's .metadata names this file", path)
-        files[chunk.file] = DataFile(path)
+        files[chunk.file] = open_data(path)
     data = files[chunk.file]
     what = f"the chunk of tensor {entry.name!r} at {list(chunk.offsets)}"
     end = chunk.offset + chunk.length
@@ -134,7 +136,7 @@ def _piece(
     return source
 
 
-def _chunk_archive(data: DataFile, chunk: Chunk, what: str) -> tuple[TensorStub, Loaded]:
+def _chunk_archive(data: Data, chunk: Chunk, what: str) -> tuple[TensorStub, Loaded]:
     if data[chunk.offset : chunk.offset + len(ZIP_MAGIC)] != ZIP_MAGIC:
         raise UnsupportedError(f"{what} is not a torch.save archive (another serialization?)")
     window = io.BufferedReader(_Slice(data, chunk.offset, chunk.length))
@@ -158,7 +160,7 @@ def _chunk_archive(data: DataFile, chunk: Chunk, what: str) -> tuple[TensorStub,
 class _Slice(io.RawIOBase):
     """Bytes [start, start + length) of a file, as a file of their own (for zipfile)."""
 
-    def __init__(self, data: DataFile, start: int, length: int) -> None:
+    def __init__(self, data: Data, start: int, length: int) -> None:
         self.data, self.start, self.length, self.position = data, start, length, 0
 
     def readable(self) -> bool:

@@ -8,7 +8,6 @@ import contextlib
 import io
 import math
 import struct
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -17,7 +16,7 @@ from ..dtypes import DType
 from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
 from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
-from .files import DataFile, open_regular
+from .files import Data, open_data, open_regular
 from .torch_archive import (
     ARCHIVE_PICKLE,
     Loaded,
@@ -52,9 +51,9 @@ def looks_like_pytorch(head: bytes, path: str) -> bool:
     magic number. `head` is the file's first 64 bytes."""
     if head.startswith(ZIP_MAGIC):
         try:
-            with zipfile.ZipFile(path) as archive:
+            with open_zip(path) as archive:
                 return any(ARCHIVE_PICKLE.fullmatch(n) for n in archive.namelist())
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
+        except CorruptFileError:
             return False
     if head[:1] != b"\x80":
         return False
@@ -76,7 +75,7 @@ def open_pytorch(path: str, key: str | None = None) -> Checkpoint:
         size = f.seek(0, 2)
     if size == 0:
         raise CorruptFileError("file is empty")
-    data = DataFile(path)
+    data = open_data(path)
     closers: list[Callable[[], None]] = [data.close]
     with closed_on_error(data, path):
         loaded = _load_zip(path, data) if head == ZIP_MAGIC else _load_legacy(path, data)
@@ -90,7 +89,7 @@ def open_pytorch(path: str, key: str | None = None) -> Checkpoint:
 
 
 @contextlib.contextmanager
-def closed_on_error(data: DataFile, path: str) -> Iterator[None]:
+def closed_on_error(data: Data, path: str) -> Iterator[None]:
     """Closes `data` if opening fails, and names `path` in an error that names no file."""
     try:
         yield
@@ -107,7 +106,7 @@ def closed_on_error(data: DataFile, path: str) -> Iterator[None]:
 def read_tensors(
     tensors: list[tuple[str, TensorStub]],
     loaded: Loaded,
-    data: DataFile,
+    data: Data,
     closers: list[Callable[[], None]],
 ) -> list[TensorSource]:
     """The sources of rebuilt tensors; what must be closed with them is added to `closers`."""
@@ -125,7 +124,7 @@ def _stem(path: str) -> str:
     return base.rsplit(".", 1)[0] if "." in base[1:] else base
 
 
-def _load_zip(path: str, data: DataFile) -> Loaded:
+def _load_zip(path: str, data: Data) -> Loaded:
     with open_zip(path) as archive:
         prefix = archive_prefix(archive)
         names = archive.namelist()
@@ -142,7 +141,7 @@ def _load_zip(path: str, data: DataFile) -> Loaded:
         )
 
 
-def _load_legacy(path: str, data: DataFile) -> Loaded:
+def _load_legacy(path: str, data: Data) -> Loaded:
     """torch.save(..., _use_new_zipfile_serialization=False): pickles of the magic number, the
     protocol version, system information, the object, then the list of storage keys; then each
     storage as its element count (8 bytes, little-endian) and its bytes, in that list's order."""
@@ -286,7 +285,7 @@ def flatten(root: Any, name: str) -> tuple[list[tuple[str, TensorStub]], int]:
 
 
 def tensor_source(
-    name: str, tensor: TensorStub, loaded: Loaded, data: DataFile
+    name: str, tensor: TensorStub, loaded: Loaded, data: Data
 ) -> tuple[TensorSource, Callable[[], None] | None]:
     """The TensorSource of one rebuilt tensor, its view checked against its storage."""
     where = f"tensor {name!r}"

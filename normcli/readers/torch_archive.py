@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from ..errors import CorruptFileError, UnsupportedError
-from .files import DataFile
+from . import files
+from .files import Data
 from .torch_pickle import RestrictedUnpickler, unpickle
 from .zipped import stored_data_start
 
@@ -31,9 +32,10 @@ class Loaded:
 
 
 def open_zip(file: str | IO[bytes], what: str = "") -> zipfile.ZipFile:
-    """A zip archive's directory, read; `what` names it in the error if it cannot be."""
+    """A zip archive's directory, read (a path may be a URL); `what` names it in the error if
+    it cannot be."""
     try:
-        return zipfile.ZipFile(file)
+        return files.open_zip(file) if isinstance(file, str) else zipfile.ZipFile(file)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
         raise CorruptFileError(f"{what or 'not'} a readable zip archive: {e}") from e
 
@@ -53,7 +55,7 @@ def archive_prefix(archive: zipfile.ZipFile) -> str:
 
 def load_pickle(
     archive: zipfile.ZipFile,
-    data: DataFile,
+    data: Data,
     member: str,
     folder: str,
     unpickler: Callable[[io.BytesIO], RestrictedUnpickler],
@@ -83,7 +85,7 @@ def load_pickle(
     return Loaded(root, starts, members)
 
 
-def check_byteorder(archive: zipfile.ZipFile, member: str, data: DataFile) -> None:
+def check_byteorder(archive: zipfile.ZipFile, member: str, data: Data) -> None:
     try:
         info = archive.getinfo(member)
     except KeyError:
@@ -95,7 +97,7 @@ def check_byteorder(archive: zipfile.ZipFile, member: str, data: DataFile) -> No
         )
 
 
-def member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: DataFile) -> bytes:
+def member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: Data) -> bytes:
     """A small member's bytes. Stored ones are read here rather than by zipfile: torch told
     not to compute CRCs writes 0 for every member, which zipfile takes for damage."""
     where = f"member {info.filename!r}"

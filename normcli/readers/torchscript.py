@@ -5,14 +5,13 @@ rebuild is refused."""
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable
 from typing import IO, Any
 
 from ..errors import CorruptFileError, UnsupportedError
 from ..formats import ZIP_MAGIC
 from .base import Checkpoint
-from .files import DataFile, open_regular
+from .files import open_data, open_regular
 from .pytorch import closed_on_error, flatten, read_tensors, select
 from .torch_archive import archive_prefix, check_byteorder, load_pickle, open_zip
 from .torch_pickle import RestrictedUnpickler, TensorStub
@@ -27,9 +26,9 @@ def looks_like_torchscript(head: bytes, path: str) -> bool:
     if not head.startswith(ZIP_MAGIC):
         return False
     try:
-        with zipfile.ZipFile(path) as archive:
+        with open_zip(path) as archive:
             return _is_torchscript(archive.namelist())
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
+    except CorruptFileError:
         return False
 
 
@@ -104,7 +103,7 @@ def open_torchscript(path: str, key: str | None = None) -> Checkpoint:
     """Open a torch.jit.save archive; `key` (dotted, e.g. "encoder") reads one submodule."""
     with open_regular(path) as f:
         size = f.seek(0, 2)
-    data = DataFile(path)
+    data = open_data(path)
     closers: list[Callable[[], None]] = [data.close]
     with closed_on_error(data, path):
         with open_zip(path) as archive:

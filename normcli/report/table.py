@@ -9,7 +9,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..results import GroupReport, InspectResult, OptimizerState, TensorStats
+from ..results import GroupReport, InspectResult, OptimizerState, TensorStats, Total
 from .names import TailName
 from .text import (
     fmt_bytes,
@@ -49,13 +49,18 @@ def _render_one(result: InspectResult, console: Console) -> None:
     )
     if info.skipped_tensors:
         console.print(skipped_line(info.skipped_tensors))
+    # with --header-only, the columns of the values hold nothing
+    unread = VALUE_COLUMNS if result.header_only else frozenset()
     if result.groups is not None:
         fit_table(
-            console, lambda hide: _group_table(result.groups or (), hide), GROUP_OPTIONAL_COLUMNS
+            console,
+            lambda hide: _group_table(result.groups or (), hide),
+            GROUP_OPTIONAL_COLUMNS,
+            unread,
         )
     elif result.tensors:
         optional = [c for c in OPTIONAL_COLUMNS if c != "shard" or info.shards > 1]
-        fit_table(console, lambda hide: _tensor_table(result, hide), optional)
+        fit_table(console, lambda hide: _tensor_table(result, hide), optional, unread)
     shown = len(result.groups) if result.groups is not None else len(result.tensors)
     hidden = (result.total.tensors if result.groups is not None else result.selected) - shown
     if result.groups is None and hidden > 0:
@@ -72,9 +77,11 @@ def fit_table(
     console: Console,
     build: Callable[[frozenset[str]], Table],
     optional: Sequence[str] = OPTIONAL_COLUMNS,
+    never: frozenset[str] = frozenset(),
 ) -> None:
-    """Print the widest table the console fits, hiding the least telling columns first."""
-    hidden: frozenset[str] = frozenset()
+    """Print the widest table the console fits, hiding the least telling columns first (and
+    the columns `never` always)."""
+    hidden = never
     table = build(hidden)
     unbounded = console.options.update_width(1 << 16)
     for column in optional:
@@ -83,9 +90,9 @@ def fit_table(
         hidden = hidden | {column}
         table = build(hidden)
     console.print(table)
-    if hidden:
+    if hidden - never:
         console.print(
-            f"(terminal too narrow: {', '.join(sorted(hidden))} not shown; "
+            f"(terminal too narrow: {', '.join(sorted(hidden - never))} not shown; "
             "-f csv or -f json has every column)",
             style="dim",
         )
@@ -106,6 +113,7 @@ def _stat_cells(stats: TensorStats) -> list[Text | str]:
 
 
 STAT_COLUMNS = ("numel", "L1", "L2", "Linf", "RMS", "mean", "zeros", "NaN", "Inf")
+VALUE_COLUMNS = frozenset(STAT_COLUMNS) - {"numel"}
 
 
 class _Rows:
@@ -223,6 +231,27 @@ def _render_total(result: InspectResult, console: Console) -> None:
     console.print(
         Text.assemble((label, "bold"), f": {_plural(total.tensors, kind + 'tensor')}{left_out}")
     )
+    values = not result.header_only
+    if values:
+        _render_values(total, console)
+    else:
+        console.print(
+            f"  elements {fmt_int(stats.numel)}  bytes {fmt_bytes(total.nbytes)}  "
+            "(headers only: no value was read)"
+        )
+    _print_breakdown(
+        console,
+        "By dtype:",
+        [(d.dtype, d.tensors, d.nbytes, d.stats) for d in total.by_dtype],
+        values=values,
+    )
+    if result.optimizer is not None:
+        _render_optimizer(result.optimizer, console, values=values)
+
+
+def _render_values(total: Total, console: Console) -> None:
+    """The whole model's figures of its values."""
+    stats = total.stats
     nonfinite = NONFINITE if stats.nan or stats.inf else ""
     console.print(
         Text.assemble(
@@ -236,14 +265,9 @@ def _render_total(result: InspectResult, console: Console) -> None:
         f"  L1 {fmt_float(stats.l1, 10)}  L2 {fmt_float(stats.l2, 10)}  "
         f"Linf {fmt_float(stats.linf, 10)}  RMS {fmt_float(stats.rms, 10)}"
     )
-    _print_breakdown(
-        console, "By dtype:", [(d.dtype, d.tensors, d.nbytes, d.stats) for d in total.by_dtype]
-    )
-    if result.optimizer is not None:
-        _render_optimizer(result.optimizer, console)
 
 
-def _render_optimizer(state: OptimizerState, console: Console) -> None:
+def _render_optimizer(state: OptimizerState, console: Console, values: bool) -> None:
     where = ", ".join(repr(printable(o)) if o else "the whole file" for o in state.optimizers)
     counted = "counted in the whole model" if state.in_total else "not in the whole model"
     console.print(
@@ -255,34 +279,45 @@ def _render_optimizer(state: OptimizerState, console: Console) -> None:
         )
     )
     stats = state.stats
-    console.print(
-        f"  elements {fmt_int(stats.numel)}  bytes {fmt_bytes(state.nbytes)}  "
+    figures = (
         f"L1 {fmt_float(stats.l1, 10)}  L2 {fmt_float(stats.l2, 10)}  "
         f"Linf {fmt_float(stats.linf, 10)}"
+        if values
+        else "(headers only)"
     )
+    console.print(f"  elements {fmt_int(stats.numel)}  bytes {fmt_bytes(state.nbytes)}  {figures}")
     _print_breakdown(
         console,
         "By moment:",
         [(printable(m.moment), m.tensors, m.nbytes, m.stats) for m in state.by_moment],
+        values=values,
     )
 
 
 def _print_breakdown(
-    console: Console, title: str, lines: Sequence[tuple[str, int, int, TensorStats]]
+    console: Console,
+    title: str,
+    lines: Sequence[tuple[str, int, int, TensorStats]],
+    values: bool = True,
 ) -> None:
-    """Totals line by line (by dtype, by moment): tensors, elements, bytes, L2, Linf."""
+    """Totals line by line (by dtype, by moment): tensors, elements, bytes, and unless only
+    headers were read, L2 and Linf."""
     if not lines:
         return
     grid = Table.grid(padding=(0, 2))
     grid.add_column()
-    for justify in ("right", "right", "right", "left", "left", "left"):
-        grid.add_column(justify=justify)
+    for _ in range(3):
+        grid.add_column(justify="right")
+    for _ in range(3 if values else 0):
+        grid.add_column(justify="left")
     for label, tensors, nbytes, stats in lines:
+        counts = (label, _plural(tensors, "tensor"), f"{fmt_int(stats.numel)} elements")
+        if not values:
+            grid.add_row(*counts, fmt_bytes(nbytes))
+            continue
         bad = stats.nan or stats.inf
         grid.add_row(
-            label,
-            _plural(tensors, "tensor"),
-            f"{fmt_int(stats.numel)} elements",
+            *counts,
             fmt_bytes(nbytes),
             f"L2 {fmt_float(stats.l2)}",
             f"Linf {fmt_float(stats.linf)}",
