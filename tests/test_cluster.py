@@ -546,3 +546,13 @@ def test_workers_read_urls_with_the_runs_storage_options(
     )
     on_cluster = normcli.compare(urls[0], urls[2], storage_options=options, dask=local_cluster)
     assert _figures(on_cluster) == _figures(normcli.compare(checkpoints[0], checkpoints[2]))
+
+
+def test_training_checkpoints_on_the_cluster(local_cluster: Any) -> None:
+    """A torch.distributed.checkpoint folder (tensors split across its files) and a training
+    checkpoint with optimizer state: the workers reopen them as the client did."""
+    training = Path(__file__).resolve().parent / "fixtures" / "pytorch" / "training"
+    for path in (training / "dcp", training / "training.pt"):
+        assert inspect(path, dask=local_cluster).to_dict() == inspect(path).to_dict()
+    a, b = training / "dcp", training / "dcp_consolidated.pt"
+    assert normcli.compare(a, b, dask=local_cluster).to_dict() == normcli.compare(a, b).to_dict()

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
-from ..formats import FORMATS, by_content, by_suffix, what_normcli_reads
+from ..formats import DCP, FORMATS, by_content, by_suffix, resolve, what_normcli_reads
 from . import remote, sharded
 from .base import Checkpoint, Origin, TensorSource
 from .files import open_regular
@@ -37,7 +37,8 @@ def detect_format(path: str) -> str:
     if size == 0:
         raise UnsupportedError("file is empty", path)
     raise UnsupportedError(
-        f"unrecognised format (normcli reads {what_normcli_reads()} files; "
+        f"unrecognised format (normcli reads {what_normcli_reads()} files, and "
+        "torch.distributed.checkpoint folders; "
         "--input-format names one explicitly)",
         path,
     )
@@ -86,27 +87,29 @@ def _open_url(path: str, input_format: str | None, key: str | None) -> Checkpoin
 
 
 def _open(path: str, input_format: str | None, key: str | None) -> Checkpoint:
+    if input_format in (None, DCP) and remote.is_dcp(path):
+        return _located(resolve("normcli.readers.dcp:open_dcp")(path, key), path, DCP, key)
     if sharded.is_sharded(path):
         return sharded.open_sharded(path, lambda shard: _open_url(shard, input_format, key))
     fmt = input_format or detect_format(path)
     if fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (choose from {', '.join(FORMATS)})")
-    checkpoint: Checkpoint = FORMATS[fmt].open(path, key)
-    file = _origin(path, fmt, key)
-    checkpoint.tensors = [
-        replace(t, origin=replace(file, index=i)) for i, t in enumerate(checkpoint.tensors)
-    ]
-    return checkpoint
+    opened = FORMATS[fmt].open(path, key)
+    return _located(opened, path, fmt, key if FORMATS[fmt].takes_key else None)
 
 
-def _origin(path: str, fmt: str, key: str | None) -> Origin:
-    """Where the file at `path` lies, told so that another process can open it: a local path
-    made absolute (a worker's folder is not ours), a URL with its storage options."""
+def _located(checkpoint: Checkpoint, path: str, fmt: str, key: str | None) -> Checkpoint:
+    """The checkpoint, each tensor told where it lies so that another process can open it: a
+    local path made absolute (a worker's folder is not ours), a URL with its storage options."""
     if remote.is_url(path):
         where, options = path, remote.spec_for(path).options
     else:
         where, options = os.path.abspath(path), ()
-    return Origin(where, fmt, key if FORMATS[fmt].takes_key else None, 0, options)
+    file = Origin(where, fmt, key, 0, options)
+    checkpoint.tensors = [
+        replace(t, origin=replace(file, index=i)) for i, t in enumerate(checkpoint.tensors)
+    ]
+    return checkpoint
 
 
 def reopen(origin: Origin) -> Checkpoint:
