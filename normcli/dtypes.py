@@ -78,7 +78,8 @@ class DType:
 def _ml_dtype(name: str) -> np.dtype[np.generic]:
     import ml_dtypes
 
-    return np.dtype(getattr(ml_dtypes, name))
+    dtype: np.dtype[np.generic] = np.dtype(getattr(ml_dtypes, name))
+    return dtype
 
 
 def _make(name: str, kind: Kind, element: np.dtype[np.generic] | str, bits: int = 8) -> DType:

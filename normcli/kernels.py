@@ -40,14 +40,19 @@ def wanted() -> str:
     return choice if choice in ("numpy", "numba") else "auto"
 
 
-def load() -> Kernels | None:
-    """The compiled kernels, or None where numba cannot be imported."""
+def load(compiling: Callable[[], None] | None = None) -> Kernels | None:
+    """The compiled kernels, or None where numba cannot be imported. `compiling` is called
+    first when they must be compiled rather than loaded from numba's cache (a pause of seconds,
+    on the first run after an install or upgrade)."""
     global _compiled, _tried
     with _lock:
         if not _tried:
             try:
                 from . import compiled
 
+                if compiling is not None and not compiled.cached():
+                    compiling()
+                compiled.warm_up()
                 _compiled = compiled
                 _read_through_maps()
             except Exception:  # numba missing, or unable to compile or cache here: numpy it is

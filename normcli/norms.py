@@ -196,9 +196,7 @@ def reduce_pair(a_values: np.ndarray, b_values: np.ndarray) -> PairStats:
     if a_values.dtype == b_values.dtype:
         identical = bool(np.array_equal(_bits(a_values), _bits(b_values)))
     else:
-        identical = bool(
-            np.array_equal(as_float64(a_values), as_float64(b_values), equal_nan=True)
-        )
+        identical = bool(np.array_equal(as_float64(a_values), as_float64(b_values), equal_nan=True))
     a, b = as_float64(a_values).reshape(-1), as_float64(b_values).reshape(-1)
     if a.dtype != b.dtype:  # one side complex: compare both as complex
         a, b = a.astype(np.complex128), b.astype(np.complex128)

@@ -121,7 +121,7 @@ def test_small_jobs_use_numpy_and_big_or_forced_ones_the_kernels(
 ) -> None:
     monkeypatch.setenv("NORMCLI_KERNELS", "auto")
     assert scan.choose_kernels(1 << 20)[0] is reduce_chunk
-    big = scan.choose_kernels(scan.COMPILED_MIN_BYTES)[0]
+    big = scan.choose_kernels(scan.COMPILED_MIN_ELEMENTS)[0]
     assert big is not reduce_chunk
     values = np.array([1.5, -2.0], np.float32)
     assert big(values) == reduce_chunk(values)

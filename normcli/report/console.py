@@ -81,6 +81,15 @@ class ProgressBar:
                 self.bar.start()
             self.bar.update(self.task, completed=self.done)
 
+    def compiling(self) -> None:
+        """The scan waits for the kernels to compile: say so, rather than pause in silence."""
+        if self.console.is_terminal:
+            self.console.print(
+                "normcli: compiling the fast kernels for this machine; once only, "
+                "later runs load them",
+                markup=False,
+            )
+
     def stop(self) -> None:
         with self.lock:
             if self.bar is not None:
