@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from ..diff import Aggregate, CompareResult, TensorDiff
+from .fast_table import FastTable
 from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line, skipped_line
 from .text import fmt_float, fmt_shape, printable
 
@@ -118,8 +117,8 @@ def _counts(a: int | None, b: int | None) -> Text:
     return Text(text, NONFINITE if (a or b) else "")
 
 
-def _new_table(first: str, hidden: frozenset[str]) -> tuple[Table, list[bool]]:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+def _new_table(first: str, hidden: frozenset[str]) -> tuple[FastTable, list[bool]]:
+    table = FastTable()
     table.add_column(first, overflow="fold")
     keep = [True]
     for column in COLUMNS:
@@ -131,7 +130,7 @@ def _new_table(first: str, hidden: frozenset[str]) -> tuple[Table, list[bool]]:
     return table, keep
 
 
-def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> Table:
+def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> FastTable:
     table, keep = _new_table("tensor", hidden)
     for row in rows:
         status = row.status.replace("_", " ")
@@ -159,7 +158,7 @@ def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> Table:
     return table
 
 
-def _group_table(groups: Sequence[Aggregate], hidden: frozenset[str]) -> Table:
+def _group_table(groups: Sequence[Aggregate], hidden: frozenset[str]) -> FastTable:
     table, keep = _new_table("group", hidden | {"status", "dtype"})
     for group in groups:
         pair = group.pair

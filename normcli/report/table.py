@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..norms import TensorStats
 from ..results import GroupReport, InspectResult
+from .fast_table import FastTable
 from .text import fmt_bytes, fmt_float, fmt_int, fmt_percent, fmt_shape, printable
 
 NONFINITE = "bold red"
@@ -62,7 +62,7 @@ GROUP_OPTIONAL_COLUMNS = ("mean", "zeros", "numel", "RMS", "L1")
 
 def fit_table(
     console: Console,
-    build: Callable[[frozenset[str]], Table],
+    build: Callable[[frozenset[str]], Table | FastTable],
     optional: Sequence[str] = OPTIONAL_COLUMNS,
 ) -> None:
     """Print the widest table the console fits, hiding the least telling columns first."""
@@ -104,7 +104,7 @@ class _Rows:
     """A table whose hidden columns are left out both of the header and of every row."""
 
     def __init__(self, first: str, extra: Sequence[str], hidden: frozenset[str]) -> None:
-        self.table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        self.table = FastTable()
         self.keep = [c not in hidden for c in (first, *extra, *STAT_COLUMNS, "")]
         self.table.add_column(first, overflow="fold")
         for column in extra:
@@ -131,7 +131,7 @@ def _notes(stats: TensorStats, max_l2: bool, max_linf: bool) -> tuple[str, str]:
     return ", ".join(marks), STANDOUT if marks else ""
 
 
-def _tensor_table(result: InspectResult, hidden: frozenset[str]) -> Table:
+def _tensor_table(result: InspectResult, hidden: frozenset[str]) -> FastTable:
     sharded = result.checkpoint.shards > 1
     table = _Rows("tensor", ["dtype", "shape", *(["shard"] if sharded else [])], hidden)
     total = result.total
@@ -155,7 +155,7 @@ def _tensor_table(result: InspectResult, hidden: frozenset[str]) -> Table:
     return table.table
 
 
-def _group_table(groups: Sequence[GroupReport], hidden: frozenset[str]) -> Table:
+def _group_table(groups: Sequence[GroupReport], hidden: frozenset[str]) -> FastTable:
     table = _Rows("group", ["tensors"], hidden)
     top_l2 = max((g.stats.l2 for g in groups), default=0.0)
     top_linf = max((g.stats.linf for g in groups), default=0.0)
