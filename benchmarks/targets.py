@@ -35,19 +35,21 @@ def run(command: list[str]) -> tuple[float, int]:
 
 
 class Runs:
-    """Medians of repeated runs, and the largest peak RSS of every normcli run."""
+    """Medians of repeated runs, taken in turns so that figures compared with each other share
+    whatever else the machine is doing; and the largest peak RSS of every normcli run."""
 
     def __init__(self) -> None:
         self.peak_kib = 0
 
-    def median(self, command: list[str], times: int) -> float:
-        seconds = []
+    def medians(self, commands: list[list[str]], times: int) -> list[float]:
+        seconds: list[list[float]] = [[] for _ in commands]
         for _ in range(times):
-            elapsed, rss = run(command)
-            seconds.append(elapsed)
-            if command[: len(NORMCLI)] == NORMCLI:
-                self.peak_kib = max(self.peak_kib, rss)
-        return statistics.median(seconds)
+            for command, runs in zip(commands, seconds, strict=True):
+                elapsed, rss = run(command)
+                runs.append(elapsed)
+                if command[: len(NORMCLI)] == NORMCLI:
+                    self.peak_kib = max(self.peak_kib, rss)
+        return [statistics.median(runs) for runs in seconds]
 
 
 def write_many_tensors(path: Path, count: int = 930, nbytes: int = 120 * MIB) -> None:
@@ -85,13 +87,14 @@ def report(
     mmap_rate: Callable[[Path], float],
 ) -> None:
     """Measure and print every target; `write_big(path, dtype)` writes a 4 GiB file and
-    `mmap_rate(path)` is one thread's page-cache rate over it, in bytes per second."""
+    `mmap_rate(path)` is one thread's page-cache rate over it, in bytes per second, measured
+    between the runs it is compared with."""
     runs = Runs()
-    numpy_s = runs.median([sys.executable, "-c", "import numpy"], 7)
+    small = [[*NORMCLI, "inspect", str(SAMPLE), *extra] for extra in (["-f", "json"], [])]
+    numpy_s, *small_s = runs.medians([[sys.executable, "-c", "import numpy"], *small], 9)
     print("targets, each a ratio of figures measured side by side in this run")
     print(f"  python -c 'import numpy'         {numpy_s:6.3f} s")
-    for label, extra in (("JSON ", ["-f", "json"]), ("table", [])):
-        seconds = runs.median([*NORMCLI, "inspect", str(SAMPLE), *extra], 7)
+    for label, seconds in zip(("JSON ", "table"), small_s, strict=True):
         ratio = seconds / numpy_s
         print(
             f"  small file, {label}                {seconds:6.3f} s = {ratio:4.2f}x import numpy"
@@ -101,8 +104,7 @@ def report(
     if not many.exists():
         write_many_tensors(many)
     inspect_many = [*NORMCLI, "inspect", str(many), "--no-progress"]
-    as_json = runs.median([*inspect_many, "-f", "json"], 5)
-    as_table = runs.median(inspect_many, 5)
+    as_json, as_table = runs.medians([[*inspect_many, "-f", "json"], inspect_many], 5)
     ratio = as_table / as_json
     print(
         f"  930 tensors, table vs JSON       {as_table:6.3f} s / {as_json:.3f} s = {ratio:4.2f}x"
@@ -112,9 +114,13 @@ def report(
         path = folder / f"{dtype.lower()}-4g.safetensors"
         if not path.exists():
             write_big(path, dtype)
-        limit = mmap_rate(path)
-        seconds = runs.median([*NORMCLI, "inspect", str(path), "--no-progress", "-f", "json"], 3)
-        end_to_end = path.stat().st_size / seconds
+        inspect = [*NORMCLI, "inspect", str(path), "--no-progress", "-f", "json"]
+        limits, times = [mmap_rate(path)], []
+        for _ in range(3):
+            times += runs.medians([inspect], 1)
+            limits.append(mmap_rate(path))
+        limit = statistics.median(limits)
+        end_to_end = path.stat().st_size / statistics.median(times)
         ratio = end_to_end / limit
         print(
             f"  4 GiB {dtype:4}, end to end         {end_to_end / 1e9:6.2f} GB/s = {ratio:4.2f}x "
