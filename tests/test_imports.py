@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
+from pathlib import Path
 
 # The core (readers, statistics, scanning, the API and compare) uses only the standard library,
 # numpy and format libraries; click and rich belong to cli.py and report/.
@@ -48,3 +50,31 @@ def test_lazy_api_still_resolves() -> None:
 def test_cli_module_starts_without_numpy_or_rich() -> None:
     # `normcli --version` and `--help` should not pay for numpy or rich
     assert loaded_after("import normcli.cli", ["numpy", "rich"]) == []
+
+
+def small_safetensors(path: Path, dtypes: list[str]) -> Path:
+    """One tensor of four elements per dtype, every byte 0x3C (a finite value in each)."""
+    header: dict[str, object] = {}
+    offset = 0
+    for name in dtypes:
+        size = 4 * {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "F8_E4M3": 1}[name]
+        header[name] = {"dtype": name, "shape": [4], "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"\x3c" * offset)
+    return path
+
+
+def test_everyday_dtypes_are_read_without_ml_dtypes_or_numba(tmp_path: Path) -> None:
+    # ml_dtypes takes up to half a second to import: float32, float16, bfloat16 and integers,
+    # which fill nearly every checkpoint, need none of it; nor does a small job need numba
+    path = small_safetensors(tmp_path / "t.safetensors", ["F32", "F16", "BF16", "I64"])
+    statement = f"import normcli\nassert normcli.inspect({str(path)!r}).total.stats.l1 > 0"
+    assert loaded_after(statement, ["ml_dtypes", "numba", "click", "rich"]) == []
+
+
+def test_a_float8_tensor_brings_ml_dtypes_in(tmp_path: Path) -> None:
+    # guards the test above against passing because nothing would ever import ml_dtypes
+    path = small_safetensors(tmp_path / "t.safetensors", ["F32", "F8_E4M3"])
+    statement = f"import normcli\nassert normcli.inspect({str(path)!r}).total.stats.l1 > 0"
+    assert loaded_after(statement, ["ml_dtypes", "numba"]) == ["ml_dtypes"]
