@@ -121,12 +121,14 @@ class FastTable:
         text's own under its text and the spaces that justify it. Neighbours of one style are
         joined: drawing goes by segments, and most of a row has none."""
         region = cell_style + row_style
-        divider = row_style.background_style
+        # rich gives a blank divider the row's background: none, in every row of the reports
+        divider = row_style.background_style if row_style.bgcolor else Style.null()
         pieces: list[tuple[str, Style]] = []
         last = len(texts) - 1
         for i, (cell, column, width) in enumerate(zip(texts, self.columns, widths, strict=True)):
             text = _justifiable(cell, column.justify)
-            room = width - int(i > 0) - int(i < last) - _width(text.plain)
+            plain = text.plain
+            room = width - int(i > 0) - int(i < last) - _width(plain)
             if i > 0:
                 pieces.append((" ", region))
             own = region + console.get_style(text.style) if text.style else region
@@ -135,7 +137,7 @@ class FastTable:
             if text.spans:  # the text's own style is then in every segment's
                 pieces.extend((s.text, region + s.style) for s in text.render(console))
             else:
-                pieces.append((text.plain, own))
+                pieces.append((plain, own))
             if room and column.justify != "right":
                 pieces.append((" " * room, own))
             if i < last:
