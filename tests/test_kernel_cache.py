@@ -3,6 +3,7 @@ folder, loaded from there on later runs, and compiled afresh (once) after an upg
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -98,3 +99,16 @@ def test_kernels_cached_from_a_read_only_install_and_recompiled_after_an_upgrade
         assert run(site, cache)["compiled"] == 0
     finally:
         read_only(site, writable=True)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_first_compile_is_one_line_on_a_terminal_and_nothing_elsewhere(terminal: bool) -> None:
+    from rich.console import Console
+
+    from normcli.report.console import ProgressBar
+
+    err = io.StringIO()
+    ProgressBar(Console(file=err, force_terminal=terminal, width=100), "inspect x").compiling()
+    lines = err.getvalue().splitlines()
+    assert len(lines) == (1 if terminal else 0)
+    assert all("compiling" in line for line in lines)
