@@ -3,9 +3,9 @@
 A mapped page that cannot be read - its file cut short since it was mapped (a checkpoint
 rewritten in place while it is read), or a read error of the disk or network - is a SIGBUS,
 which ends the process. The handler compiled here maps a page of zeros over the faulting page,
-so the read goes on, and counts the fault; the readers check the count after every chunk and
-turn it into an error naming the file. Until the handler is installed, files are read with
-positioned reads, which report such failures themselves.
+so the read goes on, and counts the fault against that map; the readers check their maps' counts
+after every chunk and turn a fault into an error naming the file. Until the handler is
+installed, files are read with positioned reads, which report such failures themselves.
 
 It answers only for the address ranges of normcli's own maps (register); any other SIGBUS goes
 to the handler that was there before (by default, the end of the process). The handler never
@@ -19,13 +19,18 @@ import ctypes
 import mmap
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import llvmlite.binding
 import numpy as np
 from llvmlite import ir
-from numba import carray, cfunc, types
-from numba.extending import intrinsic
+from numba import carray, cfunc, types  # type: ignore[attr-defined]  # carray is public, unlisted
+from numba.extending import intrinsic as numba_intrinsic
+
+# numba calls an intrinsic without the typing context it is declared with, which mypy cannot
+# follow: the intrinsics it makes are typed as Any
+intrinsic: Callable[[Callable[..., Any]], Any] = numba_intrinsic
 
 SIGBUS = 7 if sys.platform == "linux" else 0
 _SA_SIGINFO, _SA_RESTART = 4, 0x10000000
@@ -48,14 +53,16 @@ class _Sigaction(ctypes.Structure):
 
 
 class _State(ctypes.Structure):
-    """All the handler knows, in one block of C memory: the faults handled since the count was
-    last cleared, the page size, the maps' ranges, and the action in place before ours (for
-    the faults that are not ours)."""
+    """All the handler knows, in one block of C memory: the page size, the maps' ranges, the
+    faults in each slot's map since the slot was taken, and the action in place before ours
+    (for the faults that are not ours). Faults are counted per map, not per process, so that
+    scans running at once (threads of a program using the API) each see their own files'
+    faults, and a map that faulted stays known as such for its life."""
 
     _fields_ = (
-        ("faults", ctypes.c_int64),
         ("page_size", ctypes.c_uint64),
         ("maps", ctypes.c_uint64 * (2 * MAX_MAPS)),
+        ("faults", ctypes.c_int64 * MAX_MAPS),
         ("previous", _Sigaction),
     )
 
@@ -64,7 +71,8 @@ class _State(ctypes.Structure):
 # rather than by an address written into the code: the code is then the same in every process,
 # and numba's cache keeps it (compiling it took 0.1-0.3 s of every big job's start).
 _SYMBOL = "normcli_sigbus_state"
-_MAPS_AT, _PREVIOUS_AT = _State.maps.offset, _State.previous.offset
+_MAPS_AT, _FAULTS_AT = _State.maps.offset, _State.faults.offset
+_PREVIOUS_AT = _State.previous.offset
 _state = _State(page_size=mmap.PAGESIZE)
 _handler: Any = None  # the compiled handler, which must outlive every fault
 _slots_lock = threading.Lock()
@@ -77,6 +85,7 @@ def register(start: int, length: int) -> int | None:
     with _slots_lock:
         for slot in range(MAX_MAPS):
             if maps[2 * slot + 1] == 0:
+                _state.faults[slot] = 0
                 maps[2 * slot] = start
                 maps[2 * slot + 1] = start + length
                 return slot
@@ -89,12 +98,9 @@ def unregister(slot: int) -> None:
         _state.maps[2 * slot] = 0
 
 
-def faults() -> int:
-    return int(_state.faults)
-
-
-def clear() -> None:
-    _state.faults = 0
+def faults(slot: int) -> int:
+    """How many pages of the map in `slot` could not be read (and read as zeros)."""
+    return int(_state.faults[slot])
 
 
 @intrinsic
@@ -123,11 +129,11 @@ def _state_address(typingctx: Any) -> Any:
 
 # the C library's functions, linked by name; addresses are passed as integers: the same
 # registers as pointers, and simple to type in numba
-_map_zeros = types.ExternalFunction(
+_map_zeros: Any = types.ExternalFunction(
     "mmap",
     types.uint64(types.uint64, types.uint64, types.int32, types.int32, types.int32, types.int64),
 )
-_sigaction = types.ExternalFunction(
+_sigaction: Any = types.ExternalFunction(
     "sigaction", types.int32(types.int32, types.uint64, types.uint64)
 )
 
@@ -136,13 +142,14 @@ def _on_sigbus(signal: Any, info: Any, context: Any) -> None:
     # siginfo_t on 64-bit Linux: si_signo, si_errno, si_code and padding, then si_addr
     address = carray(info, 3, dtype=np.uint64)[2]
     state = _state_address()
-    header = carray(_pointer(state), 2, dtype=np.uint64)
+    page_size = carray(_pointer(state), 1, dtype=np.uint64)[0]
     ranges = carray(_pointer(state + _MAPS_AT), 2 * MAX_MAPS, dtype=np.uint64)
+    counts = carray(_pointer(state + _FAULTS_AT), MAX_MAPS, dtype=np.int64)
     for slot in range(MAX_MAPS):
         if ranges[2 * slot] <= address < ranges[2 * slot + 1]:
-            page = address - address % header[1]
-            _map_zeros(page, header[1], _PROT_READ, _MAP_PRIVATE_ANONYMOUS_FIXED, -1, 0)
-            header[0] += 1
+            page = address - address % page_size
+            _map_zeros(page, page_size, _PROT_READ, _MAP_PRIVATE_ANONYMOUS_FIXED, -1, 0)
+            counts[slot] += 1
             return
     # not ours: the handler there before (the default: the end of the process) takes the
     # fault, raised again on return
@@ -151,7 +158,12 @@ def _on_sigbus(signal: Any, info: Any, context: Any) -> None:
 
 def install() -> bool:
     """Install the handler (once, for the whole process); whether it is in place. Only on
-    64-bit Linux, whose siginfo_t and struct sigaction the handler knows."""
+    64-bit Linux, whose siginfo_t and struct sigaction the handler knows.
+
+    A process-wide effect of using normcli as a library: the first scan big enough for the
+    compiled kernels installs it (kernels.load). It answers only for normcli's own maps; a
+    SIGBUS anywhere else goes to the handler that was there before (by default, the end of the
+    process), as if normcli's were not there. It stays installed until the process ends."""
     global _handler
     if _handler is not None:
         return True

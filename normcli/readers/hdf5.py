@@ -17,26 +17,15 @@ import numpy as np
 
 from ..dtypes import SAFETENSORS_DTYPES, DType, from_numpy
 from ..errors import CorruptFileError, NormcliError, UnsupportedError
+from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
 from .files import DataFile, import_optional, open_regular
 
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-ZIP_MAGIC = b"PK\x03\x04"
 # where a Keras v3 archive keeps its weights
 KERAS_WEIGHTS = "model.weights.h5"
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 ByteRead = Callable[[int, int, np.ndarray], np.ndarray]
-
-
-def looks_like_hdf5(head: bytes) -> bool:
-    """An HDF5 signature at the start (a file with a user block keeps it at 512, 1024, ...)."""
-    return head.startswith(HDF5_MAGIC)
-
-
-def looks_like_keras(head: bytes, path: str) -> bool:
-    """A Keras v3 archive: a zip named .keras (tell it from an .npz before the npz reader)."""
-    return head.startswith(ZIP_MAGIC) and path.lower().endswith(".keras")
 
 
 def open_hdf5(path: str) -> Checkpoint:

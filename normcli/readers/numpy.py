@@ -17,8 +17,6 @@ from .base import Checkpoint, TensorSource
 from .files import DataFile, open_regular
 from .zipped import CrcCheckedReader, stored_data_start
 
-NPY_MAGIC = b"\x93NUMPY"
-
 
 def _read_npy_header(f: IO[bytes], where: str, path: str) -> tuple[tuple[int, ...], bool, DType]:
     """Parse an .npy header (a Python literal, never unpickled) and check its dtype is numeric."""

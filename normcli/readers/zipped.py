@@ -10,9 +10,9 @@ import zlib
 import numpy as np
 
 from ..errors import CorruptFileError
+from ..formats import ZIP_MAGIC
 from .files import DataFile
 
-ZIP_MAGIC = b"PK\x03\x04"
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 

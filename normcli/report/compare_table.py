@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.text import Text
 
-from ..diff import Aggregate, CompareResult, TensorDiff
+from ..results import Aggregate, CompareResult, TensorDiff
 from .fast_table import FastTable
 from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line, skipped_line
 from .text import fmt_float, fmt_shape, printable

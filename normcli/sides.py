@@ -1,0 +1,168 @@
+"""One side of a comparison, check or trend: a checkpoint opened, or a saved inspect report read.
+open_side is the one place an argument becomes tensors (remote URLs plug in here)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import CorruptFileError, UsageError
+from .norms import TensorStats, squares_of_l2
+from .readers import Checkpoint, TensorSource, open_checkpoint
+from .readers.files import open_regular
+from .readers.sharded import is_sharded
+from .results import INSPECT_SCHEMA, CheckpointInfo
+from .settings import ReadSettings
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """A tensor known only from a saved inspect report: figures, but no values."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    stats: TensorStats
+    floating: bool
+
+
+Entry = TensorSource | StoredTensor
+
+
+def is_floating(entry: Entry) -> bool:
+    return entry.floating if isinstance(entry, StoredTensor) else entry.dtype.is_floating
+
+
+def dtype_name(entry: Entry) -> str:
+    return entry.dtype if isinstance(entry, StoredTensor) else entry.dtype.name
+
+
+def is_report(path: str) -> bool:
+    """A saved JSON report rather than a checkpoint (a folder or an index file is a checkpoint)."""
+    if is_sharded(path):
+        return False
+    with open_regular(path) as f:
+        head = f.read(64).lstrip()
+    return head[:1] in (b"{", b"[")
+
+
+def load_report(path: str) -> tuple[CheckpointInfo, list[StoredTensor]]:
+    """A JSON document written by `normcli inspect -f json`, as the figures of one checkpoint."""
+    with open_regular(path) as f:
+        try:
+            doc = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptFileError(f"not a valid JSON report: {e}", path) from e
+    if isinstance(doc, list):
+        raise UsageError(
+            f"holds {len(doc)} reports; compare needs a report of one checkpoint", path
+        )
+    if not isinstance(doc, dict) or doc.get("schema") != INSPECT_SCHEMA:
+        raise CorruptFileError(
+            f"not a normcli inspect report (expected schema {INSPECT_SCHEMA})", path
+        )
+    try:
+        info = doc["checkpoint"]
+        if len(doc["tensors"]) < doc["selected"]:
+            raise UsageError(
+                f"the report lists only {len(doc['tensors'])} of {doc['selected']} tensors "
+                "(saved with --top); save a full report to compare against",
+                path,
+            )
+        tensors = [_stored_tensor(t) for t in doc["tensors"]]
+        # named by the report itself: the checkpoint it describes may be long gone
+        checkpoint = CheckpointInfo(path, "report", int(info["bytes"]), len(tensors))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptFileError(f"report is missing or has a malformed field: {e}", path) from e
+    return checkpoint, tensors
+
+
+def _stored_tensor(t: dict[str, Any]) -> StoredTensor:
+    l2, finite = t["l2"], t["numel"] - t["nan"] - t["inf"]
+    mean = t["mean"]
+    # null norms: L1 and L2 overflowed float64; Linf, the max of no finite value at all
+    sumsq, scale = squares_of_l2(float(l2)) if l2 is not None else (math.inf, 0)
+    stats = TensorStats(
+        numel=int(t["numel"]),
+        l1=float(t["l1"]) if t["l1"] is not None else math.inf,
+        sumsq=sumsq,
+        scale=scale,
+        linf=float(t["linf"]) if t["linf"] is not None else 0.0,
+        total=None if mean is None else float(mean) * finite,
+        zeros=int(t["zeros"]),
+        nan=int(t["nan"]),
+        inf=int(t["inf"]),
+    )
+    return StoredTensor(
+        str(t["name"]),
+        str(t["dtype"]),
+        tuple(int(d) for d in t["shape"]),
+        stats,
+        bool(t["in_total"]),
+    )
+
+
+def by_name(
+    entries: Sequence[Entry], normalize: Callable[[str], str], where: str
+) -> dict[str, Entry]:
+    named: dict[str, Entry] = {}
+    for entry in entries:
+        key = normalize(entry.name)
+        if key in named:
+            raise UsageError(
+                f"tensors {named[key].name!r} and {entry.name!r} both become {key!r} after "
+                "--strip-prefix/--rename",
+                where,
+            )
+        named[key] = entry
+    return named
+
+
+def checkpoint_info(checkpoint: Checkpoint) -> CheckpointInfo:
+    return CheckpointInfo(
+        checkpoint.path,
+        checkpoint.format,
+        checkpoint.nbytes,
+        len(checkpoint.tensors),
+        checkpoint.shards,
+        checkpoint.skipped_values,
+        tuple(checkpoint.skipped),
+    )
+
+
+@dataclass(frozen=True)
+class Side:
+    """An opened side: what it is, and its tensors (readable ones for a checkpoint, figures only
+    for a saved report)."""
+
+    info: CheckpointInfo
+    entries: tuple[Entry, ...]
+
+
+def open_side(path: str | os.PathLike[str], read: ReadSettings, stack: ExitStack) -> Side:
+    """A checkpoint (closed when `stack` closes) or a saved inspect report: where compare,
+    check and trend turn an argument into tensors."""
+    path = os.fspath(path)
+    if is_report(path):
+        info, stored = load_report(path)
+        return Side(info, tuple(stored))
+    checkpoint = stack.enter_context(open_checkpoint_side(path, read))
+    return Side(checkpoint_info(checkpoint), tuple(checkpoint.tensors))
+
+
+def open_checkpoint_side(path: str | os.PathLike[str], read: ReadSettings) -> Checkpoint:
+    """The one place a command opens a checkpoint (inspect directly, the others through
+    open_side): where the location of a side, local or remote, is resolved."""
+    return open_checkpoint(path, read.input_format, read.key)
+
+
+@contextmanager
+def open_sides(paths: Sequence[str | os.PathLike[str]], read: ReadSettings) -> Iterator[list[Side]]:
+    """Every side of a command opened, and every checkpoint among them closed on the way out."""
+    with ExitStack() as stack:
+        yield [open_side(path, read, stack) for path in paths]
