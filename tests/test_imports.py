@@ -164,3 +164,30 @@ def test_a_float8_tensor_brings_ml_dtypes_in(tmp_path: Path) -> None:
     path = small_safetensors(tmp_path / "t.safetensors", ["F32", "F8_E4M3"])
     statement = f"import normcli\nassert normcli.inspect({str(path)!r}).total.stats.l1 > 0"
     assert loaded_after(statement, ["ml_dtypes", "numba"]) == ["ml_dtypes"]
+
+
+def cli_run(*args: str) -> str:
+    """A statement running the command line in-process, its output set aside."""
+    return (
+        "import contextlib, io\n"
+        "from normcli.cli import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        f"        cli.main({list(args)!r})\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code in (0, None), e.code\n"
+    )
+
+
+def test_text_output_of_a_small_file_needs_no_rich_numba_or_ml_dtypes(samples: Path) -> None:
+    # rich is for drawing tables, numba for big jobs, ml_dtypes for float8/6/4
+    path = str(samples / "base.safetensors")
+    for output in ("json", "csv", "md"):
+        statement = cli_run("inspect", path, "-f", output)
+        assert loaded_after(statement, ["rich", "numba", "ml_dtypes"]) == [], output
+
+
+def test_a_table_brings_rich_in(samples: Path) -> None:
+    # guards the test above against passing because the command did nothing
+    statement = cli_run("inspect", str(samples / "base.safetensors"))
+    assert loaded_after(statement, ["rich", "numba"]) == ["rich"]

@@ -108,7 +108,7 @@ def test_the_first_compile_is_one_line_on_a_terminal_and_nothing_elsewhere(termi
     from normcli.report.console import ProgressBar
 
     err = io.StringIO()
-    ProgressBar(Console(file=err, force_terminal=terminal, width=100), "inspect x").compiling()
+    ProgressBar("inspect x", Console(file=err, force_terminal=terminal, width=100)).compiling()
     lines = err.getvalue().splitlines()
     assert len(lines) == (1 if terminal else 0)
     assert all("compiling" in line for line in lines)
