@@ -22,10 +22,10 @@ from .readers import TensorSource, files
 CHUNK_ELEMENTS = 1 << 18
 # A tensor larger than this is cut into pieces of about this size, scanned on separate threads.
 PIECE_BYTES = 64 << 20
-# Below this many elements the exact numpy path is faster than importing numba and loading its
-# kernels (about 0.45 s on 2 cores): measured end to end with the page cache warm, numpy and
-# the kernels took the same time at about 2^27 elements, both for float32 (512 MiB) and bfloat16
-# (256 MiB), whose numpy cost goes by elements rather than bytes.
+# Below this many elements the exact numpy path finishes before numba is imported and its
+# kernels loaded (0.3-0.45 s on 2 cores). Measured end to end, page cache warm, on float32 and
+# bfloat16 files (numpy's cost goes by elements, not bytes): the two paths took the same time
+# between 2^26 and 2^27 elements; the larger bound keeps the many small CI jobs clear of numba.
 COMPILED_MIN_ELEMENTS = 1 << 27
 # The compiled kernels keep no float64 copies that must stay in cache, so they take chunks four
 # times larger, which cuts the per-chunk work in Python (a sixth of a scan) to a few per cent.
@@ -60,7 +60,7 @@ def choose_kernels(total_elements: int, progress: Progress | None = None) -> Pla
     """The compiled kernels for big jobs (or when NORMCLI_KERNELS=numba), else plain numpy;
     a chunk the compiled ones decline (NaN, Inf, other dtypes) goes to numpy all the same.
 
-    The kernels are loaded before the scan starts (about 0.5 s). Scanning with numpy while they
+    The kernels are loaded before the scan starts (about 0.3 s). Scanning with numpy while they
     loaded in the background got little done (the import holds the GIL), and made the last
     bits of a figure depend on which chunks happened to go which way: the same file could give
     two different JSON documents."""
