@@ -13,6 +13,7 @@ from rich.measure import Measurement
 from rich.text import Text
 
 from normcli.report.fast_table import FastTable
+from normcli.report.names import TailName
 
 STYLES = ["", "bold red", "bold yellow", "dim", "bold", "on blue"]
 # letters, digits, the report's punctuation, markup and emoji syntax, and wide characters
@@ -31,11 +32,14 @@ def tables(draw: st.DrawFn) -> FastTable:
             overflow="fold" if i == 0 else "ellipsis",
         )
     for _ in range(draw(st.integers(0, 6))):
-        cells: list[Text | str] = []
+        cells: list[Text | str | TailName] = []
         for _ in range(columns):
             text = draw(WORDS)
-            if draw(st.booleans()):
+            kind = draw(st.sampled_from(["str", "name", "text"]))
+            if kind == "str":
                 cells.append(escape(text))  # a str cell is markup, which rich must be able to read
+            elif kind == "name":
+                cells.append(TailName(text, draw(st.sampled_from(STYLES))))
             else:
                 cell = Text(text, draw(st.sampled_from(STYLES)))
                 if text and draw(st.booleans()):

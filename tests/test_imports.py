@@ -20,8 +20,8 @@ CORE_MODULES = [
     "normcli.scan",
     "normcli.api",
     "normcli.diff",
-    "normcli.trend",
-    "normcli.check",
+    "normcli.trends",
+    "normcli.gate",
     "normcli.sides",
     "normcli.results",
 ]
@@ -35,8 +35,8 @@ READING_MODULES = [
     "normcli.compiled",
     "normcli.sides",
     "normcli.diff",
-    "normcli.trend",
-    "normcli.check",
+    "normcli.trends",
+    "normcli.gate",
 ]
 
 

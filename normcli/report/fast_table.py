@@ -19,7 +19,10 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-Cell = Text | str
+from .names import TailName
+
+# a name from a file is whole wherever the table fits (TailName shortens it only when squeezed)
+Cell = Text | str | TailName
 
 
 @dataclass(frozen=True)
@@ -172,10 +175,12 @@ def _width(plain: str) -> int:
 
 
 def _as_text(cell: Cell, console: Console) -> Text:
-    """A str cell as rich makes one (markup and emoji codes read), without the cost where
-    there can be neither."""
+    """A cell as the Text rich draws for it where its column is wide enough; a str read as rich
+    reads it (markup and emoji codes), without the cost where there can be neither."""
     if isinstance(cell, Text):
         return cell
+    if isinstance(cell, TailName):
+        return Text(cell.name, cell.style)
     if "[" in cell or ":" in cell:
         return console.render_str(cell, highlight=False)
     return Text(cell)
