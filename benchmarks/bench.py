@@ -199,6 +199,9 @@ def main() -> None:
             if not large and not stepped.exists():
                 write_safetensors(stepped, name, dtype, size, step=1e-2)
             bench_file(path, None if large else stepped, name, threads)
+        from bench_remote import bench_remote
+
+        bench_remote(folder, folder / "f16-1g.safetensors")
     finally:
         if not os.environ.get("BENCH_DIR"):
             shutil.rmtree(folder, ignore_errors=True)

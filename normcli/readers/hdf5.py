@@ -19,7 +19,8 @@ from ..dtypes import SAFETENSORS_DTYPES, DType, from_numpy
 from ..errors import CorruptFileError, NormcliError, UnsupportedError
 from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
-from .files import DataFile, import_optional, open_regular
+from .files import Data, import_optional, open_data, open_regular, open_zip
+from .remote import is_url
 
 # where a Keras v3 archive keeps its weights
 KERAS_WEIGHTS = "model.weights.h5"
@@ -35,7 +36,7 @@ def open_hdf5(path: str) -> Checkpoint:
         size = f.seek(0, 2)
         f.seek(0)
         head = f.read(8)
-    data = DataFile(path)
+    data = open_data(path)
     closers: list[Callable[[], None]] = [data.close]
     try:
         if head.startswith(ZIP_MAGIC):
@@ -43,10 +44,7 @@ def open_hdf5(path: str) -> Checkpoint:
             h5, raw_start, raw_size = _open_keras_weights(h5py, data, path, closers)
         else:
             fmt = "hdf5"
-            # no file lock: a read needs none, and some network file systems refuse one
-            opener = functools.partial(h5py.File, path, "r", locking=False)
-            h5, raw_start, raw_size = _open_h5(path, opener), 0, size
-            closers.append(h5.close)
+            h5, raw_start, raw_size = _open_plain(h5py, data, path, closers), 0, size
         raw = None if raw_start is None else _Raw(data, raw_start, raw_start + raw_size)
         sources, skipped = _datasets(h5py, h5, raw, path)
     except BaseException:
@@ -54,6 +52,23 @@ def open_hdf5(path: str) -> Checkpoint:
             close()
         raise
     return Checkpoint(path, fmt, size, sources, closers, skipped=skipped)
+
+
+def _open_plain(h5py: Any, data: Data, path: str, closers: list[Callable[[], None]]) -> Any:
+    if not is_url(path):
+        # no file lock: a read needs none, and some network file systems refuse one
+        h5 = _open_h5(path, functools.partial(h5py.File, path, "r", locking=False))
+        closers.append(h5.close)
+        return h5
+    return _open_file_object(h5py, _Window(data, 0, data.size), path, closers)
+
+
+def _open_file_object(h5py: Any, member: Any, path: str, closers: list[Callable[[], None]]) -> Any:
+    h5 = _open_h5(path, functools.partial(h5py.File, member, "r", locking=False))
+    # HDF5 over a Python file object must be closed before the interpreter exits, or it
+    # crashes there: the finalizer closes it at exit if the checkpoint was never closed
+    closers.append(weakref.finalize(member, _close_all, h5, member))
+    return h5
 
 
 def _open_h5(path: str, opener: Callable[[], Any]) -> Any:
@@ -64,12 +79,12 @@ def _open_h5(path: str, opener: Callable[[], Any]) -> Any:
 
 
 def _open_keras_weights(
-    h5py: Any, data: DataFile, path: str, closers: list[Callable[[], None]]
+    h5py: Any, data: Data, path: str, closers: list[Callable[[], None]]
 ) -> tuple[Any, int | None, int]:
     """The archive's weights file, opened where it lies: a stored member is read in place
     (and its contiguous datasets straight from the zip); a compressed one through zipfile."""
     try:
-        archive = zipfile.ZipFile(path)
+        archive = open_zip(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
         raise CorruptFileError(f"not a readable zip archive: {e}", path) from e
     closers.append(archive.close)
@@ -101,11 +116,7 @@ def _open_keras_weights(
             raise CorruptFileError(f"{where}: cannot be read ({e})", path) from e
         closers.append(member.close)
         base = None
-    h5 = _open_h5(path, functools.partial(h5py.File, member, "r", locking=False))
-    # HDF5 over a Python file object must be closed before the interpreter exits, or it
-    # crashes there: the finalizer closes it at exit if the checkpoint was never closed
-    closers.append(weakref.finalize(member, _close_all, h5, member))
-    return h5, base, info.file_size
+    return _open_file_object(h5py, member, path, closers), base, info.file_size
 
 
 def _close_all(*things: Any) -> None:
@@ -113,7 +124,7 @@ def _close_all(*things: Any) -> None:
         thing.close()
 
 
-def _stored_start(info: zipfile.ZipInfo, data: DataFile, where: str, path: str) -> int:
+def _stored_start(info: zipfile.ZipInfo, data: Data, where: str, path: str) -> int:
     header = bytes(data[info.header_offset : info.header_offset + _LOCAL_HEADER.size])
     if len(header) < _LOCAL_HEADER.size:
         raise CorruptFileError(f"{where}: local header lies past the end of the file", path)
@@ -129,7 +140,7 @@ def _stored_start(info: zipfile.ZipInfo, data: DataFile, where: str, path: str) 
 class _Window(io.RawIOBase):
     """Bytes [start, start + size) of a file, as the seekable file object h5py reads."""
 
-    def __init__(self, data: DataFile, start: int, size: int) -> None:
+    def __init__(self, data: Data, start: int, size: int) -> None:
         super().__init__()
         self.data, self.start, self.size, self.position = data, start, size, 0
 
@@ -158,7 +169,7 @@ class _Window(io.RawIOBase):
 class _Raw:
     """Where the HDF5 file's bytes lie in the file on disk, for datasets read without h5py."""
 
-    def __init__(self, data: DataFile, start: int, end: int) -> None:
+    def __init__(self, data: Data, start: int, end: int) -> None:
         self.data, self.start, self.end = data, start, end
 
 

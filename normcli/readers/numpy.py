@@ -14,7 +14,7 @@ import numpy as np
 from ..dtypes import DType, from_numpy
 from ..errors import CorruptFileError, UnsupportedError
 from .base import Checkpoint, TensorSource
-from .files import DataFile, open_regular
+from .files import Data, open_data, open_regular, open_zip
 from .zipped import CrcCheckedReader, stored_data_start
 
 
@@ -51,7 +51,7 @@ def open_npy(path: str) -> Checkpoint:
         f.seek(0)
         shape, fortran, dtype = _read_npy_header(f, "array", path)
         data_start = f.tell()
-    data = DataFile(path)
+    data = open_data(path)
     close = data.close
     tensor = TensorSource(_stem(path), dtype, shape, data.reader(data_start), fortran_order=fortran)
     if data_start + tensor.nbytes > size:
@@ -81,7 +81,7 @@ def open_npz(path: str) -> Checkpoint:
     with open_regular(path) as f:
         size = f.seek(0, 2)
     try:
-        archive = zipfile.ZipFile(path)
+        archive = open_zip(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
         raise CorruptFileError(f"not a readable zip archive: {e}", path) from e
     counts = collections.Counter(info.filename for info in archive.infolist())
@@ -89,7 +89,7 @@ def open_npz(path: str) -> Checkpoint:
     if duplicates:
         archive.close()
         raise CorruptFileError(f"zip archive holds member {duplicates[0]!r} more than once", path)
-    data = DataFile(path)
+    data = open_data(path)
     try:
         tensors = [
             _member_source(archive, info, data, path)
@@ -118,7 +118,7 @@ def open_npz(path: str) -> Checkpoint:
 
 
 def _member_source(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, buffer: DataFile, path: str
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, buffer: Data, path: str
 ) -> TensorSource:
     name = info.filename[: -len(".npy")]
     where = f"member {info.filename!r}"

@@ -18,7 +18,7 @@ from ..dtypes import DType
 from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
 from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
-from .files import DataFile, open_regular
+from .files import Data, open_data, open_regular, open_zip
 from .torch_pickle import (
     TORCH_DTYPES,
     RestrictedUnpickler,
@@ -46,7 +46,7 @@ def looks_like_pytorch(head: bytes, path: str) -> bool:
     magic number. `head` is the file's first 64 bytes."""
     if head.startswith(ZIP_MAGIC):
         try:
-            with zipfile.ZipFile(path) as archive:
+            with open_zip(path) as archive:
                 return any(_ARCHIVE_PICKLE.fullmatch(n) for n in archive.namelist())
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
             return False
@@ -80,7 +80,7 @@ def open_pytorch(path: str, key: str | None = None) -> Checkpoint:
         size = f.seek(0, 2)
     if size == 0:
         raise CorruptFileError("file is empty")
-    data = DataFile(path)
+    data = open_data(path)
     closers: list[Callable[[], None]] = [data.close]
     try:
         loaded = _load_zip(path, data) if head == ZIP_MAGIC else _load_legacy(path, data)
@@ -109,9 +109,9 @@ def _stem(path: str) -> str:
     return base.rsplit(".", 1)[0] if "." in base[1:] else base
 
 
-def _load_zip(path: str, data: DataFile) -> _Loaded:
+def _load_zip(path: str, data: Data) -> _Loaded:
     try:
-        archive = zipfile.ZipFile(path)
+        archive = open_zip(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
         raise CorruptFileError(f"not a readable zip archive: {e}") from e
     with archive:
@@ -152,7 +152,7 @@ def _load_zip(path: str, data: DataFile) -> _Loaded:
     return _Loaded(root, starts, members)
 
 
-def _check_byteorder(archive: zipfile.ZipFile, member: str, data: DataFile) -> None:
+def _check_byteorder(archive: zipfile.ZipFile, member: str, data: Data) -> None:
     try:
         info = archive.getinfo(member)
     except KeyError:
@@ -164,7 +164,7 @@ def _check_byteorder(archive: zipfile.ZipFile, member: str, data: DataFile) -> N
         )
 
 
-def _member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: DataFile) -> bytes:
+def _member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: Data) -> bytes:
     """A small member's bytes. Stored ones are read here rather than by zipfile: torch told
     not to compute CRCs writes 0 for every member, which zipfile takes for damage."""
     where = f"member {info.filename!r}"
@@ -182,7 +182,7 @@ def _member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: DataFil
         raise CorruptFileError(f"{where} cannot be read ({e})") from e
 
 
-def _load_legacy(path: str, data: DataFile) -> _Loaded:
+def _load_legacy(path: str, data: Data) -> _Loaded:
     """torch.save(..., _use_new_zipfile_serialization=False): pickles of the magic number, the
     protocol version, system information, the object, then the list of storage keys; then each
     storage as its element count (8 bytes, little-endian) and its bytes, in that list's order."""
@@ -326,7 +326,7 @@ def _flatten(root: Any, name: str) -> tuple[list[tuple[str, TensorStub]], int]:
 
 
 def _source(
-    name: str, tensor: TensorStub, loaded: _Loaded, data: DataFile
+    name: str, tensor: TensorStub, loaded: _Loaded, data: Data
 ) -> tuple[TensorSource, Callable[[], None] | None]:
     """The TensorSource of one rebuilt tensor, its view checked against its storage."""
     where = f"tensor {name!r}"

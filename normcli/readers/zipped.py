@@ -11,12 +11,12 @@ import numpy as np
 
 from ..errors import CorruptFileError
 from ..formats import ZIP_MAGIC
-from .files import DataFile
+from .files import Data
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 
-def stored_data_start(info: zipfile.ZipInfo, buffer: DataFile, where: str, path: str) -> int:
+def stored_data_start(info: zipfile.ZipInfo, buffer: Data, where: str, path: str) -> int:
     offset = info.header_offset
     header = bytes(buffer[offset : offset + _LOCAL_HEADER.size])
     if len(header) < _LOCAL_HEADER.size:
@@ -36,7 +36,7 @@ class CrcCheckedReader:
 
     def __init__(
         self,
-        buffer: DataFile,
+        buffer: Data,
         start: int,
         header: int,
         data_bytes: int,
