@@ -302,6 +302,8 @@ def _start(address: str) -> Any:
     except ImportError as e:
         raise UsageError(f"--dask needs Dask: {INSTALL}") from e
     local = _local_workers(address)
+    if local is None and not address.startswith("inproc://"):  # in-process: no host or port
+        _check_address(address)
     # A client normcli starts is normcli's to report on: Dask's log lines (a traceback per lost
     # connection, retries) would break the one line a failure gets; they reach the user as
     # ClusterError instead. --debug still shows the traceback.
@@ -327,12 +329,22 @@ def _start(address: str) -> Any:
                 raise ClusterError(
                     f"no Dask scheduler answered at {address} within {CONNECT_SECONDS:g} s"
                 ) from e
-            except ValueError as e:  # Dask's word for an address it cannot parse
-                raise UsageError(
-                    f"--dask {address!r} is not a scheduler address ({e}); give "
-                    "tcp://HOST:PORT, or local[:N]"
-                ) from e
     return client
+
+
+def _check_address(address: str) -> None:
+    """Refuse an address Dask cannot parse before a client is made of it: a Client that fails
+    as it starts can deadlock the next one when it is collected (its close waits on the lock
+    the new one holds while starting its event loop)."""
+    from distributed.comm.addressing import get_address_host_port
+
+    try:
+        get_address_host_port(address)
+    except ValueError as e:
+        raise UsageError(
+            f"--dask {address!r} is not a scheduler address ({e}); give tcp://HOST:PORT, or "
+            "local[:N]"
+        ) from e
 
 
 def _local_workers(address: str) -> int | None:
