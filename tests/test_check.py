@@ -925,6 +925,38 @@ def test_a_rule_needing_values_against_a_saved_report_exits_2_saying_why(
     assert_one_error_line(result, rule, "checkpoint baseline", "report", str(report))
 
 
+def test_the_files_rules_needing_values_are_not_judged_against_a_saved_report(
+    run: Run, tmp_path: Path
+) -> None:
+    """One settings file for a baseline checkpoint and a saved report: against the report the
+    rules that need values are listed as not judged, with the reason; the rest still gate."""
+    report = saved_report(run, sample("base"), tmp_path / "base.json")
+    (tmp_path / "normcli.toml").write_text(
+        "[check]\nmax-rel-update = 0.5\nmin-cosine = 0.99\nmax-l2-ratio = 1e6\n"
+        '[[check.rules]]\ntensors = "*"\nmax-tensor-rel-update = 0.5\n'
+    )
+    skipped = ["max-rel-update", "min-cosine", "max-tensor-rel-update"]
+    doc = check_json(run, sample("blowup"), "--baseline", report, "--allow-nonfinite", code=0)
+    assert doc["checked"]["skipped_rules"] == skipped
+    assert (
+        doc["checked"]["skipped_reason"] == "against a saved report, which holds norms, not values"
+    )
+    assert [r["rule"] for r in doc["checked"]["rules"]] == ["max-l2-ratio"]
+    text = check(run, sample("blowup"), "--baseline", report, "--allow-nonfinite", code=0).stdout
+    assert (
+        f"not judged against a saved report, which holds norms, not values: {', '.join(skipped)}"
+        in " ".join(text.split())
+    )
+    # judged against the checkpoint itself, the same file fails the blown-up model
+    doc = check_json(
+        run, sample("blowup"), "--baseline", sample("base"), "--allow-nonfinite", code=1
+    )
+    assert doc["checked"]["skipped_rules"] == [] and doc["checked"]["skipped_reason"] is None
+    # given on the command line, the rule is asked for explicitly: still an error
+    result = check(run, sample("blowup"), "--baseline", report, "--min-cosine", "0.9", code=2)
+    assert_one_error_line(result, "min-cosine", "checkpoint baseline", str(report))
+
+
 @pytest.mark.parametrize(
     "args",
     [["--max-l2-ratio", "1.5"], ["--max-tensor-l2-ratio", "1.5"], ["--require-same-tensors"]],

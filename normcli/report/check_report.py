@@ -115,10 +115,10 @@ def render_table(results: Sequence[CheckResult], console: Console) -> None:
         if result.config:
             console.print(Text(f"settings from {printable(result.config)}", "dim"))
         if result.skipped_rules:
+            hint = "" if result.baseline else " (--baseline, or `baseline` in the settings)"
             console.print(
                 Text(
-                    f"not judged without a baseline: {', '.join(result.skipped_rules)} "
-                    "(--baseline, or `baseline` in the settings)",
+                    f"not judged {result.skipped_reason}: {', '.join(result.skipped_rules)}{hint}",
                     "yellow",
                 )
             )
