@@ -621,6 +621,23 @@ def test_require_same_tensors_names_added_removed_and_reshaped(
     assert outcome(doc, "require-same-tensors")["violations"] == 0
 
 
+@pytest.mark.parametrize("ref", ["base", "report:base"])
+def test_require_same_tensors_judges_integer_tensors_only_with_include_int(
+    run: Run, tmp_path: Path, ref: str
+) -> None:
+    """Tensor rules cover floating-point tensors unless --include-int, N015 as well."""
+    tensors = safetensors.numpy.load_file(str(sample("base")))
+    del tensors[INT_TENSOR]
+    tensors["model.token_type_ids"] = np.zeros(4, dtype=np.int64)
+    path = save(tmp_path / "ids.safetensors", tensors)
+    baseline = baseline_of(run, tmp_path, ref)
+    args = ("--baseline", baseline, "--require-same-tensors")
+    doc = check_json(run, path, *args, code=0)
+    assert outcome(doc, "require-same-tensors")["violations"] == 0
+    doc = check_json(run, path, *args, "--include-int", code=1)
+    assert found(doc) == {("N015", INT_TENSOR), ("N015", "model.token_type_ids")}
+
+
 # --- a value exactly at the limit passes ---------------------------------------------------------
 
 

@@ -504,3 +504,22 @@ def test_trend_says_where_a_saved_report_leaves_no_update(
     assert doc["total"]["values"][1] is not None  # what a report holds is still shown
     text = run("trend", folder).stdout
     assert "no update into or out of 200: a saved report holds norms, not values" in text
+
+
+def test_the_status_counts_say_which_removed_tensors_the_totals_leave_out(
+    tmp_path: Path, run: Run
+) -> None:
+    """`Tensors: ... 2 removed` counts every tensor; the totals' `over ...` line only those in
+    scope: the first line says which of its tensors the totals leave out, and why."""
+    a = {"w": weights(4, 4), "gone": weights(3), "position_ids": np.arange(8, dtype=np.int64)}
+    save_file(a, str(tmp_path / "a.safetensors"))
+    save_file({"w": weights(4, 4, scale=2.0)}, str(tmp_path / "b.safetensors"))
+    paths = (tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    text = " ".join(run("compare", *paths).stdout.split())
+    assert "0 added, 2 removed, 0 shape changed (1 added, removed or reshaped tensor is " in text
+    assert "integer/bool, outside the totals; --include-int adds them)" in text
+    assert "over 1 matched, 1 removed tensors" in text
+    markdown = run("compare", *paths, "-f", "md").stdout
+    assert "1 added, removed or reshaped tensor is integer/bool" in markdown
+    full = " ".join(run("compare", *paths, "--include-int").stdout.split())
+    assert "outside the totals" not in full and "over 1 matched, 2 removed tensors" in full

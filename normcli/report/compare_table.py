@@ -12,7 +12,15 @@ from rich.text import Text
 from ..results import Aggregate, CompareResult, TensorDiff
 from .names import TailName
 from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line, skipped_line
-from .text import NOT_COMPUTED, covers, fmt_float, printable, status_text, total_label
+from .text import (
+    NOT_COMPUTED,
+    covers,
+    fmt_float,
+    outside_totals,
+    printable,
+    status_text,
+    total_label,
+)
 
 STATUS_STYLE = {
     "changed": "",
@@ -77,7 +85,7 @@ def _render_one(result: CompareResult, console: Console) -> None:
     ]
     if s["dtype_changed"]:
         parts.append(f"{s['dtype_changed']} dtype changed")
-    console.print(Text.assemble(("Tensors: ", "bold"), ", ".join(parts)))
+    console.print(Text.assemble(("Tensors: ", "bold"), ", ".join(parts) + outside_totals(result)))
     total = result.total
     scope = "floating-point tensors" if result.scope == "floating" else "all tensors"
     console.print(

@@ -13,6 +13,7 @@ from .text import (
     fmt_int,
     fmt_percent,
     fmt_shape,
+    outside_totals,
     printable,
     status_text,
     total_label,
@@ -156,7 +157,7 @@ def render_compare(results: Sequence[CompareResult]) -> str:
         over = covers(total.matched, total.added, total.removed, total.reshaped)
         lines += [
             "",
-            f"**Tensors**: {counts}",
+            f"**Tensors**: {counts}{outside_totals(result)}",
             "",
             f"**{total_label(result.selected, result.available)}**: "
             f"‖A‖₂ {fmt_float(total.a.l2, 10)}, ‖B‖₂ {fmt_float(total.b.l2, 10)}, {update}"

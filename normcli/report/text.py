@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..results import TensorDiff
+    from ..results import CompareResult, TensorDiff
 
 
 def printable(name: str) -> str:
@@ -106,6 +106,21 @@ def covers(matched: int, added: int, removed: int, reshaped: int) -> str:
         if n
     ]
     return f"over {', '.join(parts)} tensors; one missing on a side counts as zeros there"
+
+
+def outside_totals(result: CompareResult) -> str:
+    """Where the status counts (every selected tensor) and the totals' `over ...` line (the
+    tensors in scope) disagree: integer tensors added, removed or reshaped without --include-int."""
+    s, total = result.summary, result.total
+    one_sided = s["added"] + s["removed"] + s["shape_changed"]
+    outside = one_sided - (total.added + total.removed + total.reshaped)
+    if not outside:
+        return ""
+    these = "tensor is" if outside == 1 else "tensors are"
+    return (
+        f" ({outside} added, removed or reshaped {these} integer/bool, outside the totals; "
+        "--include-int adds them)"
+    )
 
 
 def status_text(row: TensorDiff) -> str:
