@@ -302,6 +302,12 @@ def test_check_leaves_out_what_the_selection_leaves_out(
     table = run("check", b, "--filter", "model.*", "--max-l2", "0.1", code=1).stdout
     assert "(selected tensors)" in table and "selected tensors' L2" in table
     assert "(whole model)" in run("check", b, "--max-l2", "0.1", "--allow-nonfinite", code=1).stdout
+    # every output of the finding names the selection in the same words
+    github = run("check", b, "--filter", "model.*", "--max-l2", "0.1", "-f", "github", code=1)
+    error = next(line for line in github.stdout.splitlines() if line.startswith("::error"))
+    assert error.split("::")[2].startswith("(selected tensors): selected tensors' L2")
+    md = run("check", b, "--filter", "model.*", "--max-l2", "0.1", "-f", "md", code=1).stdout
+    assert "`(selected tensors)`" in md
     # renames apply to both sides before the selection, as in compare
     renamed = ("--rename", "^optimizer=opt", "--exclude", "opt.*")
     run("check", b, *drift, *renamed)
@@ -345,9 +351,12 @@ def test_tables_say_when_the_totals_cover_a_selection(grown: tuple[Path, Path], 
         in run("inspect", b, "--filter", "new.*").stdout
     )
     compared = run("compare", a, b, "--exclude", "new.*").stdout
-    assert "Selected (5 of 45 tensors) (floating-point tensors)" in compared
+    assert "Selected (5 of 45 tensors, floating-point):" in compared
     assert "Whole model" not in compared
-    assert "Whole model (floating-point tensors)" in run("compare", a, b).stdout
+    assert "Whole model (floating-point tensors):" in run("compare", a, b).stdout
+    assert "Whole model (all tensors):" in run("compare", a, b, "--include-int").stdout
+    included = run("compare", a, b, "--exclude", "new.*", "--include-int").stdout
+    assert "Selected (5 of 45 tensors, integer ones included):" in included
     md = run("compare", a, b, "-f", "md", "--filter", "model.*").stdout
     assert "**Selected (4 of 45 tensors)**" in md
     followed = run("trend", a, b, "--filter", "model.*").stdout

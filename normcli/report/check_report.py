@@ -137,7 +137,7 @@ def render_github(results: Sequence[CheckResult]) -> str:
     lines = []
     for result in results:
         for v in result.violations:
-            where = v.tensor if v.tensor is not None else "whole model"
+            where = v.tensor if v.tensor is not None else _whole(result)
             lines.append(
                 f"::error file={_escape_property(result.checkpoint)},"
                 f"title={_escape_property(f'normcli {v.code} {v.rule}')}::"

@@ -18,8 +18,8 @@ from .text import (
     fmt_float,
     outside_totals,
     printable,
+    scoped_total_label,
     status_text,
-    total_label,
 )
 
 STATUS_STYLE = {
@@ -87,11 +87,10 @@ def _render_one(result: CompareResult, console: Console) -> None:
         parts.append(f"{s['dtype_changed']} dtype changed")
     console.print(Text.assemble(("Tensors: ", "bold"), ", ".join(parts) + outside_totals(result)))
     total = result.total
-    scope = "floating-point tensors" if result.scope == "floating" else "all tensors"
     console.print(
         Text.assemble(
-            (total_label(result.selected, result.available), "bold"),
-            f" ({scope}): ",
+            (scoped_total_label(result.selected, result.available, result.scope), "bold"),
+            ": ",
             f"‖A‖₂ {fmt_float(total.a.l2, 10)}  ‖B‖₂ {fmt_float(total.b.l2, 10)}  "
             f"ratio {fmt_float(total.ratio_l2)}",
         )

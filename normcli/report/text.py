@@ -90,6 +90,15 @@ def total_label(selected: int, available: int) -> str:
     return f"Selected ({selected} of {available} tensors)"
 
 
+def scoped_total_label(selected: int, available: int, scope: str) -> str:
+    """total_label with the kind of tensors the totals cover, in one pair of brackets."""
+    floating = scope == "floating"
+    if selected >= available:
+        return "Whole model (floating-point tensors)" if floating else "Whole model (all tensors)"
+    kind = "floating-point" if floating else "integer ones included"
+    return f"Selected ({selected} of {available} tensors, {kind})"
+
+
 # a saved report holds norms, not values: these have no honest value against one
 NOT_COMPUTED = (
     "update, relative update and cosine: cannot be computed against a saved report (no values)"
