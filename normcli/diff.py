@@ -44,11 +44,13 @@ def compare(
     sort: str | None = None,
     top: int | None = None,
     group_by: int | None = None,
+    command: str = "compare",
 ) -> CompareResult:
-    """What changed between checkpoint (or saved report) A and B."""
+    """What changed between checkpoint (or saved report) A and B; `command` is the one running,
+    as its messages name it."""
     require_view(sort, SORT_KEYS, top, group_by)
     normalize = selection.normalizer()
-    with open_sides([a_path, b_path], read) as (a_side, b_side):
+    with open_sides([a_path, b_path], read, command) as (a_side, b_side):
         a_named = by_name(a_side.entries, normalize, a_side.info.path)
         b_named = by_name(b_side.entries, normalize, b_side.info.path)
         every = _union_order(a_named, b_named)

@@ -134,7 +134,7 @@ def trend(
         raise UsageError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
     require_view(None, (), None, group_by, least=0)  # 0: every tensor
     paths = expand_inputs(arguments, order)
-    with open_sides(paths, read) as opened:
+    with open_sides(paths, read, "trend") as opened:
         points = [_point(path, side) for path, side in zip(paths, opened, strict=True)]
         sides = [{e.name: e for e in side.entries} for side in opened]
         names = _names_in_order(sides)

@@ -974,6 +974,46 @@ def test_the_files_rules_needing_values_are_not_judged_against_a_saved_report(
     assert_one_error_line(result, "min-cosine", "checkpoint baseline", str(report))
 
 
+def test_a_saved_report_is_checked_by_its_stored_norms(run: Run, tmp_path: Path) -> None:
+    """N001-N006 need only norms and counts, which a saved report holds: checking the report
+    finds what checking its checkpoint finds."""
+    report = saved_report(run, sample("blowup"), tmp_path / "blowup.json")
+    rules = ("--max-l2", "300", "--max-l1", "2e4", "--max-tensor-l2", "10")
+    rules += ("--max-tensor-linf", "1", "--max-tensor-rms", "0.5", "--exclude", "lm_head.*")
+    from_report = check_json(run, report, *rules, code=1)
+    from_checkpoint = check_json(run, sample("blowup"), *rules, code=1)
+    assert found(from_report) == found(from_checkpoint)
+    assert {v["code"] for v in from_report["violations"]} >= {"N001", "N002", "N004", "N005"}
+    for got, want in zip(from_report["violations"], from_checkpoint["violations"], strict=True):
+        assert got["value"] == pytest.approx(want["value"], rel=1e-12)
+    tensors = safetensors.numpy.load_file(str(sample("blowup")))
+    squares = [
+        float(x) ** 2
+        for name, t in tensors.items()
+        if t.dtype.kind == "f" and not name.startswith("lm_head.")
+        for x in t.astype(np.float64).ravel()
+        if math.isfinite(x)
+    ]
+    l2 = [v["value"] for v in from_report["violations"] if v["code"] == "N002"]
+    assert close(l2[0], math.sqrt(math.fsum(squares)))
+    assert from_report["checked"]["available"] == 20 and from_report["checked"]["tensors"] == 19
+
+
+def test_a_list_of_reports_is_refused_naming_the_command_running(run: Run, tmp_path: Path) -> None:
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps([json.loads((saved_report(run, sample("base"), one)).read_text())]))
+    two = tmp_path / "two.json"
+    run("inspect", sample("base"), sample("finetuned"), "-f", "json", "-o", two)
+    result = run("compare", one, sample("base"), code=2)
+    assert_one_error_line(result, str(one), "a list of 1 report ", "compare needs")
+    result = check(run, sample("base"), "--baseline", two, "--max-l2-ratio", "2", code=2)
+    assert_one_error_line(result, str(two), "a list of 2 reports", "check --baseline needs")
+    result = run("trend", sample("base"), two, code=2)
+    assert_one_error_line(result, str(two), "a list of 2 reports", "trend needs")
+    result = check(run, two, "--max-l2", "1", code=2)
+    assert_one_error_line(result, str(two), "a list of 2 reports", "check needs")
+
+
 @pytest.mark.parametrize(
     "args",
     [["--max-l2-ratio", "1.5"], ["--max-tensor-l2-ratio", "1.5"], ["--require-same-tensors"]],

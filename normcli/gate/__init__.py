@@ -13,9 +13,10 @@ from typing import Any
 from ..api import inspect_path
 from ..diff import compare
 from ..errors import UsageError
+from ..norms import merge_all
 from ..results import RULES, CheckResult, CompareResult, TensorStats
 from ..settings import ReadSettings, Selection
-from ..sides import is_report
+from ..sides import StoredTensor, is_report, open_sides
 from .config import CheckConfig, Scope, find_config, parse_config
 from .rules import Judged, evaluate, from_inspect, outcome, unread_tensors
 
@@ -105,12 +106,28 @@ def _scan(
     """The tensors as the rules see them, the whole-model figures, the comparison with the
     baseline if there is one, the tensors that could not be read, and how many tensors the
     checkpoint holds before any selection."""
+    if baseline is None and is_report(path):
+        return _from_report(path, selection, read)
     if baseline is None:
         inspected = inspect_path(path, selection, read)
         info = inspected.checkpoint
         total = inspected.total.stats
         return from_inspect(inspected), total, None, info.skipped_tensors, info.tensors
-    comparison = compare(baseline, path, selection, read)
+    comparison = compare(baseline, path, selection, read, command="check --baseline")
     tensors = [Judged(r.name, r.b.stats if r.b else None, r.covered, r) for r in comparison.tensors]
     b = comparison.b
     return tensors, comparison.total.b, comparison, b.skipped_tensors, b.tensors
+
+
+def _from_report(
+    path: str, selection: Selection, read: ReadSettings
+) -> tuple[list[Judged], TensorStats, None, tuple[tuple[str, str], ...], int]:
+    """A saved inspect report checked as its checkpoint would be: the rules without a baseline
+    need only the norms and counts it holds."""
+    with open_sides([path], read, "check") as (side,):
+        stored = [e for e in side.entries if isinstance(e, StoredTensor)]
+    chosen = [e for e in stored if selection.selects(e.name)]
+    selection.require_some(len(chosen), len(stored))
+    tensors = [Judged(e.name, e.stats, selection.covers(e.floating), None) for e in chosen]
+    total = merge_all([t.stats for t in tensors if t.covered and t.stats is not None])
+    return tensors, total, None, (), len(stored)
