@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .errors import UsageError
 from .norms import PairStats, TensorStats, merge_all
 from .readers import TensorSource
 from .results import (
@@ -24,6 +25,7 @@ from .select import group_names, natural_key, require_view
 from .settings import ReadSettings, Selection
 from .sides import (
     Entry,
+    Side,
     StoredTensor,
     by_name,
     dtype_name,
@@ -33,6 +35,8 @@ from .sides import (
 from .update import model_update, one_sided
 
 SORT_KEYS = ("rel", "diff", "ratio", "cosine", "name", "l2")
+# figures of B−A, which need the values of both sides
+ELEMENT_WISE_SORTS = ("rel", "diff", "cosine")
 
 
 def compare(
@@ -51,6 +55,7 @@ def compare(
     require_view(sort, SORT_KEYS, top, group_by)
     normalize = selection.normalizer()
     with open_sides([a_path, b_path], read, command) as (a_side, b_side):
+        _require_sortable(sort, (a_side, b_side))
         a_named = by_name(a_side.entries, normalize, a_side.info.path)
         b_named = by_name(b_side.entries, normalize, b_side.info.path)
         every = _union_order(a_named, b_named)
@@ -184,6 +189,17 @@ def _update_part(row: TensorDiff) -> PairStats | None:
     if row.pair is not None or row.status not in ONE_SIDED:
         return row.pair
     return one_sided(*(None if s is None else s.stats for s in (row.a, row.b)))
+
+
+def _require_sortable(sort: str | None, sides: Sequence[Side]) -> None:
+    """Sorting by a figure of B−A against a saved report would keep file order unannounced."""
+    reports = [s.info.path for s in sides if s.info.format == "report"]
+    if sort in ELEMENT_WISE_SORTS and reports:
+        raise UsageError(
+            f"--sort {sort} needs the values of both sides, and a saved report holds norms, not "
+            "values (--sort ratio, l2 or name work against it)",
+            reports[0],
+        )
 
 
 def _sort_value(sort: str) -> Callable[[TensorDiff | Aggregate], float | None]:
