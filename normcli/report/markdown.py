@@ -11,6 +11,7 @@ from .text import (
     covers,
     fmt_float,
     fmt_int,
+    fmt_linf,
     fmt_percent,
     fmt_shape,
     outside_totals,
@@ -40,7 +41,7 @@ def _stat_cells(s: TensorStats) -> list[str]:
         fmt_int(s.numel),
         fmt_float(s.l1),
         fmt_float(s.l2),
-        fmt_float(s.linf),
+        fmt_linf(s),
         fmt_float(s.rms),
         fmt_float(s.mean),
         fmt_percent(s.sparsity),
@@ -94,7 +95,7 @@ def render_inspect(results: Sequence[InspectResult]) -> str:
             "headers only, no value read"
             if result.header_only
             else f"L1 {fmt_float(s.l1, 10)}, L2 {fmt_float(s.l2, 10)}, "
-            f"Linf {fmt_float(s.linf, 10)}, NaN {s.nan}, Inf {s.inf}"
+            f"Linf {fmt_linf(s, 10)}, NaN {s.nan}, Inf {s.inf}"
         )
         lines += [
             "",

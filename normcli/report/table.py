@@ -15,6 +15,7 @@ from .text import (
     fmt_bytes,
     fmt_float,
     fmt_int,
+    fmt_linf,
     fmt_percent,
     fmt_shape,
     printable,
@@ -103,7 +104,7 @@ def _stat_cells(stats: TensorStats) -> list[Text | str]:
         fmt_int(stats.numel),
         fmt_float(stats.l1),
         fmt_float(stats.l2),
-        fmt_float(stats.linf),
+        fmt_linf(stats),
         fmt_float(stats.rms),
         fmt_float(stats.mean),
         f"{fmt_int(stats.zeros)} ({fmt_percent(stats.sparsity)})" if stats.zeros else "0",
@@ -238,7 +239,7 @@ def _render_total(result: InspectResult, console: Console) -> None:
         console.print(nonfinite_line(total.nonfinite_tensors))
     console.print(
         f"  L1 {fmt_float(stats.l1, 10)}  L2 {fmt_float(stats.l2, 10)}  "
-        f"Linf {fmt_float(stats.linf, 10)}  RMS {fmt_float(stats.rms, 10)}"
+        f"Linf {fmt_linf(stats, 10)}  RMS {fmt_float(stats.rms, 10)}"
     )
     grid = Table.grid(padding=(0, 2))
     grid.add_column()
@@ -252,7 +253,7 @@ def _render_total(result: InspectResult, console: Console) -> None:
             f"{fmt_int(d.stats.numel)} elements",
             fmt_bytes(d.nbytes),
             f"L2 {fmt_float(d.stats.l2)}",
-            f"Linf {fmt_float(d.stats.linf)}",
+            f"Linf {fmt_linf(d.stats)}",
             Text(f"NaN {d.stats.nan}  Inf {d.stats.inf}", NONFINITE) if bad else "",
         )
     if total.by_dtype:

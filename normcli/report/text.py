@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..results import CompareResult, TensorDiff
+    from ..results import CompareResult, TensorDiff, TensorStats
 
 
 def printable(name: str) -> str:
@@ -81,6 +81,12 @@ def sparkline(values: list[float | None]) -> str:
         else:
             marks.append(SPARK[round((scale(v) - lo) / (hi - lo) * (len(SPARK) - 1))])
     return "".join(marks)
+
+
+def fmt_linf(stats: TensorStats, digits: int = 6) -> str:
+    """max|x| over the finite values: with none (an all-NaN tensor) it has no value, "-" as
+    null in JSON, not the 0 it is stored as."""
+    return fmt_float(stats.linf if stats.finite else None, digits)
 
 
 def total_label(selected: int, available: int) -> str:
