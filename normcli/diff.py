@@ -30,6 +30,7 @@ from .sides import (
     by_name,
     dtype_name,
     is_floating,
+    is_optimizer,
     open_sides,
 )
 from .update import model_update, one_sided
@@ -62,6 +63,9 @@ def compare(
         names = [n for n in every if selection.selects(n)]
         selection.require_some(len(names), len(every))
         rows = _diff_rows(names, a_named, b_named, selection, read)
+        optimizer = {
+            n for n in names for e in (a_named.get(n), b_named.get(n)) if e and is_optimizer(e)
+        }
     covered = [r for r in rows if r.covered]
     summary = {status: sum(r.status == status for r in rows) for status in STATUSES}
     summary["dtype_changed"] = sum(r.dtype_changed for r in rows)
@@ -87,6 +91,7 @@ def compare(
         selected=len(rows),
         available=len(every),
         nonfinite_tensors=tuple(r.name for r in rows if r.nonfinite),
+        optimizer_excluded=sum(1 for r in rows if r.name in optimizer and not r.covered),
     )
 
 
@@ -140,7 +145,10 @@ def _diff_rows(
                 a=a_fig,
                 b=b_fig,
                 pair=pair,
-                covered=selection.covers(any(is_floating(e) for e in (a, b) if e is not None)),
+                covered=selection.covers(
+                    any(is_floating(e) for e in (a, b) if e is not None),
+                    any(is_optimizer(e) for e in (a, b) if e is not None),
+                ),
             )
         )
     return rows

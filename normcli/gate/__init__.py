@@ -128,6 +128,8 @@ def _from_report(
         stored = [e for e in side.entries if isinstance(e, StoredTensor)]
     chosen = [e for e in stored if selection.selects(e.name)]
     selection.require_some(len(chosen), len(stored))
-    tensors = [Judged(e.name, e.stats, selection.covers(e.floating), None) for e in chosen]
+    tensors = [
+        Judged(e.name, e.stats, selection.covers(e.floating, e.optimizer), None) for e in chosen
+    ]
     total = merge_all([t.stats for t in tensors if t.covered and t.stats is not None])
     return tensors, total, None, (), len(stored)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich import box
-from rich.console import Console, RenderableType
-from rich.table import Table
+from rich.console import Console
 from rich.text import Text
 
 from ..results import Aggregate, CompareResult, TensorDiff
+from .fast_table import Cell, FastTable
 from .names import TailName
 from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line, skipped_line
 from .text import (
@@ -87,9 +86,15 @@ def _render_one(result: CompareResult, console: Console) -> None:
         parts.append(f"{s['dtype_changed']} dtype changed")
     console.print(Text.assemble(("Tensors: ", "bold"), ", ".join(parts) + outside_totals(result)))
     total = result.total
+    apart = ""
+    if result.optimizer_excluded:
+        apart = (
+            f"; {result.optimizer_excluded} optimizer-state tensors set apart, "
+            "--include-optimizer adds them"
+        )
     console.print(
         Text.assemble(
-            (scoped_total_label(result.selected, result.available, result.scope), "bold"),
+            (scoped_total_label(result.selected, result.available, result.scope, apart), "bold"),
             ": ",
             f"‖A‖₂ {fmt_float(total.a.l2, 10)}  ‖B‖₂ {fmt_float(total.b.l2, 10)}  "
             f"ratio {fmt_float(total.ratio_l2)}",
@@ -131,8 +136,8 @@ def _counts(a: int | None, b: int | None) -> Text:
     return Text(text, NONFINITE if (a or b) else "")
 
 
-def _new_table(first: str, hidden: frozenset[str]) -> tuple[Table, list[bool]]:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+def _new_table(first: str, hidden: frozenset[str]) -> tuple[FastTable, list[bool]]:
+    table = FastTable()
     table.add_column(first)
     keep = [True]
     for column in COLUMNS:
@@ -144,11 +149,11 @@ def _new_table(first: str, hidden: frozenset[str]) -> tuple[Table, list[bool]]:
     return table, keep
 
 
-def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> Table:
+def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> FastTable:
     table, keep = _new_table("tensor", hidden)
     for row in rows:
         pair = row.pair
-        cells: list[RenderableType] = [
+        cells: list[Cell] = [
             TailName(row.name),
             Text(status_text(row), STATUS_STYLE[row.status]),
             _dtype(row),
@@ -169,11 +174,11 @@ def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> Table:
     return table
 
 
-def _group_table(groups: Sequence[Aggregate], hidden: frozenset[str]) -> Table:
+def _group_table(groups: Sequence[Aggregate], hidden: frozenset[str]) -> FastTable:
     table, keep = _new_table("group", hidden | {"status", "dtype"})
     for group in groups:
         pair = group.pair
-        cells: list[RenderableType] = [
+        cells: list[Cell] = [
             TailName(group.name),
             "",
             "",

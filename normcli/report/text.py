@@ -96,13 +96,14 @@ def total_label(selected: int, available: int) -> str:
     return f"Selected ({selected} of {available} tensors)"
 
 
-def scoped_total_label(selected: int, available: int, scope: str) -> str:
-    """total_label with the kind of tensors the totals cover, in one pair of brackets."""
+def scoped_total_label(selected: int, available: int, scope: str, note: str = "") -> str:
+    """total_label with the kind of tensors the totals cover (and a `note`), in one pair of
+    brackets."""
     floating = scope == "floating"
     if selected >= available:
-        return "Whole model (floating-point tensors)" if floating else "Whole model (all tensors)"
+        return f"Whole model ({'floating-point' if floating else 'all'} tensors{note})"
     kind = "floating-point" if floating else "integer ones included"
-    return f"Selected ({selected} of {available} tensors, {kind})"
+    return f"Selected ({selected} of {available} tensors, {kind}{note})"
 
 
 # a saved report holds norms, not values: these have no honest value against one
