@@ -21,7 +21,7 @@ from .results import (
     stats_dict,
 )
 from .scan import scan_all
-from .select import group_names, natural_key, require_view
+from .select import group_names, name_selected, natural_key, require_view
 from .settings import ReadSettings, Selection
 from .sides import (
     Entry,
@@ -60,7 +60,14 @@ def compare(
         a_named = by_name(a_side.entries, normalize, a_side.info.path)
         b_named = by_name(b_side.entries, normalize, b_side.info.path)
         every = _union_order(a_named, b_named)
-        names = [n for n in every if selection.selects(n)]
+        # a report saved with --filter/--exclude knows nothing of the other tensors: they are
+        # not compared, rather than all 'added' or 'removed'
+        saved = [s.info.selection for s in (a_side, b_side) if any(s.info.selection)]
+        names = [
+            n
+            for n in every
+            if selection.selects(n) and all(name_selected(n, *globs) for globs in saved)
+        ]
         selection.require_some(len(names), len(every))
         rows = _diff_rows(names, a_named, b_named, selection, read)
         optimizer = {

@@ -95,7 +95,11 @@ def load_report(path: str, command: str = "compare") -> tuple[CheckpointInfo, li
             )
         tensors = [_stored_tensor(t) for t in doc["tensors"]]
         # named by the report itself: the checkpoint it describes may be long gone
-        checkpoint = CheckpointInfo(path, "report", int(info["bytes"]), len(tensors))
+        globs = doc.get("selection") or {}
+        selection = (tuple(globs.get("filter", ())), tuple(globs.get("exclude", ())))
+        checkpoint = CheckpointInfo(
+            path, "report", int(info["bytes"]), len(tensors), selection=selection
+        )
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptFileError(f"report is missing or has a malformed field: {e}", path) from e
     return checkpoint, tensors

@@ -532,3 +532,29 @@ def test_the_status_counts_say_which_removed_tensors_the_totals_leave_out(
     assert "1 added, removed or reshaped tensor is integer/bool" in markdown
     full = " ".join(run("compare", *paths, "--include-int").stdout.split())
     assert "outside the totals" not in full and "over 1 matched, 2 removed tensors" in full
+
+
+def test_a_report_saved_with_a_selection_is_compared_over_that_selection(
+    tmp_path: Path, run: Run
+) -> None:
+    """The report records its --filter/--exclude; as a baseline it compares only the tensors
+    those select, and says so, instead of turning every other tensor into 'added'."""
+    state = {"w": weights(4, 4), "extra.a": weights(3), "extra.b": weights(2)}
+    save_file(state, str(tmp_path / "a.safetensors"))
+    save_file({**state, "w": state["w"] * 2}, str(tmp_path / "b.safetensors"))
+    report = tmp_path / "a.json"
+    run("inspect", tmp_path / "a.safetensors", "--exclude", "extra*", "-f", "json", "-o", report)
+    doc = json.loads(report.read_text())
+    validate_json(doc, "inspect.v1")
+    assert doc["selection"] == {"filter": [], "exclude": ["extra*"]}
+    compared = json.loads(run("compare", report, tmp_path / "b.safetensors", "-f", "json").stdout)
+    assert [t["name"] for t in compared["tensors"]] == ["w"]
+    assert compared["summary"]["added"] == 0
+    ref = math.sqrt(math.fsum(float(x) ** 2 for x in (state["w"] * 2).astype(np.float64).ravel()))
+    assert compared["total"]["b"]["l2"] == pytest.approx(ref, rel=1e-12)
+    text = run("compare", report, tmp_path / "b.safetensors").stdout
+    assert "A is a report saved with --exclude 'extra*': only the tensors those select" in text
+    gate = ("--baseline", report, "--require-same-tensors", "-f", "json")
+    assert json.loads(run("check", tmp_path / "b.safetensors", *gate).stdout)["passed"]
+    full = json.loads(run("inspect", tmp_path / "a.safetensors", "-f", "json").stdout)
+    assert full["selection"] == {"filter": [], "exclude": []}

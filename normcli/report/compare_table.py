@@ -17,6 +17,7 @@ from .text import (
     fmt_float,
     outside_totals,
     printable,
+    saved_selection_line,
     scoped_total_label,
     status_text,
 )
@@ -64,7 +65,9 @@ def _render_one(result: CompareResult, console: Console) -> None:
             f"  ({result.b.format}, {result.b.tensors} tensors)",
         )
     )
-    for side in (result.a, result.b):
+    for letter, side in (("A", result.a), ("B", result.b)):
+        if any(side.selection):
+            console.print(Text(saved_selection_line(letter, side.selection), STANDOUT))
         if side.skipped_tensors:
             console.print(skipped_line(side.skipped_tensors))
     optional: tuple[str, ...] = OPTIONAL

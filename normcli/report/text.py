@@ -83,6 +83,15 @@ def sparkline(values: list[float | None]) -> str:
     return "".join(marks)
 
 
+def saved_selection_line(letter: str, selection: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
+    """A saved report that holds only a selection: the tensors outside it are not compared."""
+    globs = [f"--filter {g!r}" for g in selection[0]] + [f"--exclude {g!r}" for g in selection[1]]
+    return (
+        f"{letter} is a report saved with {printable(' '.join(globs))}: only the tensors those "
+        "select are compared"
+    )
+
+
 def fmt_linf(stats: TensorStats, digits: int = 6) -> str:
     """max|x| over the finite values: with none (an all-NaN tensor) it has no value, "-" as
     null in JSON, not the 0 it is stored as."""
