@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib
+import io
 import mmap
 import os
 import sys
@@ -40,6 +41,46 @@ class Data(Protocol):
     def reader(self, base: int) -> Callable[[int, int, np.ndarray], np.ndarray]: ...
 
     def close(self) -> None: ...
+
+
+class DataSlice(io.RawIOBase):
+    """Bytes [start, start + length) of a file's Data (the whole file by default) as a seekable
+    binary file object, for the libraries that read one (zipfile, h5py, onnx, the unpickler).
+    `owned`: closing the slice closes the Data too."""
+
+    def __init__(
+        self, data: Data, start: int = 0, length: int | None = None, owned: bool = False
+    ) -> None:
+        super().__init__()
+        self.data, self.start, self.owned, self.position = data, start, owned, 0
+        self.length = data.size - start if length is None else length
+        self.name = data.path
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        origin = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.length}[whence]
+        self.position = max(0, origin + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        wanted = max(0, min(len(view), self.length - self.position))
+        got = self.data.readinto(view[:wanted], self.start + self.position)
+        self.position += got
+        return got
+
+    def close(self) -> None:
+        if not self.closed and self.owned:
+            self.data.close()
+        super().close()
 
 
 def open_data(path: str) -> Data:

@@ -5,7 +5,6 @@ config, no Lambda layer, nothing is deserialized."""
 from __future__ import annotations
 
 import functools
-import io
 import math
 import struct
 import weakref
@@ -19,7 +18,7 @@ from ..dtypes import SAFETENSORS_DTYPES, DType, from_numpy
 from ..errors import CorruptFileError, NormcliError, UnsupportedError
 from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
-from .files import Data, import_optional, open_data, open_regular, open_zip
+from .files import Data, DataSlice, import_optional, open_data, open_regular, open_zip
 from .remote import is_url
 
 # where a Keras v3 archive keeps its weights
@@ -60,7 +59,7 @@ def _open_plain(h5py: Any, data: Data, path: str, closers: list[Callable[[], Non
         h5 = _open_h5(path, functools.partial(h5py.File, path, "r", locking=False))
         closers.append(h5.close)
         return h5
-    return _open_file_object(h5py, _Window(data, 0, data.size), path, closers)
+    return _open_file_object(h5py, DataSlice(data), path, closers)
 
 
 def _open_file_object(h5py: Any, member: Any, path: str, closers: list[Callable[[], None]]) -> Any:
@@ -107,7 +106,7 @@ def _open_keras_weights(
         raise UnsupportedError(f"{where} is encrypted", path)
     if info.compress_type == zipfile.ZIP_STORED:
         start = _stored_start(info, data, where, path)
-        member: Any = _Window(data, start, info.file_size)
+        member: Any = DataSlice(data, start, info.file_size)
         base: int | None = start
     else:
         try:
@@ -135,35 +134,6 @@ def _stored_start(info: zipfile.ZipInfo, data: Data, where: str, path: str) -> i
     if start + info.file_size > len(data):
         raise CorruptFileError(f"{where}: data runs past the end of the file (truncated)", path)
     return start
-
-
-class _Window(io.RawIOBase):
-    """Bytes [start, start + size) of a file, as the seekable file object h5py reads."""
-
-    def __init__(self, data: Data, start: int, size: int) -> None:
-        super().__init__()
-        self.data, self.start, self.size, self.position = data, start, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        origin = {0: 0, 1: self.position, 2: self.size}[whence]
-        self.position = max(0, origin + offset)
-        return self.position
-
-    def tell(self) -> int:
-        return self.position
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        wanted = max(0, min(len(view), self.size - self.position))
-        got = self.data.readinto(view[:wanted], self.start + self.position)
-        self.position += got
-        return got
 
 
 class _Raw:
