@@ -86,7 +86,10 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     # paths and tensor names come from users and files: escape anything that could break the
     # one-line contract or drive the terminal
     safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-    click.echo(f"normcli: error: {safe}", err=True)
+    # stderr itself may fail (a full device): the exit code still says what happened, and 1
+    # must keep meaning "a rule was violated"
+    with contextlib.suppress(OSError):
+        click.echo(f"normcli: error: {safe}", err=True)
     return code
 
 
@@ -618,13 +621,15 @@ def check(
     if output_format == "github" and summary:
         _write_text(summary, render_markdown(results), append=True)
     errors = error_console()
-    for result in results:
-        errors.print(
-            Text(verdict(result)),
-            style="green" if result.passed else "bold red",
-            highlight=False,
-            soft_wrap=True,
-        )
+    # the verdict repeats what the exit code says: a stderr that cannot take it changes nothing
+    with contextlib.suppress(OSError):
+        for result in results:
+            errors.print(
+                Text(verdict(result)),
+                style="green" if result.passed else "bold red",
+                highlight=False,
+                soft_wrap=True,
+            )
     if not all(result.passed for result in results):
         click.get_current_context().exit(EXIT_VIOLATION)
 

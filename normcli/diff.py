@@ -3,7 +3,6 @@ update B−A measured element by element; either side may be a saved inspect JSO
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -14,7 +13,7 @@ from typing import Any
 from .errors import CorruptFileError, UsageError
 from .norms import PairStats, TensorStats, merge_all, merge_pairs, squares_of_l2
 from .readers import Checkpoint, TensorSource, open_checkpoint
-from .readers.files import open_regular
+from .readers.files import load_json, open_regular
 from .readers.sharded import is_sharded
 from .results import INSPECT_SCHEMA, CheckpointInfo, checkpoint_info, number, stats_dict
 from .scan import Progress, scan_all
@@ -191,11 +190,7 @@ def is_report(path: str) -> bool:
 
 def load_report(path: str) -> tuple[CheckpointInfo, list[StoredTensor]]:
     """A JSON document written by `normcli inspect -f json`, as the figures of one checkpoint."""
-    with open_regular(path) as f:
-        try:
-            doc = json.load(f)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CorruptFileError(f"not a valid JSON report: {e}", path) from e
+    doc = load_json(path, "report")
     if isinstance(doc, list):
         raise UsageError(
             f"holds {len(doc)} reports; compare needs a report of one checkpoint", path
@@ -214,35 +209,50 @@ def load_report(path: str) -> tuple[CheckpointInfo, list[StoredTensor]]:
             )
         tensors = [_stored_tensor(t) for t in doc["tensors"]]
         # named by the report itself: the checkpoint it describes may be long gone
-        checkpoint = CheckpointInfo(path, "report", int(info["bytes"]), len(tensors))
-    except (KeyError, TypeError, ValueError) as e:
+        checkpoint = CheckpointInfo(path, "report", _count(info["bytes"]), len(tensors))
+    except (KeyError, TypeError, ValueError, ArithmeticError) as e:
         raise CorruptFileError(f"report is missing or has a malformed field: {e}", path) from e
     return checkpoint, tensors
 
 
 def _stored_tensor(t: dict[str, Any]) -> StoredTensor:
-    l2, finite = t["l2"], t["numel"] - t["nan"] - t["inf"]
-    mean = t["mean"]
+    numel, nan, inf = _count(t["numel"]), _count(t["nan"]), _count(t["inf"])
+    l1, l2, linf, mean = (_figure(t[key]) for key in ("l1", "l2", "linf", "mean"))
     # null norms: L1 and L2 overflowed float64; Linf, the max of no finite value at all
-    sumsq, scale = squares_of_l2(float(l2)) if l2 is not None else (math.inf, 0)
+    sumsq, scale = squares_of_l2(l2) if l2 is not None else (math.inf, 0)
     stats = TensorStats(
-        numel=int(t["numel"]),
-        l1=float(t["l1"]) if t["l1"] is not None else math.inf,
+        numel=numel,
+        l1=l1 if l1 is not None else math.inf,
         sumsq=sumsq,
         scale=scale,
-        linf=float(t["linf"]) if t["linf"] is not None else 0.0,
-        total=None if mean is None else float(mean) * finite,
-        zeros=int(t["zeros"]),
-        nan=int(t["nan"]),
-        inf=int(t["inf"]),
+        linf=linf if linf is not None else 0.0,
+        total=None if mean is None else mean * (numel - nan - inf),
+        zeros=_count(t["zeros"]),
+        nan=nan,
+        inf=inf,
     )
     return StoredTensor(
         str(t["name"]),
         str(t["dtype"]),
-        tuple(int(d) for d in t["shape"]),
+        tuple(_count(d) for d in t["shape"]),
         stats,
         bool(t["in_total"]),
     )
+
+
+def _count(value: Any) -> int:
+    """A count or a dimension as a report stores it: a whole number that fits an int64."""
+    if type(value) is not int or not 0 <= value < 2**63:
+        raise ValueError(f"{value!r:.40} is not a count")
+    return value
+
+
+def _figure(value: Any) -> float | None:
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError(f"{value!r:.40} is not a finite number")
+    return float(value)
 
 
 # --- names -----------------------------------------------------------------------------------

@@ -246,14 +246,31 @@ def test_blowup_fails_naming_the_grown_tensor_and_the_nan_tensor(
 def test_a_checkpoint_against_itself_passes_the_strictest_limits(run: Run, name: str) -> None:
     path = sample(name)
     doc = check_json(
-        run, path, "--baseline", path,
-        "--max-l2-ratio", "1", "--max-tensor-l2-ratio", "1",
-        "--max-rel-update", "0", "--max-tensor-rel-update", "0",
-        "--min-cosine", "1", "--require-same-tensors",
+        run,
+        path,
+        "--baseline",
+        path,
+        "--max-l2-ratio",
+        "1",
+        "--max-tensor-l2-ratio",
+        "1",
+        "--max-rel-update",
+        "0",
+        "--max-tensor-rel-update",
+        "0",
+        "--min-cosine",
+        "1",
+        "--require-same-tensors",
         code=0,
     )
     assert [r["code"] for r in doc["checked"]["rules"]] == [
-        "N001", "N010", "N011", "N012", "N013", "N014", "N015"
+        "N001",
+        "N010",
+        "N011",
+        "N012",
+        "N013",
+        "N014",
+        "N015",
     ]
     assert all(r["violations"] == 0 for r in doc["checked"]["rules"])
 
@@ -263,8 +280,14 @@ def test_blowup_against_itself_fails_only_on_its_nan_and_passes_when_nan_is_allo
 ) -> None:
     path = sample("blowup")
     strict: list[str | Path] = [
-        "--baseline", path,
-        "--max-tensor-l2-ratio", "1", "--max-tensor-rel-update", "0", "--min-cosine", "1",
+        "--baseline",
+        path,
+        "--max-tensor-l2-ratio",
+        "1",
+        "--max-tensor-rel-update",
+        "0",
+        "--min-cosine",
+        "1",
     ]
     doc = check_json(run, path, *strict, code=1)
     assert found(doc) == {("N001", NAN_TENSOR)}
@@ -298,19 +321,25 @@ BAD_SETTINGS: dict[str, tuple[str, list[str]]] = {
     "ratio-below-1": ("max-l2-ratio = 0.5", ["max-l2-ratio", "0.5"]),
     "cosine-above-1": ("min-cosine = 1.5", ["min-cosine", "1.5"]),
     "scoped-ratio-below-1": (
-        '[[check.rules]]\ntensors = "*"\nmax-tensor-l2-ratio = 0.9', ["max-tensor-l2-ratio"]),
-    "scoped-negative": (
-        '[[check.rules]]\ntensors = "*"\nmax-tensor-rms = -1', ["max-tensor-rms"]),
+        '[[check.rules]]\ntensors = "*"\nmax-tensor-l2-ratio = 0.9',
+        ["max-tensor-l2-ratio"],
+    ),
+    "scoped-negative": ('[[check.rules]]\ntensors = "*"\nmax-tensor-rms = -1', ["max-tensor-rms"]),
     "scoped-model-rule": ('[[check.rules]]\ntensors = "*"\nmax-l2 = 5', ["'max-l2'", "scoped"]),
     "scoped-flag": (
-        '[[check.rules]]\ntensors = "*"\nallow-nonfinite = true', ["'allow-nonfinite'", "scoped"]),
+        '[[check.rules]]\ntensors = "*"\nallow-nonfinite = true',
+        ["'allow-nonfinite'", "scoped"],
+    ),
     "scoped-unknown-key": (
-        '[[check.rules]]\ntensors = "*"\nmax-tensor-l3 = 1', ["'max-tensor-l3'"]),
-    "scoped-wrong-type": (
-        '[[check.rules]]\ntensors = "*"\nmax-tensor-l2 = "1"', ["max-tensor-l2"]),
+        '[[check.rules]]\ntensors = "*"\nmax-tensor-l3 = 1',
+        ["'max-tensor-l3'"],
+    ),
+    "scoped-wrong-type": ('[[check.rules]]\ntensors = "*"\nmax-tensor-l2 = "1"', ["max-tensor-l2"]),
     "scope-without-tensors": ("[[check.rules]]\nmax-tensor-l2 = 1", ["rules[0].tensors"]),
     "scope-tensors-not-globs": (
-        "[[check.rules]]\ntensors = 5\nmax-tensor-l2 = 1", ["rules[0].tensors"]),
+        "[[check.rules]]\ntensors = 5\nmax-tensor-l2 = 1",
+        ["rules[0].tensors"],
+    ),
     "rules-not-an-array": ('[check.rules]\ntensors = "*"', ["rules"]),
     "invalid-toml": ("max-l2 = ", ["TOML"]),
 }
@@ -332,8 +361,9 @@ def test_bad_settings_exit_2_naming_the_key_and_the_file(
         config.write_text(body + "\n")
         args = ["--config", config]
     result = check(run, sample("base"), *args, code=2)
-    assert_one_error_line(result, "normcli.toml" if how == "normcli.toml" else "gate.toml",
-                          *mentions)
+    assert_one_error_line(
+        result, "normcli.toml" if how == "normcli.toml" else "gate.toml", *mentions
+    )
 
 
 def test_bad_settings_in_pyproject_are_named_too(run: Run, tmp_path: Path) -> None:
@@ -381,18 +411,31 @@ def test_a_bad_command_line_limit_is_not_blamed_on_the_settings_file(
 # --- every rule, triggered and not, against the reference ----------------------------------------
 
 TENSOR_CASES = [
-    *((rule, ckpt, None) for rule in ("max-tensor-l2", "max-tensor-linf", "max-tensor-rms")
-      for ckpt in ("base", "blowup")),
+    *(
+        (rule, ckpt, None)
+        for rule in ("max-tensor-l2", "max-tensor-linf", "max-tensor-rms")
+        for ckpt in ("base", "blowup")
+    ),
     ("max-tensor-l2", "blowup", "base"),  # with a baseline the checked side is still B
-    *((rule, ckpt, ref) for rule in ("max-tensor-l2-ratio", "max-tensor-rel-update", "min-cosine")
-      for ckpt, ref in (("finetuned", "base"), ("blowup", "base"), ("base", "blowup"))),
+    *(
+        (rule, ckpt, ref)
+        for rule in ("max-tensor-l2-ratio", "max-tensor-rel-update", "min-cosine")
+        for ckpt, ref in (("finetuned", "base"), ("blowup", "base"), ("base", "blowup"))
+    ),
     ("max-tensor-l2-ratio", "blowup", "report:base"),
     ("max-tensor-l2-ratio", "finetuned", "report:base"),
 ]
 RULE_CODES = {
-    "max-l2": "N002", "max-l1": "N003", "max-tensor-l2": "N004", "max-tensor-linf": "N005",
-    "max-tensor-rms": "N006", "max-l2-ratio": "N010", "max-tensor-l2-ratio": "N011",
-    "max-rel-update": "N012", "max-tensor-rel-update": "N013", "min-cosine": "N014",
+    "max-l2": "N002",
+    "max-l1": "N003",
+    "max-tensor-l2": "N004",
+    "max-tensor-linf": "N005",
+    "max-tensor-rms": "N006",
+    "max-l2-ratio": "N010",
+    "max-tensor-l2-ratio": "N011",
+    "max-rel-update": "N012",
+    "max-tensor-rel-update": "N013",
+    "min-cosine": "N014",
 }
 
 
@@ -418,8 +461,13 @@ def test_tensor_rule_flags_exactly_the_tensors_past_the_limit_with_their_measure
         assert v["rule"] == rule and v["limit"] == limit
         assert close(v["value"], values[v["tensor"]]), (v, values[v["tensor"]])
     assert doc["checked"]["rules"] == [
-        {"code": RULE_CODES[rule], "rule": rule, "limit": limit, "scoped": False,
-         "violations": len(expected)}
+        {
+            "code": RULE_CODES[rule],
+            "rule": rule,
+            "limit": limit,
+            "scoped": False,
+            "violations": len(expected),
+        }
     ]
 
     loosest = (min if rule == "min-cosine" else max)(score(rule, v) for v in values.values())
@@ -458,7 +506,10 @@ def test_model_rule_flags_the_whole_model_with_its_measured_value(
     doc = check_json(run, *base_args, f"--{rule}", repr(limit), code=1)
     [violation] = doc["violations"]
     assert (violation["code"], violation["rule"], violation["tensor"]) == (
-        RULE_CODES[rule], rule, None)
+        RULE_CODES[rule],
+        rule,
+        None,
+    )
     assert close(violation["value"], value) and violation["limit"] == limit
     assert doc["checked"]["rules"] == [
         {"code": RULE_CODES[rule], "rule": rule, "limit": limit, "scoped": False, "violations": 1}
@@ -469,11 +520,14 @@ def test_model_rule_flags_the_whole_model_with_its_measured_value(
 
 
 def test_nonfinite_rule_counts_nan_and_inf_per_tensor(run: Run, tmp_path: Path) -> None:
-    path = save(tmp_path / "holes.safetensors", {
-        "a.weight": np.array([np.nan, np.inf, -np.inf, 1.0], dtype=np.float32),
-        "b.weight": np.array([[1.0, np.inf]], dtype=np.float16),
-        "c.weight": np.array([1e30, -2.0], dtype=np.float64),
-    })
+    path = save(
+        tmp_path / "holes.safetensors",
+        {
+            "a.weight": np.array([np.nan, np.inf, -np.inf, 1.0], dtype=np.float32),
+            "b.weight": np.array([[1.0, np.inf]], dtype=np.float16),
+            "c.weight": np.array([1e30, -2.0], dtype=np.float64),
+        },
+    )
     doc = check_json(run, path, code=1)
     by_tensor = {v["tensor"]: v for v in doc["violations"]}
     assert set(by_tensor) == {"a.weight", "b.weight"}
@@ -482,7 +536,12 @@ def test_nonfinite_rule_counts_nan_and_inf_per_tensor(run: Run, tmp_path: Path) 
     assert "1 NaN" in by_tensor["a.weight"]["message"]
     assert "2 Inf" in by_tensor["a.weight"]["message"]
     assert outcome(doc, "nonfinite") == {
-        "code": "N001", "rule": "nonfinite", "limit": 0.0, "scoped": False, "violations": 2}
+        "code": "N001",
+        "rule": "nonfinite",
+        "limit": 0.0,
+        "scoped": False,
+        "violations": 2,
+    }
 
 
 def test_nonfinite_rule_is_on_by_default_and_passes_a_clean_checkpoint(run: Run) -> None:
@@ -492,10 +551,16 @@ def test_nonfinite_rule_is_on_by_default_and_passes_a_clean_checkpoint(run: Run)
     ]
     assert doc["checked"]["tensors"] == len(safetensors.numpy.load_file(str(sample("finetuned"))))
     doc = check_json(run, sample("blowup"), code=1)
-    assert doc["violations"] == [{
-        "code": "N001", "rule": "nonfinite", "tensor": NAN_TENSOR, "value": 1.0, "limit": 0.0,
-        "message": "1 NaN and 0 Inf values",
-    }]
+    assert doc["violations"] == [
+        {
+            "code": "N001",
+            "rule": "nonfinite",
+            "tensor": NAN_TENSOR,
+            "value": 1.0,
+            "limit": 0.0,
+            "message": "1 NaN and 0 Inf values",
+        }
+    ]
 
 
 def test_allow_nonfinite_turns_the_rule_off(run: Run) -> None:
@@ -534,18 +599,25 @@ def test_require_same_tensors_names_added_removed_and_reshaped(
     doc = check_json(run, path, "--baseline", baseline, "--require-same-tensors", code=1)
     by_tensor = {v["tensor"]: v for v in doc["violations"]}
     assert set(by_tensor) == {"lm_head.weight", "model.extra.bias", "model.norm.weight"}
-    assert all(v["code"] == "N015" and v["value"] is None and v["limit"] is None
-               for v in by_tensor.values())
+    assert all(
+        v["code"] == "N015" and v["value"] is None and v["limit"] is None
+        for v in by_tensor.values()
+    )
     assert "removed" in by_tensor["lm_head.weight"]["message"]
     assert "added" in by_tensor["model.extra.bias"]["message"]
     assert "[48]" in by_tensor["model.norm.weight"]["message"]
     assert "[6, 8]" in by_tensor["model.norm.weight"]["message"]
     assert outcome(doc, "require-same-tensors") == {
-        "code": "N015", "rule": "require-same-tensors", "limit": None, "scoped": False,
-        "violations": 3}
+        "code": "N015",
+        "rule": "require-same-tensors",
+        "limit": None,
+        "scoped": False,
+        "violations": 3,
+    }
 
-    doc = check_json(run, sample("finetuned"), "--baseline", baseline, "--require-same-tensors",
-                     code=0)
+    doc = check_json(
+        run, sample("finetuned"), "--baseline", baseline, "--require-same-tensors", code=0
+    )
     assert outcome(doc, "require-same-tensors")["violations"] == 0
 
 
@@ -586,8 +658,7 @@ BOUNDARIES: dict[
     # shrunk to 0.5 = 1/R exactly: the lower end of the band
     "max-l2-ratio-shrunk": ("max-l2-ratio", "A", "B", 2.0, 0, {None: 0.5}),
     "max-tensor-l2-ratio-grown": ("max-tensor-l2-ratio", "B", "A", 2.0, 0, {"p": 2.0, "q": 2.0}),
-    "max-tensor-l2-ratio-shrunk": (
-        "max-tensor-l2-ratio", "A", "B", 2.0, 0, {"p": 0.5, "q": 0.5}),
+    "max-tensor-l2-ratio-shrunk": ("max-tensor-l2-ratio", "A", "B", 2.0, 0, {"p": 0.5, "q": 0.5}),
     "max-rel-update": ("max-rel-update", "B", "A", 1.0, 0, {None: 1.0}),
     "max-tensor-rel-update": ("max-tensor-rel-update", "B", "A", 1.0, 0, {"p": 1.0, "q": 1.0}),
     # p: 24/25; q is unchanged (cosine 1); the whole model: 168/169
@@ -667,13 +738,17 @@ def test_config_option_reads_the_given_file_instead_of_the_folder(
 ) -> None:
     (tmp_path / "normcli.toml").write_text("[check]\nmax-l2 = 0.001\n")  # must be ignored
     settings = "max-tensor-l2-ratio = 2\n"
-    text = {"check-table": f"[check]\n{settings}", "top-level": settings,
-            "pyproject-style": f'[project]\nname = "x"\n[tool.normcli.check]\n{settings}'}[layout]
+    text = {
+        "check-table": f"[check]\n{settings}",
+        "top-level": settings,
+        "pyproject-style": f'[project]\nname = "x"\n[tool.normcli.check]\n{settings}',
+    }[layout]
     (tmp_path / "ci").mkdir()
     config = tmp_path / "ci" / "gate.toml"
     config.write_text(text)
-    doc = check_json(run, sample("blowup"), "--baseline", sample("finetuned"), "--config", config,
-                     code=1)
+    doc = check_json(
+        run, sample("blowup"), "--baseline", sample("finetuned"), "--config", config, code=1
+    )
     assert found(doc) == {("N001", NAN_TENSOR), ("N011", SCALED_TENSOR)}
     assert doc["checked"]["config"] == str(config)
 
@@ -697,16 +772,17 @@ def test_require_same_tensors_from_the_file_waits_for_a_baseline(run: Run, tmp_p
     doc = check_json(run, sample("base"), code=0)
     assert doc["checked"]["skipped_rules"] == ["require-same-tensors"]
     assert "not judged without a baseline" in check(run, sample("base"), code=0).stdout
-    assert_one_error_line(check(run, sample("base"), "--require-same-tensors", code=2),
-                          "require-same-tensors", "--baseline")
+    assert_one_error_line(
+        check(run, sample("base"), "--require-same-tensors", code=2),
+        "require-same-tensors",
+        "--baseline",
+    )
     doc = check_json(run, _reshaped(tmp_path), "--baseline", sample("base"), code=1)
     assert {v["code"] for v in doc["violations"]} == {"N015"}
     assert doc["checked"]["skipped_rules"] == []
 
 
-def test_the_settings_file_name_is_shown_literally_in_the_table(
-    run: Run, tmp_path: Path
-) -> None:
+def test_the_settings_file_name_is_shown_literally_in_the_table(run: Run, tmp_path: Path) -> None:
     # a path is not rich markup: "[/b]" must neither vanish nor crash the report
     (tmp_path / "ci[").mkdir()
     config = tmp_path / "ci[" / "b][red]gate.toml"
@@ -764,16 +840,25 @@ def test_scoped_limits_first_matching_scope_that_sets_the_key_wins(
         assert v["limit"] == expected[v["tensor"]]
         assert close(v["value"], ref_l2(b[v["tensor"]]) / ref_l2(a[v["tensor"]]))
     assert outcome(doc, "max-tensor-l2-ratio") == {
-        "code": "N011", "rule": "max-tensor-l2-ratio", "limit": 1.2, "scoped": True,
-        "violations": 2}
+        "code": "N011",
+        "rule": "max-tensor-l2-ratio",
+        "limit": 1.2,
+        "scoped": True,
+        "violations": 2,
+    }
     # set only in a scope: no global limit, and those tensors are well within 100
     assert outcome(doc, "max-tensor-linf") == {
-        "code": "N005", "rule": "max-tensor-linf", "limit": None, "scoped": True,
-        "violations": 0}
+        "code": "N005",
+        "rule": "max-tensor-linf",
+        "limit": None,
+        "scoped": True,
+        "violations": 0,
+    }
 
     # the command line replaces the global limit; the scopes still come first
-    doc = check_json(run, path, "--baseline", sample("base"), "--max-tensor-l2-ratio", "1.1",
-                     code=1)
+    doc = check_json(
+        run, path, "--baseline", sample("base"), "--max-tensor-l2-ratio", "1.1", code=1
+    )
     assert found(doc) == {("N011", n) for n in [*expected, "lm_head.weight"]}
 
 
@@ -840,11 +925,12 @@ def test_a_rule_needing_values_against_a_saved_report_exits_2_saying_why(
     assert_one_error_line(result, rule, "checkpoint baseline", "report", str(report))
 
 
-@pytest.mark.parametrize("args", [["--max-l2-ratio", "1.5"], ["--max-tensor-l2-ratio", "1.5"],
-                                  ["--require-same-tensors"]], ids=lambda a: a[0])
-def test_norm_rules_work_against_a_saved_report(
-    run: Run, tmp_path: Path, args: list[str]
-) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [["--max-l2-ratio", "1.5"], ["--max-tensor-l2-ratio", "1.5"], ["--require-same-tensors"]],
+    ids=lambda a: a[0],
+)
+def test_norm_rules_work_against_a_saved_report(run: Run, tmp_path: Path, args: list[str]) -> None:
     report = saved_report(run, sample("base"), tmp_path / "base.json")
     check_json(run, sample("finetuned"), "--baseline", report, *args, code=0)
 
@@ -852,11 +938,20 @@ def test_norm_rules_work_against_a_saved_report(
 # --- outputs -----------------------------------------------------------------------------------
 
 FAILING: list[str | Path] = [
-    sample("blowup"), "--baseline", sample("finetuned"),
-    "--max-tensor-l2-ratio", "2", "--max-tensor-linf", "1000",
+    sample("blowup"),
+    "--baseline",
+    sample("finetuned"),
+    "--max-tensor-l2-ratio",
+    "2",
+    "--max-tensor-linf",
+    "1000",
 ]
 PASSING: list[str | Path] = [
-    sample("finetuned"), "--baseline", sample("base"), "--max-tensor-l2-ratio", "2",
+    sample("finetuned"),
+    "--baseline",
+    sample("base"),
+    "--max-tensor-l2-ratio",
+    "2",
 ]
 
 
@@ -918,9 +1013,7 @@ def test_several_checkpoints_give_a_list_and_one_verdict_each(run: Run) -> None:
 
 
 @pytest.mark.parametrize("name", ["[red]tuned.safetensors", "ck[/b]x.safetensors"])
-def test_the_verdict_shows_a_checkpoint_path_literally(
-    run: Run, tmp_path: Path, name: str
-) -> None:
+def test_the_verdict_shows_a_checkpoint_path_literally(run: Run, tmp_path: Path, name: str) -> None:
     # a path is not rich markup: "[red]" must not vanish, and "[/b]" must not turn a pass into 2
     (tmp_path / "ck[").mkdir()
     save(tmp_path / name, {"w": np.ones(3, dtype=np.float32)})
@@ -940,8 +1033,7 @@ def test_the_verdict_stays_one_line_for_a_long_or_hostile_path(run: Run, tmp_pat
 
 # GitHub's workflow commands: message data escapes % \r \n; property values also : and ,
 def unescape(text: str) -> str:
-    for escaped, char in (("%0D", "\r"), ("%0A", "\n"), ("%3A", ":"), ("%2C", ","),
-                          ("%25", "%")):
+    for escaped, char in (("%0D", "\r"), ("%0A", "\n"), ("%3A", ":"), ("%2C", ","), ("%25", "%")):
         text = text.replace(escaped, char)
     return text
 
@@ -959,13 +1051,19 @@ def parse_command(line: str) -> tuple[str, dict[str, str], str]:
 def odd_names(tmp_path: Path) -> list[Path]:
     """Checkpoints whose file and tensor names need escaping in workflow commands."""
     return [
-        save(tmp_path / "we,ird:50%.safetensors", {
-            "evil\nname,50%": np.array([np.nan, 1.0], dtype=np.float32),
-            "ok.weight": np.ones(3, dtype=np.float32),
-        }),
-        save(tmp_path / "line\nbreak\r,x.safetensors", {
-            "big,one:\r\nx": np.full(4, 100.0, dtype=np.float32),
-        }),
+        save(
+            tmp_path / "we,ird:50%.safetensors",
+            {
+                "evil\nname,50%": np.array([np.nan, 1.0], dtype=np.float32),
+                "ok.weight": np.ones(3, dtype=np.float32),
+            },
+        ),
+        save(
+            tmp_path / "line\nbreak\r,x.safetensors",
+            {
+                "big,one:\r\nx": np.full(4, 100.0, dtype=np.float32),
+            },
+        ),
     ]
 
 
@@ -992,8 +1090,9 @@ def test_github_annotations_escape_file_and_message(run: Run, odd_names: list[Pa
 
 def test_github_format_on_the_samples(run: Run) -> None:
     result = check(run, *FAILING, "-f", "github", code=1)
-    errors = [parse_command(line) for line in result.stdout.splitlines()
-              if line.startswith("::error")]
+    errors = [
+        parse_command(line) for line in result.stdout.splitlines() if line.startswith("::error")
+    ]
     assert [(e[1]["title"], e[1]["file"], e[2].split(":")[0]) for e in errors] == [
         ("normcli N001 nonfinite", str(sample("blowup")), NAN_TENSOR),
         ("normcli N011 max-tensor-l2-ratio", str(sample("blowup")), SCALED_TENSOR),
@@ -1025,18 +1124,17 @@ def test_markdown_output(run: Run) -> None:
     assert text.startswith("### normcli check: ❌ failed\n")
     rows = [line for line in text.splitlines() if line.startswith("| N0")]
     assert f"| N001 | nonfinite | `{NAN_TENSOR}` | 1 NaN and 0 Inf values |" in rows
-    assert any(row.startswith(f"| N011 | max-tensor-l2-ratio | `{SCALED_TENSOR}` |")
-               for row in rows)
+    assert any(
+        row.startswith(f"| N011 | max-tensor-l2-ratio | `{SCALED_TENSOR}` |") for row in rows
+    )
     assert text.index(f"`{NAN_TENSOR}`") < text.index("| code | rule | limit | result |")
     assert check(run, *PASSING, "-f", "md", code=0).stdout.startswith(
-        "### normcli check: ✅ passed\n")
+        "### normcli check: ✅ passed\n"
+    )
 
 
-def test_markdown_table_cells_cannot_be_broken_by_tensor_names(
-    run: Run, tmp_path: Path
-) -> None:
-    path = save(tmp_path / "pipes.safetensors",
-                {"a|b`c\nd": np.array([np.nan], dtype=np.float32)})
+def test_markdown_table_cells_cannot_be_broken_by_tensor_names(run: Run, tmp_path: Path) -> None:
+    path = save(tmp_path / "pipes.safetensors", {"a|b`c\nd": np.array([np.nan], dtype=np.float32)})
     text = check(run, path, "-f", "md", code=1).stdout
     [row] = [line for line in text.splitlines() if line.startswith("| N001 | nonfinite | `")]
     assert row.count(" | ") == 3 and "a\\|b'c" in row and "\n" not in row
@@ -1044,8 +1142,11 @@ def test_markdown_table_cells_cannot_be_broken_by_tensor_names(
 
 def test_markdown_rules_table_counts_violations_like_the_table_does(run: Run) -> None:
     text = check(run, *FAILING, "-f", "md", code=1).stdout
-    rows = {line.split(" | ")[0]: line for line in text.splitlines()
-            if line.startswith("| N0") and line.count(" | ") == 3 and "`" not in line}
+    rows = {
+        line.split(" | ")[0]: line
+        for line in text.splitlines()
+        if line.startswith("| N0") and line.count(" | ") == 3 and "`" not in line
+    }
     assert rows["| N001"] == "| N001 | nonfinite | 0 | 1 violation |"
     assert rows["| N005"] == "| N005 | max-tensor-linf | 1000 | pass |"
 
@@ -1064,7 +1165,10 @@ def test_junit_report_has_one_testcase_per_rule_and_a_failure_per_broken_one(
     [suite] = junit(report).findall("testsuite")
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == [
-        "N001 nonfinite", "N005 max-tensor-linf", "N011 max-tensor-l2-ratio"]
+        "N001 nonfinite",
+        "N005 max-tensor-linf",
+        "N011 max-tensor-l2-ratio",
+    ]
     assert suite.get("tests") == "3" and suite.get("failures") == "2"
     failures = {c.get("name"): c.find("failure") for c in cases}
     assert failures["N005 max-tensor-linf"] is None
@@ -1082,8 +1186,10 @@ def test_junit_report_has_one_testcase_per_rule_and_a_failure_per_broken_one(
 def test_junit_report_stays_well_formed_with_hostile_names(
     run: Run, tmp_path: Path, odd_names: list[Path]
 ) -> None:
-    hostile = save(tmp_path / "esc\x1b.safetensors",
-                   {"bell\x07<&>\x1b[31m": np.array([np.inf], dtype=np.float32)})
+    hostile = save(
+        tmp_path / "esc\x1b.safetensors",
+        {"bell\x07<&>\x1b[31m": np.array([np.inf], dtype=np.float32)},
+    )
     report = tmp_path / "hostile.xml"
     check(run, *odd_names, hostile, "--junit", report, code=1)
     suites = junit(report).findall("testsuite")
@@ -1109,8 +1215,9 @@ def test_an_unreadable_input_exits_2_even_where_rules_would_fail(
     ckpt = _truncated(tmp_path, "blowup") if broken == "checkpoint" else sample("blowup")
     ref = _truncated(tmp_path, "base") if broken == "baseline" else sample("base")
     for fmt in ("table", "json", "github"):
-        result = check(run, ckpt, "--baseline", ref, "--max-tensor-l2-ratio", "2", "-f", fmt,
-                       code=2)
+        result = check(
+            run, ckpt, "--baseline", ref, "--max-tensor-l2-ratio", "2", "-f", fmt, code=2
+        )
         assert_one_error_line(result, str(ckpt if broken == "checkpoint" else ref))
 
 
@@ -1118,8 +1225,9 @@ def test_one_unreadable_checkpoint_among_several_exits_2_without_a_half_report(
     run: Run, tmp_path: Path
 ) -> None:
     junit_file = tmp_path / "junit.xml"
-    result = check(run, sample("blowup"), tmp_path / "gone.safetensors", "--junit", junit_file,
-                   code=2)
+    result = check(
+        run, sample("blowup"), tmp_path / "gone.safetensors", "--junit", junit_file, code=2
+    )
     assert_one_error_line(result, "gone.safetensors")
     assert not junit_file.exists()
 
@@ -1137,18 +1245,40 @@ def test_a_zero_baseline_that_becomes_non_zero_breaks_the_drift_limits(
     """Ratio and relative update have no finite value against an all-zero baseline: the tensor
     grew without bound, which breaks any limit rather than passing unjudged."""
     base, grown = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    safetensors.numpy.save_file({"w": np.ones(4, np.float32), "b": np.zeros(4, np.float32)},
-                                str(base))
-    safetensors.numpy.save_file({"w": np.ones(4, np.float32), "b": np.full(4, 1e6, np.float32)},
-                                str(grown))
-    result = run("check", grown, "--baseline", base, "--max-tensor-l2-ratio", "1.01",
-                 "--max-tensor-rel-update", "0.01", "-f", "json", code=1)
+    safetensors.numpy.save_file(
+        {"w": np.ones(4, np.float32), "b": np.zeros(4, np.float32)}, str(base)
+    )
+    safetensors.numpy.save_file(
+        {"w": np.ones(4, np.float32), "b": np.full(4, 1e6, np.float32)}, str(grown)
+    )
+    result = run(
+        "check",
+        grown,
+        "--baseline",
+        base,
+        "--max-tensor-l2-ratio",
+        "1.01",
+        "--max-tensor-rel-update",
+        "0.01",
+        "-f",
+        "json",
+        code=1,
+    )
     doc = json.loads(result.stdout)
     flagged = {(v["code"], v["tensor"]) for v in doc["violations"]}
     assert flagged == {("N011", "b"), ("N013", "b")}
     assert all(v["value"] is None and "inf" in v["message"] for v in doc["violations"])
-    run("check", base, "--baseline", base, "--max-tensor-l2-ratio", "1.01",
-        "--max-tensor-rel-update", "0.01", code=0)
+    run(
+        "check",
+        base,
+        "--baseline",
+        base,
+        "--max-tensor-l2-ratio",
+        "1.01",
+        "--max-tensor-rel-update",
+        "0.01",
+        code=0,
+    )
 
 
 def test_a_checkpoint_with_nothing_read_or_a_tensor_unread_fails(

@@ -151,8 +151,11 @@ def layered_checkpoint(path: Path) -> Path:
 
 def table_rows(text: str) -> dict[str, str]:
     """Table lines by the tensor (or group) name that starts them."""
-    return {line.split()[0]: line for line in text.splitlines() if line[:1].isalpha() and
-            line.split()[0].startswith(("model.", "lm_head."))}
+    return {
+        line.split()[0]: line
+        for line in text.splitlines()
+        if line[:1].isalpha() and line.split()[0].startswith(("model.", "lm_head."))
+    }
 
 
 # --- exit code 0: success, version, help -----------------------------------------------------
@@ -239,19 +242,27 @@ BAD_INPUTS: dict[str, BadInput] = {
     "random-bytes": lambda tmp, s: _one(_file(tmp / "noise.bin", RANDOM_BYTES)),
     "random-bytes-safetensors": lambda tmp, s: _one(_file(tmp / "noise.safetensors", RANDOM_BYTES)),
     "truncated-safetensors-data": lambda tmp, s: _one(
-        _file(tmp / "cut.safetensors", _sample_prefix(s, "base.safetensors", -1000))),
+        _file(tmp / "cut.safetensors", _sample_prefix(s, "base.safetensors", -1000))
+    ),
     "truncated-safetensors-header": lambda tmp, s: _one(
-        _file(tmp / "cut.safetensors", _sample_prefix(s, "base.safetensors", 100))),
+        _file(tmp / "cut.safetensors", _sample_prefix(s, "base.safetensors", 100))
+    ),
     "truncated-npz": lambda tmp, s: _one(
-        _file(tmp / "cut.npz", _sample_prefix(s, "base.npz", 50_000))),
+        _file(tmp / "cut.npz", _sample_prefix(s, "base.npz", 50_000))
+    ),
     "wrong-input-format": lambda tmp, s: (
-        [str(s / "base.safetensors"), "--input-format", "npz"], s / "base.safetensors"),
+        [str(s / "base.safetensors"), "--input-format", "npz"],
+        s / "base.safetensors",
+    ),
     # the first checkpoint is fine: no half report may reach stdout
     "second-checkpoint-missing": lambda tmp, s: (
-        [str(s / "base.safetensors"), str(tmp / "gone.npz")], tmp / "gone.npz"),
+        [str(s / "base.safetensors"), str(tmp / "gone.npz")],
+        tmp / "gone.npz",
+    ),
     "output-folder-missing": lambda tmp, s: (
         [str(s / "base.safetensors"), "-o", str(tmp / "no" / "such" / "report.txt")],
-        tmp / "no" / "such" / "report.txt"),
+        tmp / "no" / "such" / "report.txt",
+    ),
 }
 
 
@@ -366,13 +377,16 @@ def test_blowup_json_counts_the_nan_and_keeps_the_norms_finite(run: Run, samples
 def test_values_that_do_not_exist_are_null_and_the_document_still_validates(
     run: Run, tmp_path: Path
 ) -> None:
-    path = write_safetensors(tmp_path / "odd.safetensors", {
-        "empty": np.zeros((0, 4), dtype=np.float32),
-        "all_nan": np.full(3, np.nan, dtype=np.float32),
-        "complex": np.array([1 + 2j, 3j], dtype=np.complex64),
-        "overflow": np.array([1.5e308, 1.5e308], dtype=np.float64),
-        "flags": np.array([True, False]),
-    })
+    path = write_safetensors(
+        tmp_path / "odd.safetensors",
+        {
+            "empty": np.zeros((0, 4), dtype=np.float32),
+            "all_nan": np.full(3, np.nan, dtype=np.float32),
+            "complex": np.array([1 + 2j, 3j], dtype=np.complex64),
+            "overflow": np.array([1.5e308, 1.5e308], dtype=np.float64),
+            "flags": np.array([True, False]),
+        },
+    )
     result = run("inspect", path, "-f", "json")
     assert result.stderr == ""
     doc = strict_json(result.stdout)
@@ -436,8 +450,10 @@ def test_sort_and_top_give_the_largest_rows_in_order(run: Run, samples: Path, ke
 def test_top_in_the_table_says_how_many_rows_are_hidden(run: Run, samples: Path) -> None:
     out = run("inspect", samples / "blowup.safetensors", "--sort", "l2", "--top", "3").stdout
     assert list(table_rows(out))[:3] == [
-        t["name"] for t in inspect_json(run, samples / "blowup.safetensors", "--sort", "l2",
-                                        "--top", "3")["tensors"]
+        t["name"]
+        for t in inspect_json(run, samples / "blowup.safetensors", "--sort", "l2", "--top", "3")[
+            "tensors"
+        ]
     ]
     assert "17 more tensors not shown" in out
 
@@ -458,15 +474,17 @@ SELECTIONS = [
 ]
 
 
-@pytest.mark.parametrize(("args", "include", "exclude"), SELECTIONS,
-                         ids=[" ".join(s[0]) for s in SELECTIONS])
+@pytest.mark.parametrize(
+    ("args", "include", "exclude"), SELECTIONS, ids=[" ".join(s[0]) for s in SELECTIONS]
+)
 def test_filter_and_exclude_globs(
     run: Run, samples: Path, args: list[str], include: list[str], exclude: list[str]
 ) -> None:
     path = samples / "finetuned.safetensors"
     everything = inspect_json(run, path)["tensors"]
     expected = [
-        t for t in everything
+        t
+        for t in everything
         if (not include or any(fnmatchcase(t["name"], g) for g in include))
         and not any(fnmatchcase(t["name"], g) for g in exclude)
     ]
@@ -478,11 +496,13 @@ def test_filter_and_exclude_globs(
     assert doc["total"]["covers"]["tensors"] == len(covered)
     assert doc["total"]["numel"] == sum(t["numel"] for t in covered)
     assert doc["total"]["l2"] == pytest.approx(
-        math.sqrt(math.fsum(t["l2"] ** 2 for t in covered)), rel=1e-12)
+        math.sqrt(math.fsum(t["l2"] ** 2 for t in covered)), rel=1e-12
+    )
 
 
-@pytest.mark.parametrize("args", [["--filter", "nothing-matches"],
-                                  ["--exclude", "*.weight", "--exclude", "*_ids"]])
+@pytest.mark.parametrize(
+    "args", [["--filter", "nothing-matches"], ["--exclude", "*.weight", "--exclude", "*_ids"]]
+)
 def test_a_selection_that_leaves_nothing_is_a_usage_error(
     run: Run, samples: Path, args: list[str]
 ) -> None:
@@ -529,7 +549,11 @@ def test_group_by_orders_layer_numbers_numerically(run: Run, tmp_path: Path) -> 
     path = layered_checkpoint(tmp_path / "layers.safetensors")
     doc = inspect_json(run, path, "--group-by", "3")
     assert [g["name"] for g in doc["groups"]] == [
-        "model.layers.0", "model.layers.1", "model.layers.2", "model.layers.10", "model.norm.weight"
+        "model.layers.0",
+        "model.layers.1",
+        "model.layers.2",
+        "model.layers.10",
+        "model.norm.weight",
     ]
     _check_groups(doc, 3)
     table = run("inspect", path, "--group-by", "3").stdout
@@ -569,8 +593,25 @@ def test_include_int_shows_in_the_table(run: Run, samples: Path) -> None:
 
 # --- CSV and Markdown ------------------------------------------------------------------------
 
-TENSOR_CSV_COLUMNS = ["checkpoint", "name", "dtype", "shape", "bytes", "numel", "l1", "l2",
-                      "linf", "rms", "mean", "zeros", "sparsity", "nan", "inf", "in_total", "shard"]
+TENSOR_CSV_COLUMNS = [
+    "checkpoint",
+    "name",
+    "dtype",
+    "shape",
+    "bytes",
+    "numel",
+    "l1",
+    "l2",
+    "linf",
+    "rms",
+    "mean",
+    "zeros",
+    "sparsity",
+    "nan",
+    "inf",
+    "in_total",
+    "shard",
+]
 
 
 def _assert_csv_cell(cell: str, value: Any, where: str) -> None:
@@ -676,7 +717,8 @@ GOLDEN_CASES = {
     "inspect_base_groups.txt": (["base.safetensors", "--group-by", "3"], "200"),
     "inspect_two_files_filtered.txt": (
         ["base-bf16.safetensors", "base.npz", "--filter", "model.layers.1.*", "--sort", "name"],
-        "200"),
+        "200",
+    ),
 }
 
 
@@ -712,8 +754,9 @@ def test_narrow_terminal_hides_columns_and_says_which(run: Run, samples: Path) -
 
 
 def test_narrow_group_table_names_only_columns_it_has(run: Run, samples: Path) -> None:
-    out = run("inspect", samples / "base.safetensors", "--group-by", "3",
-              env={"COLUMNS": "80"}).stdout
+    out = run(
+        "inspect", samples / "base.safetensors", "--group-by", "3", env={"COLUMNS": "80"}
+    ).stdout
     assert max(len(line) for line in out.splitlines()) <= 80
     header = next(line for line in out.splitlines() if line.startswith("group "))
     hidden = _hidden_columns(out)
@@ -736,15 +779,20 @@ CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x9b]")
 
 @pytest.fixture
 def hostile_checkpoint(tmp_path: Path) -> Path:
-    return write_safetensors(tmp_path / "hostile.safetensors", {
-        name: np.full(i + 1, float(i + 1), dtype=np.float32)
-        for i, name in enumerate(HOSTILE_NAMES.values())
-    })
+    return write_safetensors(
+        tmp_path / "hostile.safetensors",
+        {
+            name: np.full(i + 1, float(i + 1), dtype=np.float32)
+            for i, name in enumerate(HOSTILE_NAMES.values())
+        },
+    )
 
 
-@pytest.mark.parametrize("args", [["-f", "table"], ["-f", "table", "--group-by", "1"],
-                                  ["-f", "md"], ["-f", "csv"]],
-                         ids=["table", "table-groups", "md", "csv"])
+@pytest.mark.parametrize(
+    "args",
+    [["-f", "table"], ["-f", "table", "--group-by", "1"], ["-f", "md"], ["-f", "csv"]],
+    ids=["table", "table-groups", "md", "csv"],
+)
 def test_hostile_tensor_names_print_literally_and_safely(
     run: Run, hostile_checkpoint: Path, args: list[str]
 ) -> None:
@@ -791,14 +839,18 @@ def test_schema_requires_every_key_forbids_others_and_documents_each() -> None:
             assert prop.get("description"), f"{key} has no description"
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda d: d.pop("groups"),
-    lambda d: d["total"].update(surprise=1),
-    lambda d: d["tensors"][0].update(l2="12.5"),
-    lambda d: d["tensors"][0].update(numel=None),
-    lambda d: d["total"]["covers"].update(scope="some"),
-    lambda d: d.update(schema="normcli/inspect/v2"),
-], ids=["missing-key", "extra-key", "string-number", "null-count", "bad-scope", "other-version"])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.pop("groups"),
+        lambda d: d["total"].update(surprise=1),
+        lambda d: d["tensors"][0].update(l2="12.5"),
+        lambda d: d["tensors"][0].update(numel=None),
+        lambda d: d["total"]["covers"].update(scope="some"),
+        lambda d: d.update(schema="normcli/inspect/v2"),
+    ],
+    ids=["missing-key", "extra-key", "string-number", "null-count", "bad-scope", "other-version"],
+)
 def test_schema_rejects_documents_that_break_the_contract(
     run: Run, samples: Path, mutate: Callable[[dict[str, Any]], Any]
 ) -> None:
@@ -819,7 +871,8 @@ def test_a_pytorch_zip_is_read_as_pytorch_not_as_an_empty_npz(run: Run, tmp_path
         archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
         archive.writestr("archive/data/0", b"\x00" * 16)
     assert json.loads(run("inspect", path, "-f", "json").stdout)["checkpoint"]["format"] == (
-        "pytorch")
+        "pytorch"
+    )
     forced = run("inspect", path, "--input-format", "npz", code=2)
     assert_one_error_line(forced, "PyTorch checkpoint")
     other = tmp_path / "docs.zip"
@@ -852,8 +905,20 @@ def test_a_full_disk_is_a_clear_error_not_an_internal_one(samples: Path) -> None
         pytest.skip("no /dev/full on this system")
     with open("/dev/full", "w") as full:
         done = subprocess.run(
-            [sys.executable, "-m", "normcli", "inspect", str(samples / "base.safetensors"),
-             "-f", "json"], stdout=full, stderr=subprocess.PIPE, text=True, check=False)
+            [
+                sys.executable,
+                "-m",
+                "normcli",
+                "inspect",
+                str(samples / "base.safetensors"),
+                "-f",
+                "json",
+            ],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
     assert done.returncode == 2
     assert done.stderr.startswith("normcli: error:") and "No space left" in done.stderr
     assert "internal error" not in done.stderr and done.stderr.count("\n") == 1
@@ -868,7 +933,10 @@ def test_a_reader_that_goes_away_is_not_a_failed_check(tmp_path: Path) -> None:
     safetensors.numpy.save_file(many, str(path))
     process = subprocess.Popen(
         [sys.executable, "-m", "normcli", "inspect", str(path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "120"})
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "120"},
+    )
     assert process.stdout is not None and process.stderr is not None
     with process.stdout, process.stderr:
         process.stdout.readline()
@@ -892,14 +960,19 @@ def test_linf_of_no_finite_values_does_not_exist(run: Run, tmp_path: Path) -> No
 
 
 def test_group_by_cuts_slash_separated_names_too(run: Run, tmp_path: Path) -> None:
-    path = write_safetensors(tmp_path / "keras.safetensors", {
-        "model_weights/dense/kernel:0": np.ones(4, np.float32),
-        "model_weights/dense/bias:0": np.ones(2, np.float32),
-        "model_weights/conv/kernel:0": np.ones(3, np.float32),
-    })
+    path = write_safetensors(
+        tmp_path / "keras.safetensors",
+        {
+            "model_weights/dense/kernel:0": np.ones(4, np.float32),
+            "model_weights/dense/bias:0": np.ones(2, np.float32),
+            "model_weights/conv/kernel:0": np.ones(3, np.float32),
+        },
+    )
     doc = json.loads(run("inspect", path, "--group-by", "2", "-f", "json").stdout)
     assert [(g["name"], g["tensors"]) for g in doc["groups"]] == [
-        ("model_weights/conv", 1), ("model_weights/dense", 2)]
+        ("model_weights/conv", 1),
+        ("model_weights/dense", 2),
+    ]
 
 
 def test_an_os_error_is_one_line_and_debug_shows_where(

@@ -48,7 +48,9 @@ def _header(tensors: list[tuple[str, str, tuple[int, ...], int]]) -> bytes:
     entries, offset = {}, 0
     for name, dtype, shape, nbytes in tensors:
         entries[name] = {
-            "dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
         }
         offset += nbytes
     text = json.dumps(entries).encode()
@@ -86,8 +88,18 @@ def rich_values(name: str) -> np.ndarray:
     rng = np.random.default_rng(sum(map(ord, name)))
     if name == "F32":
         info = np.finfo(np.float32)
-        specials = [0.0, -0.0, np.nan, np.inf, -np.inf, info.max, -info.max, info.smallest_normal,
-                    float(info.smallest_subnormal), -3 * float(info.smallest_subnormal)]
+        specials = [
+            0.0,
+            -0.0,
+            np.nan,
+            np.inf,
+            -np.inf,
+            info.max,
+            -info.max,
+            info.smallest_normal,
+            float(info.smallest_subnormal),
+            -3 * float(info.smallest_subnormal),
+        ]
         spread = rng.standard_normal(5000) * 10.0 ** rng.uniform(-46, 37, 5000)
         values = np.concatenate([specials, spread]).astype(np.float32)
     elif name == "F64":
@@ -99,17 +111,28 @@ def rich_values(name: str) -> np.ndarray:
         n = 3000
         re, im = (rng.standard_normal(n) * 10.0 ** rng.uniform(-30, 30, n) for _ in range(2))
         values = (re + 1j * im).astype(np.complex64)
-        special = [complex(np.nan, 1), complex(1, np.nan), complex(np.inf, np.nan),
-                   complex(-np.inf, 2), complex(3, np.inf), 0j, complex(-0.0, 0.0), 3 + 4j]
+        special = [
+            complex(np.nan, 1),
+            complex(1, np.nan),
+            complex(np.inf, np.nan),
+            complex(-np.inf, 2),
+            complex(3, np.inf),
+            0j,
+            complex(-0.0, 0.0),
+            3 + 4j,
+        ]
         values[: len(special)] = special
     elif name == "BOOL":
         values = rng.integers(0, 2, 3001).astype(bool)
     elif dtype.kind in "iu":
         info = np.iinfo(dtype)
-        extremes = np.array([info.min, info.min + 1, -1 if info.min else 2, 0, 1, info.max - 1,
-                             info.max], dtype=dtype)
-        values = np.concatenate([extremes, rng.integers(info.min, info.max, 3000, dtype=dtype,
-                                                        endpoint=True)])
+        extremes = np.array(
+            [info.min, info.min + 1, -1 if info.min else 2, 0, 1, info.max - 1, info.max],
+            dtype=dtype,
+        )
+        values = np.concatenate(
+            [extremes, rng.integers(info.min, info.max, 3000, dtype=dtype, endpoint=True)]
+        )
     else:
         values = all_codes(name, repeat=1 if dtype.itemsize == 2 else 4, seed=len(name))
     return np.asarray(values, dtype=dtype)
@@ -242,8 +265,30 @@ REPEATS = 100_000  # 10^8 float16 elements, 200 MB
 def _period() -> np.ndarray:
     rng = np.random.default_rng(108)
     period = (rng.standard_normal(PERIOD) * 100).astype(np.float16)
-    period[:22] = [np.nan, np.inf, -np.inf, 0, 0, 0, -0.0, 300, 300, -300, 300, 300, 300, 300,
-                   300, 6e-8, -6e-8, 65504, -65504, 1e-4, -1e-4, 0.5]
+    period[:22] = [
+        np.nan,
+        np.inf,
+        -np.inf,
+        0,
+        0,
+        0,
+        -0.0,
+        300,
+        300,
+        -300,
+        300,
+        300,
+        300,
+        300,
+        300,
+        6e-8,
+        -6e-8,
+        65504,
+        -65504,
+        1e-4,
+        -1e-4,
+        0.5,
+    ]
     return period
 
 
@@ -323,8 +368,11 @@ def test_l1_beyond_the_float64_range_is_infinite_without_a_warning() -> None:
 def _signalling_nans() -> Iterator[tuple[str, np.ndarray]]:
     yield "F16", np.frombuffer(struct.pack("<HHH", 0x7C01, 0x3C00, 0xFDFF), dtype="<f2")
     yield "F32", np.frombuffer(struct.pack("<III", 0x7F800001, 0x3F800000, 0xFFA00000), "<f4")
-    yield "F64", np.frombuffer(
-        struct.pack("<QQQ", 0x7FF0000000000001, 0x3FF0000000000000, 0xFFF4000000000000), "<f8"
+    yield (
+        "F64",
+        np.frombuffer(
+            struct.pack("<QQQ", 0x7FF0000000000001, 0x3FF0000000000000, 0xFFF4000000000000), "<f8"
+        ),
     )
 
 

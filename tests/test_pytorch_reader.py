@@ -539,8 +539,9 @@ def test_compare_a_pytorch_file_with_its_safetensors_conversion(tmp_path: Path) 
     converted: dict[str, np.ndarray] = {}
     with open_checkpoint(source) as checkpoint:
         for tensor in checkpoint.tensors:
-            values = np.concatenate([c.copy() for c in tensor.chunks(1 << 10)] or
-                                    [np.zeros(0, tensor.dtype.element)])
+            values = np.concatenate(
+                [c.copy() for c in tensor.chunks(1 << 10)] or [np.zeros(0, tensor.dtype.element)]
+            )
             converted[tensor.name] = values.reshape(tensor.shape)
     target = tmp_path / "converted.safetensors"
     # the safetensors package's numpy writer knows the plain numpy dtypes only

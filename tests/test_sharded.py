@@ -28,7 +28,8 @@ def shard_folder(folder: Path, parts: int = 3, index: bool = True) -> dict[str, 
         weight_map.update(dict.fromkeys(chosen, shard))
     if index:
         (folder / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+            json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map})
+        )
     return weight_map
 
 
@@ -42,11 +43,13 @@ def test_a_sharded_checkpoint_is_one_model(how: str, tmp_path: Path, run: Run) -
     assert doc["checkpoint"]["shards"] == 3 and doc["checkpoint"]["tensors"] == 20
     # every figure the same as the single file; the totals exactly, whatever the shard order
     assert {k: v for k, v in doc["total"].items() if k != "bytes"} == {
-        k: v for k, v in whole["total"].items() if k != "bytes"}
+        k: v for k, v in whole["total"].items() if k != "bytes"
+    }
     rows = {t["name"]: t for t in doc["tensors"]}
     for t in whole["tensors"]:
         assert {k: v for k, v in rows[t["name"]].items() if k != "shard"} == {
-            k: v for k, v in t.items() if k != "shard"}
+            k: v for k, v in t.items() if k != "shard"
+        }
         assert rows[t["name"]]["shard"] == weight_map[t["name"]]
 
 
@@ -76,8 +79,10 @@ def broken(tmp_path: Path, edit: str) -> Path:
     elif edit == "tensor the index does not map":
         del weight_map[next(iter(weight_map))]
     elif edit == "tensor in two shards":
-        save_file({"lm_head.weight": np.zeros(2, np.float32)},
-                  str(tmp_path / "model-00003-of-00003.safetensors"))
+        save_file(
+            {"lm_head.weight": np.zeros(2, np.float32)},
+            str(tmp_path / "model-00003-of-00003.safetensors"),
+        )
         weight_map = {n: s for n, s in weight_map.items() if not s.startswith("model-00003")}
         weight_map["lm_head.weight"] = "model-00003-of-00003.safetensors"
     elif edit == "shard outside the folder":
@@ -89,15 +94,21 @@ def broken(tmp_path: Path, edit: str) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    ("missing shard file", "which does not exist"),
-    ("tensor not in its shard", "'model.ghost.weight' is not in its shard"),
-    ("mapped to the wrong shard", "is mapped to 'model-00002-of-00003.safetensors' but found in"),
-    ("tensor the index does not map", "which the index does not map"),
-    ("tensor in two shards", "appears in two shards"),
-    ("shard outside the folder", "outside its folder"),
-    ("not an index", "no weight_map"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("missing shard file", "which does not exist"),
+        ("tensor not in its shard", "'model.ghost.weight' is not in its shard"),
+        (
+            "mapped to the wrong shard",
+            "is mapped to 'model-00002-of-00003.safetensors' but found in",
+        ),
+        ("tensor the index does not map", "which the index does not map"),
+        ("tensor in two shards", "appears in two shards"),
+        ("shard outside the folder", "outside its folder"),
+        ("not an index", "no weight_map"),
+    ],
+)
 def test_an_index_that_does_not_match_its_shards_is_refused(
     edit: str, message: str, tmp_path: Path, run: Run
 ) -> None:

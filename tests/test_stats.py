@@ -228,8 +228,15 @@ def test_zeros_are_exact_zeros_among_finite_values() -> None:
         np.arange(8, dtype=">i4"),
         np.array(7.5, dtype=np.float16),
     ],
-    ids=["strided-2d", "fortran", "reversed", "complex-reversed", "complex-strided",
-         "big-endian", "0-d"],
+    ids=[
+        "strided-2d",
+        "fortran",
+        "reversed",
+        "complex-reversed",
+        "complex-strided",
+        "big-endian",
+        "0-d",
+    ],
 )
 def test_reduce_chunk_takes_any_layout(array: np.ndarray) -> None:
     assert_matches(reduce_chunk(array), reference(array))

@@ -27,14 +27,18 @@ GROWING = "model.layers.5"
 
 def make_run(folder: Path) -> list[Path]:
     rng = np.random.default_rng(7)
-    state = {f"model.layers.{i}.{part}.weight": rng.standard_normal((16, 16)).astype(np.float32)
-             for i in range(BLOCKS) for part in ("attn", "mlp")}
+    state = {
+        f"model.layers.{i}.{part}.weight": rng.standard_normal((16, 16)).astype(np.float32)
+        for i in range(BLOCKS)
+        for part in ("attn", "mlp")
+    }
     state["model.embed.weight"] = rng.standard_normal((32, 16)).astype(np.float32)
     paths = []
     for step in range(STEPS):
         for name in state:
-            state[name] = (state[name] + 0.01 * rng.standard_normal(state[name].shape)
-                           ).astype(np.float32)
+            state[name] = (state[name] + 0.01 * rng.standard_normal(state[name].shape)).astype(
+                np.float32
+            )
             if step >= ONSET and name.startswith(GROWING + "."):
                 state[name] = (state[name] * np.float32(1.8)).astype(np.float32)
         path = folder / f"checkpoint-{(step + 1) * 100}.safetensors"
@@ -76,8 +80,9 @@ def test_every_value_and_update_matches_the_reference(run_folder: Path) -> None:
     for t, tensors in enumerate(loaded):
         assert row.values("l2")[t] == pytest.approx(l2([tensors[n] for n in members]), rel=1e-12)
         if t:
-            diffs = [tensors[n].astype(np.float64) - loaded[t - 1][n].astype(np.float64)
-                     for n in members]
+            diffs = [
+                tensors[n].astype(np.float64) - loaded[t - 1][n].astype(np.float64) for n in members
+            ]
             assert row.update_l2[t] == pytest.approx(l2(diffs), rel=1e-12)
     assert row.update_l2[0] is None
     total = result.total.values("l2")
@@ -129,8 +134,11 @@ def test_order_by_name_is_numeric_and_by_mtime_follows_the_clock(tmp_path: Path)
 
 
 def test_big_models_are_grouped_automatically(tmp_path: Path) -> None:
-    tensors = {f"model.layers.{i}.{p}.weight": np.ones(2, np.float32)
-               for i in range(40) for p in ("q", "k", "v")}
+    tensors = {
+        f"model.layers.{i}.{p}.weight": np.ones(2, np.float32)
+        for i in range(40)
+        for p in ("q", "k", "v")
+    }
     for step in (1, 2):
         save_file(tensors, str(tmp_path / f"c-{step}.safetensors"))
     result = trends.trend([str(tmp_path)])
@@ -152,8 +160,11 @@ def test_pictures(suffix: str, run_folder: Path, tmp_path: Path, run: Run) -> No
         assert GROWING in data.decode() and root.tag.endswith("svg")
     else:
         text = data.decode()
-        assert "<svg" in text and "<table>" in text and "http" not in text.replace(
-            "http://www.w3.org/2000/svg", "")
+        assert (
+            "<svg" in text
+            and "<table>" in text
+            and "http" not in text.replace("http://www.w3.org/2000/svg", "")
+        )
 
 
 @pytest.mark.parametrize("command", ["inspect", "compare"])
@@ -161,21 +172,28 @@ def test_inspect_and_compare_draw_their_bars(command: str, tmp_path: Path, run: 
     from conftest import SAMPLES
 
     picture = tmp_path / "bars.svg"
-    paths = [SAMPLES / "blowup.safetensors"] if command == "inspect" else [
-        SAMPLES / "base.safetensors", SAMPLES / "blowup.safetensors"]
+    paths = (
+        [SAMPLES / "blowup.safetensors"]
+        if command == "inspect"
+        else [SAMPLES / "base.safetensors", SAMPLES / "blowup.safetensors"]
+    )
     run(command, *paths, "--group-by", "3", "--plot", picture)
     text = picture.read_text()
     ET.fromstring(text)
     assert "model.layers.1" in text
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["one.safetensors"], "at least two checkpoints"),
-    (["nothing-*.safetensors"], "matches no file"),
-    (["--plot", "x.gif"], "--plot writes"),
-])
-def test_bad_trend_input_is_one_line(args: list[str], message: str, run_folder: Path, run: Run,
-                                     tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["one.safetensors"], "at least two checkpoints"),
+        (["nothing-*.safetensors"], "matches no file"),
+        (["--plot", "x.gif"], "--plot writes"),
+    ],
+)
+def test_bad_trend_input_is_one_line(
+    args: list[str], message: str, run_folder: Path, run: Run, tmp_path: Path
+) -> None:
     if args == ["one.safetensors"]:
         save_file({"w": np.ones(2, np.float32)}, str(tmp_path / "one.safetensors"))
         args = [str(tmp_path / "one.safetensors")]
@@ -189,14 +207,19 @@ def test_bad_trend_input_is_one_line(args: list[str], message: str, run_folder: 
 
 def test_a_tensor_that_leaves_zero_stands_out(tmp_path: Path) -> None:
     for step, value in ((1, 0.0), (2, 0.0), (3, 1.0)):
-        save_file({"w": np.full(4, value, np.float32), "v": np.ones(4, np.float32)},
-                  str(tmp_path / f"c-{step}.safetensors"))
+        save_file(
+            {"w": np.full(4, value, np.float32), "v": np.ones(4, np.float32)},
+            str(tmp_path / f"c-{step}.safetensors"),
+        )
     result = trends.trend([str(tmp_path)], group_by=0)
     row = next(r for r in result.rows if r.name == "w")
     assert row.jumped("l2") and row.first_jump("l2") == (2, math.inf)
     assert not next(r for r in result.rows if r.name == "v").jumped("l2")
-    assert row.to_dict("l2", result.points)["first_jump"] == {"step": 3, "label": "3",
-                                                               "factor": None}
+    assert row.to_dict("l2", result.points)["first_jump"] == {
+        "step": 3,
+        "label": "3",
+        "factor": None,
+    }
 
 
 @st.composite

@@ -14,7 +14,7 @@ from . import pytorch as pytorch_reader
 from . import safetensors as safetensors_reader
 from . import sharded
 from .base import Checkpoint, TensorSource
-from .files import open_regular
+from .files import open_regular, require_regular
 from .zipped import ZIP_MAGIC
 
 __all__ = ["FORMATS", "Checkpoint", "TensorSource", "detect_format", "open_checkpoint"]
@@ -87,6 +87,7 @@ def open_checkpoint(
     path = os.fspath(path)
     if sharded.is_sharded(path):
         return sharded.open_sharded(path, lambda shard: open_checkpoint(shard, input_format, key))
+    require_regular(path)  # the format libraries open files by name, and would wait on a FIFO
     fmt = input_format or detect_format(path)
     if fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (choose from {', '.join(FORMATS)})")

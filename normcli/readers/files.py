@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib
+import json
+import math
 import mmap
 import os
+import stat
 import sys
 import threading
 import weakref
@@ -24,17 +27,69 @@ ByteReader = Callable[[int, int, np.ndarray], "bytes | memoryview | np.ndarray"]
 
 
 def open_regular(path: str) -> BinaryIO:
-    """Open a regular file for binary reading, or say plainly why it cannot be."""
+    """Open a regular file for binary reading, or say plainly why it cannot be. A FIFO or a
+    device is refused before anything waits on it: opening one for reading could block forever
+    or read without end."""
     if os.path.isdir(path):
         raise InputError("is a directory, not a checkpoint file", path)
     try:
-        return open(path, "rb")
+        # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError as e:
         raise InputError("no such file", path) from e
     except PermissionError as e:
         raise InputError("permission denied", path) from e
     except OSError as e:
         raise InputError(f"cannot open: {e.strerror or e}", path) from e
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise InputError(f"is {_kind(mode)}, not a regular file", path)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def require_regular(path: str) -> None:
+    """Refuse `path` unless it is a regular file, for the libraries that open files by name."""
+    open_regular(path).close()
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a file"
+
+
+def load_json(path: str, what: str) -> Any:
+    """A JSON document written by a program (a report, an index), read strictly: NaN, Infinity
+    and numbers past float64 are refused, and so is nesting deeper than any such file needs."""
+    with open_regular(path) as f:
+        raw = f.read()
+    try:
+        return json.loads(raw, parse_constant=refuse_constant, parse_float=finite_float)
+    except RecursionError as e:
+        raise CorruptFileError(f"{what} nests too deeply to be valid", path) from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"{what} is not valid JSON: {e}", path) from e
+
+
+def refuse_constant(token: str) -> None:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"number {token} is out of range")
+    return value
 
 
 # MADV_POPULATE_READ (Linux 5.14): maps a whole range at once, instead of a fault per page

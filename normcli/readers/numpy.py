@@ -6,7 +6,6 @@ import collections
 import io
 import math
 import zipfile
-import zlib
 from typing import IO, Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from ..dtypes import DType, from_numpy
 from ..errors import CorruptFileError, UnsupportedError
 from .base import Checkpoint, TensorSource
 from .files import DataFile, open_regular
-from .zipped import CrcCheckedReader, stored_data_start
+from .zipped import ZIP_ERRORS, CrcCheckedReader, open_zip, stored_data_start
 
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -82,10 +81,7 @@ def _stem(path: str) -> str:
 def open_npz(path: str) -> Checkpoint:
     with open_regular(path) as f:
         size = f.seek(0, 2)
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
-        raise CorruptFileError(f"not a readable zip archive: {e}", path) from e
+    archive = open_zip(path)
     counts = collections.Counter(info.filename for info in archive.infolist())
     duplicates = sorted(n for n, c in counts.items() if c > 1)
     if duplicates:
@@ -141,7 +137,7 @@ def _member_source(
             with archive.open(info) as member_file:
                 shape, fortran, dtype = _read_npy_header(member_file, where, path)
                 header_size = member_file.tell()
-        except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, OSError) as e:
+        except ZIP_ERRORS as e:
             raise CorruptFileError(f"{where}: cannot be decompressed ({e})", path) from e
         data_size = info.file_size - header_size
         source = TensorSource(
@@ -177,7 +173,7 @@ class _StreamReader:
             if self.stream is None or start != self.position:
                 self._restart(start)
             data: bytes = self.stream.read(stop - start)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        except ZIP_ERRORS as e:
             self.close()
             raise CorruptFileError(f"{self.where}: damaged compressed data ({e})", self.path) from e
         if len(data) != stop - start:

@@ -14,7 +14,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from ..dtypes import DType
 from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
 from .base import Checkpoint, TensorSource
 from .files import DataFile, open_regular
+from .pickle_limits import check_storage_reads, max_values, read_pickle
 from .torch_pickle import (
     TORCH_DTYPES,
     RestrictedUnpickler,
@@ -31,7 +32,14 @@ from .torch_pickle import (
     pickled_text,
     unpickle,
 )
-from .zipped import ZIP_MAGIC, CrcCheckedReader, stored_data_start
+from .zipped import (
+    ZIP_ERRORS,
+    ZIP_MAGIC,
+    CrcCheckedReader,
+    check_inflated_size,
+    open_zip,
+    stored_data_start,
+)
 
 FORMAT = "pytorch"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -40,9 +48,8 @@ LEGACY_PROTOCOL = 1001
 # is scanned; a larger one is gathered window by window, each chunk on its own (flat memory).
 HELD_SPAN_BYTES = 64 << 20
 WINDOW_BYTES = 4 << 20
-# Shared references can make a small pickle name a huge tree; past these, refuse.
+# Shared references can make a small pickle name a deep tree; past this, refuse.
 MAX_DEPTH = 100
-MAX_VALUES = 10_000_000
 
 _ARCHIVE_PICKLE = re.compile(r"[^/]+/data\.pkl")
 
@@ -54,7 +61,7 @@ def looks_like_pytorch(head: bytes, path: str) -> bool:
         try:
             with zipfile.ZipFile(path) as archive:
                 return any(_ARCHIVE_PICKLE.fullmatch(n) for n in archive.namelist())
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
+        except ZIP_ERRORS:
             return False
     if head[:1] != b"\x80":
         return False
@@ -74,6 +81,8 @@ class _Loaded:
 
     root: Any
     starts: dict[str, int]
+    # bytes of the object's pickle, which bound how many values it may name
+    pickle_bytes: int
     # storage key -> the zip member holding it (for its CRC), in the zip format
     members: dict[str, zipfile.ZipInfo]
 
@@ -85,20 +94,26 @@ def open_pytorch(path: str, key: str | None = None) -> Checkpoint:
         head = f.read(len(ZIP_MAGIC))
         size = f.seek(0, 2)
     if size == 0:
-        raise CorruptFileError("file is empty")
+        raise CorruptFileError("file is empty", path)
     data = DataFile(path)
     closers: list[Callable[[], None]] = [data.close]
     try:
         loaded = _load_zip(path, data) if head == ZIP_MAGIC else _load_legacy(path, data)
         root = loaded.root if key is None else _select(loaded.root, key, path)
         stem = key or _stem(path)
-        tensors, skipped = _flatten(root, stem if isinstance(root, TensorStub) else "")
+        tensors, skipped = _flatten(
+            root, stem if isinstance(root, TensorStub) else "", max_values(loaded.pickle_bytes)
+        )
         sources = []
         for name, tensor in tensors:
             source, closer = _source(name, tensor, loaded, data)
             sources.append(source)
             if closer is not None:
                 closers.append(closer)
+        check_storage_reads(
+            (s.name, t.storage.key, t.storage.nbytes, s.nbytes)
+            for s, (_, t) in zip(sources, tensors, strict=True)
+        )
     except NormcliError as e:
         data.close()
         if e.path is None:
@@ -116,11 +131,7 @@ def _stem(path: str) -> str:
 
 
 def _load_zip(path: str, data: DataFile) -> _Loaded:
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
-        raise CorruptFileError(f"not a readable zip archive: {e}") from e
-    with archive:
+    with open_zip(path) as archive:
         names = archive.namelist()
         if len(set(names)) != len(names):
             raise CorruptFileError("zip archive holds a member more than once")
@@ -135,6 +146,7 @@ def _load_zip(path: str, data: DataFile) -> _Loaded:
         )
         _check_byteorder(archive, f"{prefix}byteorder", data)
         raw = _member_bytes(archive, archive.getinfo(pickles[0]), data)
+        raw = read_pickle(io.BytesIO(raw), len(raw), pickles[0])
         unpickler = RestrictedUnpickler(io.BytesIO(raw), torchscript=torchscript)
         root = unpickle(unpickler, pickles[0])
         starts, members = {}, {}
@@ -155,7 +167,7 @@ def _load_zip(path: str, data: DataFile) -> _Loaded:
                 )
             starts[key] = stored_data_start(info, data, where, data.path)
             members[key] = info
-    return _Loaded(root, starts, members)
+    return _Loaded(root, starts, len(raw), members)
 
 
 def _check_byteorder(archive: zipfile.ZipFile, member: str, data: DataFile) -> None:
@@ -182,9 +194,10 @@ def _member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: DataFil
         if info.CRC and zlib.crc32(raw) != info.CRC:
             raise CorruptFileError(f"{where}: CRC-32 mismatch (damaged data)")
         return raw
+    check_inflated_size(info, where, None)
     try:
         return archive.read(info)
-    except (zipfile.BadZipFile, zlib.error, NotImplementedError, OSError, EOFError) as e:
+    except ZIP_ERRORS as e:
         raise CorruptFileError(f"{where} cannot be read ({e})") from e
 
 
@@ -193,21 +206,21 @@ def _load_legacy(path: str, data: DataFile) -> _Loaded:
     protocol version, system information, the object, then the list of storage keys; then each
     storage as its element count (8 bytes, little-endian) and its bytes, in that list's order."""
     with open_regular(path) as f:
-        magic = unpickle(RestrictedUnpickler(f, legacy=True), "the first pickle")
+        magic, _ = _legacy_pickle(f, len(data), "the first pickle")
         if type(magic) is not int or magic != LEGACY_MAGIC:
             raise CorruptFileError(
                 "not a PyTorch checkpoint: neither a zip archive nor a pickle stream that "
                 "starts with torch's magic number"
             )
-        protocol = unpickle(RestrictedUnpickler(f, legacy=True), "the protocol version")
+        protocol, _ = _legacy_pickle(f, len(data), "the protocol version")
         if type(protocol) is not int or protocol != LEGACY_PROTOCOL:
             raise UnsupportedError(f"legacy format version {protocol!r:.40} (torch writes 1001)")
-        if not isinstance(unpickle(RestrictedUnpickler(f, legacy=True), "system info"), dict):
+        if not isinstance(_legacy_pickle(f, len(data), "system info")[0], dict):
             raise CorruptFileError("the system information pickle is not a dict")
-        unpickler = RestrictedUnpickler(f, legacy=True)
-        root = unpickle(unpickler, "the checkpoint's pickle")
-        keys = unpickle(RestrictedUnpickler(f, legacy=True), "the storage key list")
-        # the C unpickler reads ahead only with peek(), and gives back what it did not use
+        start = f.tell()
+        root, unpickler = _legacy_pickle(f, len(data), "the checkpoint's pickle")
+        pickle_bytes = f.tell() - start
+        keys, _ = _legacy_pickle(f, len(data), "the storage key list")
         position = f.tell()
     if not isinstance(keys, list):
         raise CorruptFileError("the storage key list is not a list")
@@ -241,7 +254,14 @@ def _load_legacy(path: str, data: DataFile) -> _Loaded:
         raise CorruptFileError(f"storage {missing[0]!r} is used but never written")
     if position != len(data):
         raise CorruptFileError(f"{len(data) - position} bytes after the last storage")
-    return _Loaded(root, starts, {})
+    return _Loaded(root, starts, pickle_bytes, {})
+
+
+def _legacy_pickle(f: BinaryIO, size: int, what: str) -> tuple[Any, RestrictedUnpickler]:
+    """The next pickle of a legacy file, its opcodes checked before it is unpickled."""
+    raw = read_pickle(f, size - f.tell(), what)
+    unpickler = RestrictedUnpickler(io.BytesIO(raw), legacy=True)
+    return unpickle(unpickler, what), unpickler
 
 
 def _dtype(name: str) -> DType:
@@ -294,7 +314,7 @@ def _describe_top(root: Any) -> str:
     return "it is a single tensor" if isinstance(root, TensorStub) else "it holds no tensors"
 
 
-def _flatten(root: Any, name: str) -> tuple[list[tuple[str, TensorStub]], int]:
+def _flatten(root: Any, name: str, limit: int) -> tuple[list[tuple[str, TensorStub]], int]:
     """Tensors under `root` by dotted name (dict keys, list and tuple indices), in pickle order,
     and the count of other values (a structure that contains itself counts once there)."""
     tensors: list[tuple[str, TensorStub]] = []
@@ -305,8 +325,11 @@ def _flatten(root: Any, name: str) -> tuple[list[tuple[str, TensorStub]], int]:
     def walk(node: Any, name: str, depth: int) -> None:
         nonlocal skipped, visited
         visited += 1
-        if visited > MAX_VALUES:
-            raise UnsupportedError(f"the checkpoint's object holds more than {MAX_VALUES} values")
+        if visited > limit:
+            raise UnsupportedError(
+                f"the checkpoint's object names more than {limit} values (shared parts counted "
+                "each time they are named): far more than its pickle holds"
+            )
         if isinstance(node, TensorStub):
             if name in seen_names:
                 raise UnsupportedError(f"two tensors have the same name {name!r}")

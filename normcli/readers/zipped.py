@@ -13,6 +13,38 @@ from ..errors import CorruptFileError
 from .files import DataFile
 
 ZIP_MAGIC = b"PK\x03\x04"
+# deflate produces at most 1032 bytes from one: a member declaring more is damaged or hostile
+MAX_DEFLATE_RATIO = 1032
+# what zipfile raises on a damaged archive: NotImplementedError for a "version needed to
+# extract" or a compression method it does not know
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    NotImplementedError,
+    OSError,
+    EOFError,
+    ValueError,
+)
+
+
+def open_zip(path: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except ZIP_ERRORS as e:
+        raise CorruptFileError(f"not a readable zip archive: {e}", path) from e
+
+
+def check_inflated_size(info: zipfile.ZipInfo, where: str, path: str | None) -> None:
+    """Refuse a compressed member that declares more bytes than deflate can make of its own."""
+    if info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
+        raise CorruptFileError(
+            f"{where} declares {info.file_size} bytes from {info.compress_size} compressed: "
+            "more than deflate can produce",
+            path,
+        )
+
+
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 
@@ -24,7 +56,19 @@ def stored_data_start(info: zipfile.ZipInfo, buffer: DataFile, where: str, path:
     magic, name_len, extra_len = _LOCAL_HEADER.unpack(header)
     if magic != ZIP_MAGIC:
         raise CorruptFileError(f"{where}: local header is damaged", path)
-    start: int = offset + _LOCAL_HEADER.size + name_len + extra_len
+    name_at = offset + _LOCAL_HEADER.size
+    encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+    if buffer[name_at : name_at + name_len] != info.orig_filename.encode(encoding, "replace"):
+        raise CorruptFileError(
+            f"{where}: the local header names another member (a damaged archive)", path
+        )
+    if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        raise CorruptFileError(
+            f"{where}: stored, but its sizes differ ({info.compress_size} and "
+            f"{info.file_size} bytes): a damaged archive",
+            path,
+        )
+    start: int = name_at + name_len + extra_len
     if start + info.file_size > len(buffer):
         raise CorruptFileError(f"{where}: data runs past the end of the file (truncated)", path)
     return start
