@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import CorruptFileError, UsageError
+from .errors import CorruptFileError, NormcliError, UsageError
 from .norms import PairStats, TensorStats, merge_all, merge_pairs, squares_of_l2
 from .readers import Checkpoint, TensorSource, open_checkpoint
 from .readers.files import load_json, open_regular
@@ -217,7 +217,8 @@ def load_report(path: str) -> tuple[CheckpointInfo, list[StoredTensor]]:
 
 def _stored_tensor(t: dict[str, Any]) -> StoredTensor:
     numel, nan, inf = _count(t["numel"]), _count(t["nan"]), _count(t["inf"])
-    l1, l2, linf, mean = (_figure(t[key]) for key in ("l1", "l2", "linf", "mean"))
+    l1, l2, linf = (_figure(t[key], 0.0) for key in ("l1", "l2", "linf"))
+    mean = _figure(t["mean"])
     # null norms: L1 and L2 overflowed float64; Linf, the max of no finite value at all
     sumsq, scale = squares_of_l2(l2) if l2 is not None else (math.inf, 0)
     stats = TensorStats(
@@ -247,11 +248,11 @@ def _count(value: Any) -> int:
     return value
 
 
-def _figure(value: Any) -> float | None:
+def _figure(value: Any, least: float = -math.inf) -> float | None:
     if value is None:
         return None
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise ValueError(f"{value!r:.40} is not a finite number")
+    if type(value) not in (int, float) or not least <= value < math.inf:
+        raise ValueError(f"{value!r:.40} is not a finite number of at least {least}")
     return float(value)
 
 
@@ -344,7 +345,11 @@ def compare(
         every = _union_order(a_named, b_named)
         names = [n for n in every if name_selected(n, filter, exclude)]
         require_some(len(names), len(every), filter, exclude)
-        rows = _diff_rows(names, a_named, b_named, include_int, threads, progress)
+        try:
+            rows = _diff_rows(names, a_named, b_named, include_int, threads, progress)
+        except NormcliError as e:  # a pair of tensors that cannot be compared: name both files
+            e.path = e.path or f"{a_info.path} and {b_info.path}"
+            raise
     finally:
         for checkpoint in opened:
             checkpoint.close()
