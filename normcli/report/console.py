@@ -18,6 +18,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from .text import printable
+
 # Work shorter than this finishes before a bar would help; showing one would only flicker.
 PROGRESS_DELAY_S = 1.0
 
@@ -50,7 +52,7 @@ class ProgressBar:
 
     def __init__(self, console: Console, label: str) -> None:
         self.console = console
-        self.label = label
+        self.label = printable(label)
         self.lock = threading.Lock()
         self.bar: Progress | None = None
         self.task = TaskID(0)
@@ -69,7 +71,9 @@ class ProgressBar:
                 if time.monotonic() - self.began < PROGRESS_DELAY_S or not self.console.is_terminal:
                     return
                 self.bar = Progress(
-                    TextColumn("{task.description}"),
+                    # the label names files: plain text, never markup (a name could hold
+                    # "[link=...]"), and no control characters that would drive the terminal
+                    TextColumn("{task.description}", markup=False),
                     BarColumn(),
                     DownloadColumn(),
                     TransferSpeedColumn(),

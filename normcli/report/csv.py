@@ -9,7 +9,7 @@ from typing import Any
 
 from ..diff import CompareResult
 from ..results import InspectResult
-from .text import printable
+from .text import spreadsheet_cell
 
 STAT_COLUMNS = [
     "bytes",
@@ -32,7 +32,7 @@ def _cell(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, str):
-        return printable(value)
+        return spreadsheet_cell(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from ..trend import TrendResult, TrendRow
 from .table import NONFINITE, STANDOUT, fit_table
-from .text import fmt_float, printable, sparkline
+from .text import fmt_float, printable, sparkline, spreadsheet_cell
 
 METRIC_NAMES = {"l2": "L2", "l1": "L1", "linf": "Linf", "rms": "RMS"}
 
@@ -176,9 +176,9 @@ def render_csv(results: Sequence[TrendResult]) -> str:
             for t, point in enumerate(result.points):
                 stats = row.stats[t]
                 cells = [
-                    printable(row.name),
+                    spreadsheet_cell(row.name),
                     row.tensors,
-                    printable(point.path),
+                    spreadsheet_cell(point.path),
                     point.step,
                     result.metric,
                     values[t],
