@@ -9,6 +9,8 @@ figures that a float64 reference (the format's own library reading the same byte
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import io
 import json
 import math
@@ -466,6 +468,10 @@ def child_main() -> None:
 
     from normcli.cli import cli
 
+    for library in ("gguf", "h5py", "onnx"):  # imported before the clock of any case starts
+        with contextlib.suppress(ImportError):
+            importlib.import_module(library)
+
     signal.signal(signal.SIGALRM, _alarm)
     runner = CliRunner()
     env = {"COLUMNS": "120", "NO_COLOR": "1", "GITHUB_STEP_SUMMARY": None}
@@ -632,9 +638,10 @@ def reference_arrays(kind: str, path: Path) -> dict[str, np.ndarray | None]:
         return dict(load(data))
     if kind == "npy":
         return {path.stem: np.load(io.BytesIO(data), allow_pickle=False)}
-    if kind == "npz":
+    if kind == "npz":  # its .npy members, which are all normcli reads
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            return {k: archive[k] for k in archive.files}
+            members = set(archive.zip.namelist())
+            return {k: archive[k] for k in archive.files if f"{k}.npy" in members}
     if kind == "onnx":
         import onnx
         from onnx import numpy_helper

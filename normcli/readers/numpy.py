@@ -14,7 +14,7 @@ from ..dtypes import DType, from_numpy
 from ..errors import CorruptFileError, UnsupportedError
 from .base import Checkpoint, TensorSource
 from .files import DataFile, open_regular
-from .zipped import ZIP_ERRORS, CrcCheckedReader, open_zip, stored_data_start
+from .zipped import ZIP_ERRORS, ZIP_MAGIC, CrcCheckedReader, open_zip, stored_data_start
 
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -80,7 +80,11 @@ def _stem(path: str) -> str:
 
 def open_npz(path: str) -> Checkpoint:
     with open_regular(path) as f:
+        head = f.read(4)
         size = f.seek(0, 2)
+    # numpy writes a plain zip: its first member, or the end record of an empty archive, first
+    if head not in (ZIP_MAGIC, b"PK\x05\x06"):
+        raise CorruptFileError("not a zip archive: it does not start as one (damaged?)", path)
     archive = open_zip(path)
     counts = collections.Counter(info.filename for info in archive.infolist())
     duplicates = sorted(n for n, c in counts.items() if c > 1)
