@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_checkpoints" / "base.safetensors"
 # the child's address space: numpy, h5py, onnx and gguf take about 350 MB of it
 MEMORY_LIMIT = 1536 << 20
 CASE_SECONDS = 10.0
@@ -54,6 +55,8 @@ class Seed:
     # for zip formats: the members, mutated one at a time and zipped again with good CRCs
     members: dict[str, bytes] = field(default_factory=dict)
     compression: int = zipfile.ZIP_STORED
+    # files the mutants need beside them, unmutated (the shards an index names)
+    companions: dict[str, bytes] = field(default_factory=dict)
 
 
 def _safetensors_seed() -> Seed:
@@ -239,6 +242,59 @@ def _with_zip_structure(seed: Seed, names: list[bytes]) -> Seed:
     return seed
 
 
+def _index_seed() -> Seed:
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(8)
+    shards, weight_map = {}, {}
+    for part in (1, 2):
+        name = f"model-{part:05d}-of-00002.safetensors"
+        tensors = {f"layer.{part}.{k}": rng.standard_normal(6).astype(np.float32) for k in "ab"}
+        shards[name] = save(tensors)
+        weight_map |= dict.fromkeys(tensors, name)
+    index = json.dumps({"metadata": {"total_size": 48}, "weight_map": weight_map}).encode()
+    return Seed("index", ".index.json", index, companions=shards)
+
+
+def _report_seed() -> Seed:
+    from normcli import api
+
+    report = json.dumps(api.inspect(SAMPLE, top=3).to_dict() | {"selected": 3}).encode()
+    return Seed("report", ".report.json", report)
+
+
+def json_edit(seed: Seed, data: bytes, rng: random.Random) -> bytes:
+    """A value of a JSON document replaced by one no writer produces: out of range, of the
+    wrong type, nested without end, or a key dropped or doubled."""
+    text = data.decode("utf-8", "replace")
+    spots = [i for i, c in enumerate(text) if c in '0123456789"[{tfn-'] or [0]
+    at = rng.choice(spots)
+    end = at + 1
+    while end < len(text) and text[end] not in ",]}:":
+        end += 1
+    value = rng.choice(
+        [
+            "1e999",
+            "-1",
+            "1e308",
+            "NaN",
+            "Infinity",
+            "9" * 400,
+            "0",
+            "null",
+            '"x"',
+            "true",
+            "{}",
+            "[]",
+            "[" * 50_000 + "]" * 50_000,
+            '{"a": 1, "a": 2}',
+            "0.5",
+            "18446744073709551616",
+        ]
+    )
+    return (text[:at] + value + text[end:]).encode()
+
+
 def seeds() -> dict[str, list[Seed]]:
     """Every format's seeds, by the name the fuzz tests are parametrized with."""
     out: dict[str, list[Seed]] = {
@@ -251,6 +307,7 @@ def seeds() -> dict[str, list[Seed]]:
     }
     hdf5 = _hdf5_seeds()
     out["hdf5"], out["keras"] = hdf5[:1], hdf5[1:]
+    out["index"], out["report"] = [_index_seed()], [_report_seed()]
     return out
 
 
@@ -409,6 +466,8 @@ _BY_KIND: dict[str, list[Mutation]] = {
     "npy": [npy_header, npy_header],
     "pytorch": [pickle_edit, pickle_edit, pickle_edit],
     "gguf": [set_field, set_field, set_field],
+    "index": [json_edit] * 6,
+    "report": [json_edit] * 6,
 }
 
 
@@ -441,6 +500,9 @@ def write_cases(kind: str, folder: Path, count: int, seed_number: int) -> list[P
     rng = random.Random(f"{kind}-{seed_number}")
     folder.mkdir(parents=True, exist_ok=True)
     sources = seeds()[kind]
+    for seed in sources:
+        for name, data in seed.companions.items():
+            (folder / name).write_bytes(data)
     paths = []
     for i in range(count):
         seed = sources[i % len(sources)]
@@ -477,7 +539,8 @@ def child_main() -> None:
     env = {"COLUMNS": "120", "NO_COLOR": "1", "GITHUB_STEP_SUMMARY": None}
     for line in sys.stdin:
         path = line.rstrip("\n")
-        argv = ["inspect", path, "-f", "json", "--no-progress", "--threads", "1"]
+        argv = ["inspect", path] if not path.endswith(".report.json") else ["compare", path, SAMPLE]
+        argv = [*map(str, argv), "-f", "json", "--no-progress", "--threads", "1"]
         began = time.perf_counter()
         signal.setitimer(signal.ITIMER_REAL, CASE_SECONDS)
         try:
@@ -652,6 +715,10 @@ def reference_arrays(kind: str, path: Path) -> dict[str, np.ndarray | None]:
         return _h5_arrays(data if kind == "hdf5" else _keras_member(data))
     if kind == "gguf":
         return _gguf_arrays(path)
+    if kind == "index":
+        return _index_arrays(path)
+    if kind == "report":  # compared with a checkpoint: no figures of its own to check
+        raise Unverifiable
     raise LookupError(f"no reference reader for {kind}")
 
 
@@ -684,6 +751,22 @@ def _h5_arrays(data: bytes) -> dict[str, np.ndarray | None]:
 
         f.visititems(visit)
     return arrays
+
+
+def _index_arrays(path: Path) -> dict[str, np.ndarray | None]:
+    """The tensors of the shards the index names, each where the index says it is."""
+    from safetensors.numpy import load_file
+
+    weight_map = json.loads(path.read_text())["weight_map"]
+    out: dict[str, np.ndarray | None] = {}
+    for shard in sorted(set(weight_map.values())):
+        for name, values in load_file(str(path.parent / shard)).items():
+            if weight_map.get(name) != shard:
+                raise ValueError(f"{name} is not mapped to {shard}")
+            out[name] = values
+    if set(out) != set(weight_map):
+        raise ValueError("the map names tensors no shard holds")
+    return out
 
 
 def _gguf_arrays(path: Path) -> dict[str, np.ndarray]:
