@@ -4,6 +4,7 @@ clear line naming the file (or in the right figures), never a traceback, a hang 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -334,6 +335,16 @@ def test_a_fifo_is_refused_wherever_a_file_is_read(tmp_path: Path, run: Run) -> 
     os.mkfifo(index)
     config = tmp_path / "normcli.toml"
     os.mkfifo(config)
+    onnx_args: list[list[str | Path]] = []
+    if importlib.util.find_spec("onnx") is not None:
+        import onnx
+        from test_more_formats import external_model
+
+        (tmp_path / "onnx").mkdir()
+        with_external = external_model(onnx, tmp_path / "onnx", location="weights.bin")
+        (tmp_path / "onnx" / "weights.bin").unlink()
+        os.mkfifo(tmp_path / "onnx" / "weights.bin")
+        onnx_args.append(["inspect", with_external])
     previous = signal.signal(signal.SIGALRM, _give_up)
     try:
         for args in (
@@ -343,6 +354,7 @@ def test_a_fifo_is_refused_wherever_a_file_is_read(tmp_path: Path, run: Run) -> 
             ["check", model, "--baseline", fifo],
             ["compare", fifo, model],
             ["check", model, "--config", config],
+            *onnx_args,
         ):
             signal.alarm(20)
             result = run(*args, code=2)
