@@ -24,11 +24,13 @@ run: $(VENV)/.installed-run
 	$(BIN)/normcli inspect $(SAMPLES)/blowup.safetensors --sort l2 --top 8
 	$(BIN)/normcli compare $(SAMPLES)/base.safetensors $(SAMPLES)/blowup.safetensors --top 5
 
-test: $(VENV)/.installed
+# the lint first: a test run that passes on code that does not type-check is not green
+test: lint
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check normcli tests benchmarks $(SAMPLES)
+	$(BIN)/ruff format --check normcli tests benchmarks $(SAMPLES)
 	$(BIN)/mypy
 
 samples: $(VENV)/.installed

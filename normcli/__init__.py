@@ -17,18 +17,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .api import inspect, stats
-    from .diff import CompareResult, compare
+    from .api import compare, inspect, stats
     from .errors import NormcliError
-    from .results import InspectResult
+    from .results import CompareResult, InspectResult
 
 _LAZY = {
     "inspect": "api",
     "stats": "api",
     "NormcliError": "errors",
     "InspectResult": "results",
-    "compare": "diff",
-    "CompareResult": "diff",
+    "compare": "api",
+    "CompareResult": "results",
 }
 
 

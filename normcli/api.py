@@ -1,4 +1,4 @@
-"""The Python API: inspect a checkpoint on disk, or a mapping of in-memory arrays."""
+"""The Python API: inspect, compare and trend with keyword options, and in-memory arrays."""
 
 from __future__ import annotations
 
@@ -11,17 +11,20 @@ import numpy as np
 from .dtypes import from_numpy
 from .errors import UnsupportedError, UsageError
 from .norms import TensorStats, merge_all
-from .readers import Checkpoint, TensorSource, open_checkpoint
+from .readers import Checkpoint, TensorSource
 from .results import (
+    CompareResult,
     DtypeSummary,
     GroupReport,
     InspectResult,
     TensorReport,
     Total,
-    checkpoint_info,
+    TrendResult,
 )
 from .scan import Progress, scan_tensors
-from .select import SORT_KEYS, group_names, name_selected, natural_key, require_some
+from .select import SORT_KEYS, group_names, natural_key
+from .settings import ReadSettings, Selection
+from .sides import checkpoint_info, open_checkpoint_side
 
 
 class _Row(Protocol):
@@ -50,37 +53,94 @@ def inspect(
     progress: Progress | None = None,
 ) -> InspectResult:
     """Norms of every tensor in the checkpoint at `path`, and of the whole model."""
-    with open_checkpoint(path, input_format, key) as checkpoint:
-        return _inspect_open(
-            checkpoint, include_int, filter, exclude, sort, top, group_by, threads, progress
-        )
+    selection = Selection(tuple(filter), tuple(exclude), include_int)
+    read = ReadSettings(input_format, key, threads, progress)
+    return inspect_path(path, selection, read, sort=sort, top=top, group_by=group_by)
 
 
-def stats(tensors: Mapping[str, Any], **options: Any) -> InspectResult:
+def inspect_path(
+    path: str | os.PathLike[str],
+    selection: Selection,
+    read: ReadSettings,
+    *,
+    sort: str | None = None,
+    top: int | None = None,
+    group_by: int | None = None,
+) -> InspectResult:
+    """`inspect` with its settings already gathered (the command line's way in)."""
+    with open_checkpoint_side(path, read) as checkpoint:
+        return _inspect_open(checkpoint, selection, read, sort, top, group_by)
+
+
+def stats(
+    tensors: Mapping[str, Any],
+    *,
+    include_int: bool = False,
+    filter: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    sort: str | None = None,
+    top: int | None = None,
+    group_by: int | None = None,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> InspectResult:
     """The same report for in-memory arrays: numpy arrays, or anything numpy can take
     through `__dlpack__` or `__array__` (a CPU torch tensor, say), without importing torch."""
     sources = [_array_source(name, value) for name, value in tensors.items()]
     nbytes = sum(s.nbytes for s in sources)
     checkpoint = Checkpoint("<memory>", "memory", nbytes, sources)
-    return _inspect_open(checkpoint, **_inspect_options(options))
+    selection = Selection(tuple(filter), tuple(exclude), include_int)
+    read = ReadSettings(threads=threads, progress=progress)
+    return _inspect_open(checkpoint, selection, read, sort, top, group_by)
 
 
-def _inspect_options(options: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"include_int", "filter", "exclude", "sort", "top", "group_by", "threads", "progress"}
-    unknown = set(options) - allowed
-    if unknown:
-        raise TypeError(f"unexpected options: {', '.join(sorted(unknown))}")
-    defaults: dict[str, Any] = {
-        "include_int": False,
-        "filter": (),
-        "exclude": (),
-        "sort": None,
-        "top": None,
-        "group_by": None,
-        "threads": None,
-        "progress": None,
-    }
-    return {**defaults, **options}
+def compare(
+    a: str | os.PathLike[str],
+    b: str | os.PathLike[str],
+    *,
+    input_format: str | None = None,
+    key: str | None = None,
+    include_int: bool = False,
+    strip_prefix: Sequence[str] = (),
+    rename: Sequence[str] = (),
+    filter: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    sort: str | None = None,
+    top: int | None = None,
+    group_by: int | None = None,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> CompareResult:
+    """What changed between checkpoint (or saved inspect report) A and B."""
+    from . import diff
+
+    selection = Selection(
+        tuple(filter), tuple(exclude), include_int, tuple(strip_prefix), tuple(rename)
+    )
+    read = ReadSettings(input_format, key, threads, progress)
+    return diff.compare(a, b, selection, read, sort=sort, top=top, group_by=group_by)
+
+
+def trend(
+    checkpoints: Sequence[str],
+    *,
+    metric: str = "l2",
+    order: str = "name",
+    group_by: int | None = None,
+    include_int: bool = False,
+    filter: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    input_format: str | None = None,
+    key: str | None = None,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> TrendResult:
+    """Every tensor (or group) followed through the checkpoints of a run, in step order."""
+    from . import trend as trends
+
+    selection = Selection(tuple(filter), tuple(exclude), include_int)
+    read = ReadSettings(input_format, key, threads, progress)
+    return trends.trend(checkpoints, selection, read, metric=metric, order=order, group_by=group_by)
 
 
 def _array_source(name: str, value: Any) -> TensorSource:
@@ -113,19 +173,16 @@ def _to_numpy(name: str, value: Any) -> np.ndarray:
 
 def _inspect_open(
     checkpoint: Checkpoint,
-    include_int: bool,
-    filter: Sequence[str],
-    exclude: Sequence[str],
+    selection: Selection,
+    read: ReadSettings,
     sort: str | None,
     top: int | None,
     group_by: int | None,
-    threads: int | None,
-    progress: Progress | None,
 ) -> InspectResult:
     _check_selection(sort, top, group_by)
-    sources = [t for t in checkpoint.tensors if name_selected(t.name, filter, exclude)]
-    require_some(len(sources), len(checkpoint.tensors), filter, exclude)
-    all_stats = scan_tensors(sources, threads=threads, progress=progress)
+    sources = [t for t in checkpoint.tensors if selection.selects(t.name)]
+    selection.require_some(len(sources), len(checkpoint.tensors))
+    all_stats = scan_tensors(sources, threads=read.threads, progress=read.progress)
     rows = [
         TensorReport(
             s.name,
@@ -133,7 +190,7 @@ def _inspect_open(
             s.shape,
             s.file_bytes,
             st,
-            covered=include_int or s.dtype.is_floating,
+            covered=selection.covers(s.dtype.is_floating),
             shard=s.shard,
         )
         for s, st in zip(sources, all_stats, strict=True)
@@ -146,7 +203,7 @@ def _inspect_open(
         checkpoint=checkpoint_info(checkpoint),
         tensors=_sorted_rows(rows, sort, top if group_by is None else None),
         groups=groups,
-        total=_total(rows, covered, include_int),
+        total=_total(rows, covered, selection.scope),
         selected=len(rows),
     )
 
@@ -194,9 +251,7 @@ def _groups(rows: Sequence[TensorReport], depth: int) -> list[GroupReport]:
     return result
 
 
-def _total(
-    rows: Sequence[TensorReport], covered: Sequence[TensorReport], include_int: bool
-) -> Total:
+def _total(rows: Sequence[TensorReport], covered: Sequence[TensorReport], scope: str) -> Total:
     by_dtype = []
     for dtype in sorted({r.dtype for r in rows}):
         same = [r for r in rows if r.dtype == dtype]
@@ -208,7 +263,7 @@ def _total(
     return Total(
         stats=merge_all([r.stats for r in covered]),
         nbytes=sum(r.nbytes for r in covered),
-        scope="all" if include_int else "floating",
+        scope=scope,
         tensors=len(covered),
         excluded=len(rows) - len(covered),
         by_dtype=tuple(by_dtype),

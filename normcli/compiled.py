@@ -19,13 +19,18 @@ and only a chunk whose smallest magnitude is zero is counted, in a second pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import llvmlite.binding
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic as numba_intrinsic
+
+# numba calls an intrinsic without the typing context it is declared with, which mypy cannot
+# follow: the intrinsics it makes are typed as Any
+intrinsic: Callable[[Callable[..., Any]], Any] = numba_intrinsic
 
 BLOCK_BYTES = 8 << 10
 AHEAD_BYTES = 32 << 10
@@ -35,7 +40,7 @@ CACHE_LINE = 64
 def fast(function: Any) -> Any:
     """Compiled without the GIL, kept in numba's cache where it finds a place it may write."""
     # no nnan/ninf: non-finite values must still be seen, for the caller to send the chunk back
-    options = {"nogil": True, "fastmath": {"reassoc", "nsz", "contract", "arcp"}}
+    options: dict[str, Any] = {"nogil": True, "fastmath": {"reassoc", "nsz", "contract", "arcp"}}
     try:
         return njit(cache=True, **options)(function)
     except RuntimeError:  # neither beside the package nor in the user's cache: compile each run

@@ -3,9 +3,9 @@
 A mapped page that cannot be read - its file cut short since it was mapped (a checkpoint
 rewritten in place while it is read), or a read error of the disk or network - is a SIGBUS,
 which ends the process. The handler compiled here maps a page of zeros over the faulting page,
-so the read goes on, and counts the fault; the readers check the count after every chunk and
-turn it into an error naming the file. Until the handler is installed, files are read with
-positioned reads, which report such failures themselves.
+so the read goes on, and counts the fault against that map; the readers check their maps' counts
+after every chunk and turn a fault into an error naming the file. Until the handler is
+installed, files are read with positioned reads, which report such failures themselves.
 
 It answers only for the address ranges of normcli's own maps (register); any other SIGBUS goes
 to the handler that was there before (by default, the end of the process). The handler never
@@ -19,25 +19,32 @@ import ctypes
 import mmap
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, cfunc, types
-from numba.extending import intrinsic
+from numba import carray, cfunc, types  # type: ignore[attr-defined]  # carray is public, unlisted
+from numba.extending import intrinsic as numba_intrinsic
+
+# numba calls an intrinsic without the typing context it is declared with, which mypy cannot
+# follow: the intrinsics it makes are typed as Any
+intrinsic: Callable[[Callable[..., Any]], Any] = numba_intrinsic
 
 SIGBUS = 7 if sys.platform == "linux" else 0
 _SA_SIGINFO, _SA_RESTART = 4, 0x10000000
 _PROT_READ, _MAP_PRIVATE_ANONYMOUS_FIXED = 1, 0x02 | 0x20 | 0x10
 
-# faults handled since the count was last cleared: a C integer the handler adds to
-_faults = ctypes.c_int64(0)
 _handler: Any = None  # the compiled handler, which must outlive every fault
 # the address ranges [start, end) of normcli's own maps, as pairs; (0, 0) is a free slot. A fault
 # anywhere else (another library's map, in a program using normcli's API) is not normcli's to
 # paper over: the handler then restores the default action, and the fault ends the process.
 MAX_MAPS = 4096
 _maps = (ctypes.c_uint64 * (2 * MAX_MAPS))()
+# the faults in each slot's map since the slot was taken: C integers the handler adds to. Counted
+# per map, not per process, so that scans running at once (threads of a program using the API)
+# each see their own files' faults, and a map that faulted stays known as such for its life
+_faults = (ctypes.c_int64 * MAX_MAPS)()
 _slots_lock = threading.Lock()
 
 
@@ -47,6 +54,7 @@ def register(start: int, length: int) -> int | None:
     with _slots_lock:
         for slot in range(MAX_MAPS):
             if _maps[2 * slot + 1] == 0:
+                _faults[slot] = 0
                 _maps[2 * slot] = start
                 _maps[2 * slot + 1] = start + length
                 return slot
@@ -59,12 +67,9 @@ def unregister(slot: int) -> None:
         _maps[2 * slot] = 0
 
 
-def faults() -> int:
-    return int(_faults.value)
-
-
-def clear() -> None:
-    _faults.value = 0
+def faults(slot: int) -> int:
+    """How many pages of the map in `slot` could not be read (and read as zeros)."""
+    return int(_faults[slot])
 
 
 class _Sigaction(ctypes.Structure):
@@ -91,7 +96,12 @@ def _pointer(typingctx: Any, address: Any) -> Any:
 
 def install() -> bool:
     """Install the handler (once, for the whole process); whether it is in place. Only on
-    64-bit Linux, whose siginfo_t and struct sigaction the handler knows."""
+    64-bit Linux, whose siginfo_t and struct sigaction the handler knows.
+
+    A process-wide effect of using normcli as a library: the first scan big enough for the
+    compiled kernels installs it (kernels.load). It answers only for normcli's own maps; a
+    SIGBUS anywhere else goes to the handler that was there before (by default, the end of the
+    process), as if normcli's were not there. It stays installed until the process ends."""
     global _handler
     if _handler is not None:
         return True
@@ -115,7 +125,7 @@ def install() -> bool:
     previous = ctypes.addressof(_previous)
     page_size, counter, maps = mmap.PAGESIZE, ctypes.addressof(_faults), ctypes.addressof(_maps)
 
-    # not cached: the addresses of the counter, the table and the C library differ from one
+    # not cached: the addresses of the counters, the table and the C library differ from one
     # process to the next
     @cfunc(types.void(types.int32, types.voidptr, types.voidptr))
     def on_sigbus(signal: Any, info: Any, context: Any) -> None:
@@ -132,8 +142,8 @@ def install() -> bool:
                     -1,
                     0,
                 )
-                count = carray(_pointer(counter), 1, dtype=np.int64)
-                count[0] += 1
+                counts = carray(_pointer(counter), MAX_MAPS, dtype=np.int64)
+                counts[slot] += 1
                 return
         # not ours: the handler there before (the default: the end of the process) takes the
         # fault, raised again on return

@@ -4,27 +4,22 @@ through them, with the update between consecutive checkpoints; every file is rea
 from __future__ import annotations
 
 import glob
-import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
-from .diff import StoredTensor, is_report, load_report
 from .errors import InputError, UsageError
 from .norms import PairStats, TensorStats, merge_all, merge_pairs
-from .readers import Checkpoint, TensorSource, open_checkpoint
+from .readers import TensorSource
 from .readers.sharded import CHECKPOINT_SUFFIXES, INDEX_SUFFIX, SHARD_NAME
-from .results import number
-from .scan import Progress, scan_many_series
-from .select import group_name, group_names, name_selected, natural_key, require_some
+from .results import Point, TrendResult, TrendRow
+from .scan import scan_many_series
+from .select import group_name, group_names, natural_key
+from .settings import ReadSettings, Selection
+from .sides import Entry, Side, StoredTensor, is_floating, open_sides
 
-TREND_SCHEMA = "normcli/trend/v1"
 METRICS = ("l2", "l1", "linf", "rms")
 ORDERS = ("name", "mtime", "given")
-# a step whose metric moved by more than this factor (either way) makes its row stand out
-JUMP_FACTOR = 1.5
 # automatic grouping keeps about this many rows
 AUTO_GROUPS = 64
 # a number not glued to letters, or right after a word that names a step
@@ -33,134 +28,6 @@ _STEP = re.compile(
     r"(\d+)(?![A-Za-z0-9])",
     re.IGNORECASE,
 )
-
-
-@dataclass(frozen=True)
-class Point:
-    """One checkpoint of the run."""
-
-    path: str
-    format: str
-    step: int | None
-    label: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "format": self.format, "step": self.step, "label": self.label}
-
-
-@dataclass(frozen=True)
-class TrendRow:
-    """A tensor or a group: its statistics at every checkpoint (None where absent) and the
-    update from the previous checkpoint (None at the first, or where shapes differ)."""
-
-    name: str
-    tensors: int
-    stats: tuple[TensorStats | None, ...]
-    updates: tuple[PairStats | None, ...]
-
-    def values(self, metric: str) -> list[float | None]:
-        return [_metric(s, metric) for s in self.stats]
-
-    @property
-    def update_l2(self) -> list[float | None]:
-        return [u.diff.l2 if u is not None else None for u in self.updates]
-
-    @property
-    def rel_update(self) -> list[float | None]:
-        return [u.rel_l2 if u is not None else None for u in self.updates]
-
-    @property
-    def nonfinite(self) -> bool:
-        return any(s is not None and (s.nan or s.inf) for s in self.stats)
-
-    def largest_jump(self, metric: str) -> tuple[int, float] | None:
-        """(index t, factor v_t / v_(t-1)) of the biggest move between neighbours, either way."""
-        values = self.values(metric)
-        best: tuple[int, float] | None = None
-        for t in range(1, len(values)):
-            before, after = values[t - 1], values[t]
-            if before is None or after is None or before <= 0 or after <= 0:
-                continue
-            factor = after / before
-            if best is None or abs(math.log(factor)) > abs(math.log(best[1])):
-                best = (t, factor)
-        return best
-
-    def first_jump(self, metric: str) -> tuple[int, float] | None:
-        """The first move by JUMP_FACTOR or more: where a blow-up (or a collapse) began."""
-        values = self.values(metric)
-        for t in range(1, len(values)):
-            before, after = values[t - 1], values[t]
-            if before == 0 and after:
-                return t, math.inf  # from all zeros to something: no factor is large enough
-            if before and after and before > 0 and after > 0:
-                factor = after / before
-                if abs(math.log(factor)) >= math.log(JUMP_FACTOR):
-                    return t, factor
-        return None
-
-    def jumped(self, metric: str) -> bool:
-        return self.first_jump(metric) is not None
-
-    def to_dict(self, metric: str, points: Sequence[Point]) -> dict[str, Any]:
-        values = self.values(metric)
-        present = [v for v in values if v is not None]
-        first, last = (present[0], present[-1]) if present else (None, None)
-
-        def at(jump: tuple[int, float] | None) -> dict[str, Any] | None:
-            if jump is None:
-                return None
-            point = points[jump[0]]
-            return {"step": point.step, "label": point.label, "factor": number(jump[1])}
-
-        return {
-            "name": self.name,
-            "tensors": self.tensors,
-            "values": [number(v) for v in values],
-            "nan": [s.nan if s is not None else None for s in self.stats],
-            "inf": [s.inf if s is not None else None for s in self.stats],
-            "update_l2": [number(v) for v in self.update_l2],
-            "rel_update": [number(v) for v in self.rel_update],
-            "first": number(first),
-            "last": number(last),
-            "change": number(last / first) if first and last is not None else None,
-            "largest_jump": at(self.largest_jump(metric)),
-            "first_jump": at(self.first_jump(metric)),
-            "jumped": self.jumped(metric),
-            "nonfinite": self.nonfinite,
-        }
-
-
-@dataclass(frozen=True)
-class TrendResult:
-    points: tuple[Point, ...]
-    rows: tuple[TrendRow, ...]
-    total: TrendRow
-    metric: str
-    group_by: int | None
-    grouped_automatically: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": TREND_SCHEMA,
-            "metric": self.metric,
-            "group_by": self.group_by,
-            "checkpoints": [p.to_dict() for p in self.points],
-            "rows": [r.to_dict(self.metric, self.points) for r in self.rows],
-            "total": self.total.to_dict(self.metric, self.points),
-        }
-
-
-def _metric(stats: TensorStats | None, metric: str) -> float | None:
-    if stats is None or not stats.numel:
-        return None
-    if metric == "rms":
-        return stats.rms
-    value: float = getattr(stats, metric)
-    return value if stats.finite else None
-
-
-# --- which checkpoints, in which order ----------------------------------------------------------
 
 
 def expand_inputs(arguments: Sequence[str], order: str) -> list[str]:
@@ -233,54 +100,29 @@ def step_of(path: str) -> int | None:
 # --- the trend ---------------------------------------------------------------------------------
 
 
-Entry = TensorSource | StoredTensor
-
-
 def trend(
     arguments: Sequence[str],
+    selection: Selection,
+    read: ReadSettings,
     *,
     metric: str = "l2",
     order: str = "name",
     group_by: int | None = None,
-    include_int: bool = False,
-    filter: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    input_format: str | None = None,
-    key: str | None = None,
-    threads: int | None = None,
-    progress: Progress | None = None,
 ) -> TrendResult:
     """Follow every tensor (or group, --group-by N; 0 for every tensor) through the checkpoints."""
     if metric not in METRICS:
         raise UsageError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
     paths = expand_inputs(arguments, order)
-    opened: list[Checkpoint] = []
-    points: list[Point] = []
-    sides: list[dict[str, Entry]] = []
-    try:
-        for path in paths:
-            if is_report(path):
-                _, stored = load_report(path)
-                entries: list[Entry] = list(stored)
-                fmt = "report"
-            else:
-                checkpoint = open_checkpoint(path, input_format, key)
-                opened.append(checkpoint)
-                entries, fmt = list(checkpoint.tensors), checkpoint.format
-            step = step_of(path)
-            label = str(step) if step is not None else os.path.basename(os.path.normpath(path))
-            points.append(Point(path, fmt, step, label))
-            sides.append({e.name: e for e in entries})
+    with open_sides(paths, read) as opened:
+        points = [_point(path, side) for path, side in zip(paths, opened, strict=True)]
+        sides = [{e.name: e for e in side.entries} for side in opened]
         names = _names_in_order(sides)
         every = len(names)
-        names = [n for n in names if name_selected(n, filter, exclude)]
-        names = [n for n in names if include_int or _floating(n, sides)]
-        require_some(len(names), every, filter, exclude)
+        names = [n for n in names if selection.selects(n)]
+        names = [n for n in names if selection.covers(_floating(n, sides))]
+        selection.require_some(len(names), every)
         live = [[_live(side.get(name)) for side in sides] for name in names]
-        scanned = scan_many_series(live, threads, progress)
-    finally:
-        for checkpoint in opened:
-            checkpoint.close()
+        scanned = scan_many_series(live, read.threads, read.progress)
     rows = []
     for name, (stats, updates) in zip(names, scanned, strict=True):
         merged = [_stored_stats(side.get(name)) or s for side, s in zip(sides, stats, strict=True)]
@@ -298,6 +140,12 @@ def trend(
     return TrendResult(tuple(points), tuple(rows), total, metric, depth or None, automatic)
 
 
+def _point(path: str, side: Side) -> Point:
+    step = step_of(path)
+    label = str(step) if step is not None else os.path.basename(os.path.normpath(path))
+    return Point(path, side.info.format, step, label)
+
+
 def _names_in_order(sides: Sequence[dict[str, Entry]]) -> list[str]:
     names: dict[str, None] = {}
     for side in sides:
@@ -308,10 +156,8 @@ def _names_in_order(sides: Sequence[dict[str, Entry]]) -> list[str]:
 def _floating(name: str, sides: Sequence[dict[str, Entry]]) -> bool:
     for side in sides:
         entry = side.get(name)
-        if isinstance(entry, StoredTensor):
-            return entry.floating
         if entry is not None:
-            return entry.dtype.is_floating
+            return is_floating(entry)
     return False
 
 

@@ -1290,16 +1290,16 @@ def test_a_checkpoint_with_nothing_read_or_a_tensor_unread_fails(
     assert [(v["code"], v["tensor"]) for v in doc["violations"]] == [("N016", None)]
     check(run, empty, "--allow-unread", code=0)
 
-    from normcli import readers
+    from normcli.readers import Checkpoint, safetensors
 
-    original = readers.FORMATS["safetensors"]
+    original = safetensors.open_safetensors
 
-    def with_an_unreadable_tensor(path: str) -> readers.Checkpoint:
+    def with_an_unreadable_tensor(path: str) -> Checkpoint:
         checkpoint = original(path)
         checkpoint.skipped.append(("blk.9.weight", "Q8_1 cannot be dequantized"))
         return checkpoint
 
-    monkeypatch.setitem(readers.FORMATS, "safetensors", with_an_unreadable_tensor)
+    monkeypatch.setattr(safetensors, "open_safetensors", with_an_unreadable_tensor)
     doc = check_json(run, sample("base"), code=1)
     assert [(v["code"], v["tensor"]) for v in doc["violations"]] == [("N016", "blk.9.weight")]
     assert "Q8_1" in doc["violations"][0]["message"]

@@ -985,7 +985,7 @@ def test_an_os_error_is_one_line_and_debug_shows_where(
     def failing(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.EIO, "Input/output error", "model.safetensors")
 
-    monkeypatch.setattr(api, "inspect", failing)
+    monkeypatch.setattr(api, "inspect_path", failing)
     sample = SAMPLES / "base.safetensors"
     result = run("inspect", sample, code=2)
     assert result.stderr == "normcli: error: model.safetensors: Input/output error\n"

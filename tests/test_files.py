@@ -16,9 +16,9 @@ from safetensors.numpy import save_file
 
 import normcli
 from normcli import kernels
+from normcli.api import trend
 from normcli.readers import files
 from normcli.readers.files import DataFile
-from normcli.trend import trend
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -248,3 +248,50 @@ def test_a_sigbus_outside_normcli_maps_still_ends_the_process(tmp_path: Path) ->
     assert "handler True" in done.stdout
     assert done.returncode == -7, (done.returncode, done.stdout, done.stderr)  # SIGBUS
     assert "Fatal Python error: Bus error" in done.stderr  # the program's handler had it
+
+
+FAULTS_ARE_THE_FILES_OWN = """
+import os, sys, threading
+from normcli import kernels
+from normcli.errors import NormcliError
+from normcli.readers import open_checkpoint
+from normcli.scan import scan_tensors
+kernels.load()
+cut, other = sys.argv[1], sys.argv[2]
+a, b = open_checkpoint(cut), open_checkpoint(other)
+
+def fault_in_a():
+    chunk = next(a.tensors[0].chunks(1 << 18))
+    os.truncate(cut, 100_000)
+    print("read", float(chunk.astype("f8").sum()))  # pages gone: zeros, a fault in a's map
+
+reader = threading.Thread(target=fault_in_a)
+reader.start()
+reader.join()
+print("other", scan_tensors(b.tensors, threads=1)[0].l1)  # b's scan: b's faults only
+try:
+    scan_tensors(a.tensors, threads=1)  # over the pages that read as zeros
+    print("zeros taken for values")
+except NormcliError as e:
+    print(type(e).__name__, e)
+"""
+
+
+@mapping
+@linux_only
+def test_a_scan_neither_sees_nor_clears_the_faults_of_another_files_map(tmp_path: Path) -> None:
+    # faults were one process-wide count that each scan reset: the scan of b wiped a's fault,
+    # and a scanned again read the pages that had become zeros without a word
+    cut, other = tmp_path / "cut.safetensors", tmp_path / "other.safetensors"
+    save_file({"w": np.ones(1 << 18, dtype=np.float32)}, str(cut))
+    save_file({"w": np.full(1000, 2.0, dtype=np.float32)}, str(other))
+    done = subprocess.run(
+        [sys.executable, "-c", FAULTS_ARE_THE_FILES_OWN, str(cut), str(other)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "other 2000.0" in done.stdout
+    assert "CorruptFileError" in done.stdout and "cut short while being read" in done.stdout

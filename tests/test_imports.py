@@ -5,10 +5,38 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from normcli.errors import NormcliError
 
 # The core (readers, statistics, scanning, the API and compare) uses only the standard library,
 # numpy and format libraries; click and rich belong to cli.py and report/.
-CORE_MODULES = ["normcli.readers", "normcli.norms", "normcli.scan", "normcli.api", "normcli.diff"]
+CORE_MODULES = [
+    "normcli.readers",
+    "normcli.norms",
+    "normcli.scan",
+    "normcli.api",
+    "normcli.diff",
+    "normcli.trend",
+    "normcli.check",
+    "normcli.sides",
+    "normcli.results",
+]
+# what renderers must not need: they get results, not files or the machinery that reads them
+READING_MODULES = [
+    "normcli.readers",
+    "normcli.readers.safetensors",
+    "normcli.readers.pytorch",
+    "normcli.scan",
+    "normcli.kernels",
+    "normcli.compiled",
+    "normcli.sides",
+    "normcli.diff",
+    "normcli.trend",
+    "normcli.check",
+]
 
 
 def loaded_after(statement: str, watch: list[str]) -> list[str]:
@@ -48,3 +76,62 @@ def test_lazy_api_still_resolves() -> None:
 def test_cli_module_starts_without_numpy_or_rich() -> None:
     # `normcli --version` and `--help` should not pay for numpy or rich
     assert loaded_after("import normcli.cli", ["numpy", "rich"]) == []
+
+
+def test_report_loads_no_reader_scan_or_kernel() -> None:
+    statement = "import normcli.report, normcli.report.check_report, normcli.report.plots"
+    assert loaded_after(statement, READING_MODULES) == []
+
+
+def test_report_really_was_imported() -> None:
+    # guards the test above: the same statement does load the renderers and the results
+    statement = "import normcli.report, normcli.report.check_report, normcli.report.plots"
+    watch = ["normcli.report", "normcli.report.check_report", "normcli.results", "rich"]
+    assert loaded_after(statement, watch) == watch
+
+
+OTHER_READERS = [
+    "normcli.readers.pytorch",
+    "normcli.readers.onnx",
+    "normcli.readers.gguf",
+    "normcli.readers.hdf5",
+    "normcli.readers.numpy",
+]
+
+
+def test_opening_a_file_imports_only_its_own_reader(samples: Path) -> None:
+    path = str(samples / "base.safetensors")
+    statement = f"from normcli.readers import open_checkpoint\nopen_checkpoint({path!r}).close()"
+    watch = ["normcli.readers.safetensors", *OTHER_READERS]
+    assert loaded_after(statement, watch) == ["normcli.readers.safetensors"]
+
+
+def test_input_format_choices_and_detection_come_from_the_registry(
+    samples: Path, tmp_path: Path
+) -> None:
+    from normcli.cli import cli
+    from normcli.formats import FORMATS, by_suffix
+    from normcli.readers import detect_format
+
+    option = next(p for p in cli.commands["inspect"].params if p.name == "input_format")
+    assert list(option.type.choices) == list(FORMATS)  # type: ignore[attr-defined]
+    for fmt in FORMATS.values():
+        for suffix in fmt.suffixes:
+            assert by_suffix(f"model{suffix.upper()}") == fmt.name
+    assert detect_format(str(samples / "base.npz")) == "npz"
+    unknown = tmp_path / "model.weights"
+    unknown.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(NormcliError, match="normcli reads safetensors, npz, npy, PyTorch, GGUF"):
+        detect_format(str(unknown))
+
+
+def test_every_extra_the_registry_names_is_declared() -> None:
+    from normcli.formats import FORMATS
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    pyproject = Path(__file__).parent.parent / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text("utf-8"))["project"]["optional-dependencies"]
+    named = {f.extra for f in FORMATS.values() if f.extra is not None}
+    assert named == {"gguf", "onnx", "h5"}
+    assert named <= set(extras)

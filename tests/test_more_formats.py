@@ -893,7 +893,8 @@ def test_hdf5_never_follows_links_or_external_storage(h5py: Any, tmp_path: Path)
 
 
 def test_keras_archive_without_h5_weights_is_refused(h5py: Any, tmp_path: Path) -> None:
-    from normcli.readers.hdf5 import looks_like_keras, open_hdf5
+    from normcli.formats import FORMATS
+    from normcli.readers.hdf5 import open_hdf5
 
     npz = tmp_path / "npz.keras"
     with zipfile.ZipFile(npz, "w") as archive:
@@ -906,8 +907,8 @@ def test_keras_archive_without_h5_weights_is_refused(h5py: Any, tmp_path: Path) 
         archive.writestr("readme.txt", "hello")
     with pytest.raises(UnsupportedError, match=r"without model\.weights\.h5"):
         open_hdf5(str(other))
-    assert looks_like_keras(npz.read_bytes()[:8], str(npz))
-    assert not looks_like_keras(npz.read_bytes()[:8], "weights.npz")
+    assert FORMATS["keras"].sniff(npz.read_bytes()[:8], str(npz), 0)
+    assert not FORMATS["keras"].sniff(npz.read_bytes()[:8], "weights.npz", 0)
 
 
 @pytest.mark.parametrize("which", ["hdf5", "keras", "deflated keras"])
@@ -926,11 +927,12 @@ def test_truncated_hdf5_is_a_clear_error(
 
 
 def test_hdf5_garbage_after_the_signature_is_a_clear_error(h5py: Any, tmp_path: Path) -> None:
-    from normcli.readers.hdf5 import looks_like_hdf5, open_hdf5
+    from normcli.formats import FORMATS
+    from normcli.readers.hdf5 import open_hdf5
 
     path = tmp_path / "fake.h5"
     path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4)
-    assert looks_like_hdf5(path.read_bytes()[:8])
+    assert FORMATS["hdf5"].sniff(path.read_bytes()[:8], str(path), 0)
     with pytest.raises(CorruptFileError, match="not a readable HDF5 file"):
         open_hdf5(str(path))
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from normcli.errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
-from normcli.readers import pytorch, torch_pickle
+from normcli.readers import pytorch, torch_pickle, torch_views
 from normcli.readers.base import TensorSource
 from normcli.readers.pytorch import looks_like_pytorch, open_pytorch
 from normcli.scan import scan_tensor
@@ -128,7 +128,7 @@ def test_contiguous_tensors_are_read_in_place() -> None:
         kinds = {t.name: type(t.read_bytes).__name__ for t in checkpoint.tensors}
     assert kinds["base"] == "CrcCheckedReader"  # a whole storage, its CRC checked as it goes
     assert kinds["row"] == "function"  # part of one: positioned reads at its offset
-    assert kinds["transposed"] == kinds["stepped"] == "_StridedReader"
+    assert kinds["transposed"] == kinds["stepped"] == "StridedReader"
 
 
 # --- strided views -------------------------------------------------------------------------------
@@ -140,8 +140,8 @@ def test_views_in_any_chunk_size_and_either_way_of_reading(
     monkeypatch: pytest.MonkeyPatch, chunk: int, held: bool
 ) -> None:
     if not held:  # gathered window by window, as a view over a large storage is
-        monkeypatch.setattr(pytorch, "HELD_SPAN_BYTES", 0)
-        monkeypatch.setattr(pytorch, "WINDOW_BYTES", 24)
+        monkeypatch.setattr(torch_views, "HELD_SPAN_BYTES", 0)
+        monkeypatch.setattr(torch_views, "WINDOW_BYTES", 24)
     with open_pytorch(str(FIXTURES / "views.pt")) as checkpoint:
         tensors = {t.name: t for t in checkpoint.tensors}
         base = values(tensors["base"]).reshape(6, 8)
@@ -159,7 +159,7 @@ def test_a_held_span_is_released_once_every_element_went_out() -> None:
     with open_pytorch(str(FIXTURES / "views.pt")) as checkpoint:
         transposed = next(t for t in checkpoint.tensors if t.name == "transposed")
         reader = transposed.read_bytes
-        assert isinstance(reader, pytorch._StridedReader)
+        assert isinstance(reader, torch_views.StridedReader)
         whole = values(transposed)
         assert reader.held is None
         # pieces read out of order, as threads scanning parts of one tensor do

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
-from normcli import trend as trends
 from normcli.api import _array_source
+from normcli.api import trend as api_trend
 from normcli.readers import files
 from normcli.scan import choose_kernels, scan_series, scan_tensor
 
@@ -72,7 +72,7 @@ def test_the_growing_block_and_the_step_stand_out(run_folder: Path, run: Run) ->
 
 
 def test_every_value_and_update_matches_the_reference(run_folder: Path) -> None:
-    result = trends.trend([str(run_folder)], group_by=3)
+    result = api_trend([str(run_folder)], group_by=3)
     paths = sorted(run_folder.iterdir(), key=lambda p: int(p.stem.split("-")[1]))
     loaded = [load_file(str(p)) for p in paths]
     row = next(r for r in result.rows if r.name == GROWING)
@@ -103,7 +103,7 @@ def test_each_file_is_read_once(run_folder: Path, monkeypatch: pytest.MonkeyPatc
         return read_bytes
 
     monkeypatch.setattr(files.DataFile, "reader", counting)
-    trends.trend([str(run_folder)], group_by=0)
+    api_trend([str(run_folder)], group_by=0)
     data = sum(sum(a.nbytes for a in load_file(str(p)).values()) for p in run_folder.iterdir())
     assert sum(read) == data
 
@@ -113,8 +113,8 @@ def test_saved_reports_make_the_same_trend_without_updates(
 ) -> None:
     for path in sorted(run_folder.iterdir()):
         run("inspect", path, "-f", "json", "-o", tmp_path / (path.stem + ".json"))
-    from_files = trends.trend([str(run_folder)], group_by=3)
-    from_reports = trends.trend([str(tmp_path)], group_by=3)
+    from_files = api_trend([str(run_folder)], group_by=3)
+    from_reports = api_trend([str(tmp_path)], group_by=3)
     for a, b in zip(from_files.rows, from_reports.rows, strict=True):
         assert a.name == b.name
         assert b.values("l2") == pytest.approx(a.values("l2"), rel=1e-12)
@@ -127,9 +127,9 @@ def test_order_by_name_is_numeric_and_by_mtime_follows_the_clock(tmp_path: Path)
         path = tmp_path / f"step-{step}.safetensors"
         save_file({"w": np.full(4, step, np.float32)}, str(path))
         os.utime(path, (i, i))
-    by_name = trends.trend([str(tmp_path)], group_by=0)
+    by_name = api_trend([str(tmp_path)], group_by=0)
     assert [p.step for p in by_name.points] == [30, 200, 1000]
-    by_time = trends.trend([str(tmp_path)], group_by=0, order="mtime")
+    by_time = api_trend([str(tmp_path)], group_by=0, order="mtime")
     assert [p.step for p in by_time.points] == [1000, 200, 30]
 
 
@@ -141,9 +141,9 @@ def test_big_models_are_grouped_automatically(tmp_path: Path) -> None:
     }
     for step in (1, 2):
         save_file(tensors, str(tmp_path / f"c-{step}.safetensors"))
-    result = trends.trend([str(tmp_path)])
+    result = api_trend([str(tmp_path)])
     assert result.grouped_automatically and result.group_by == 3 and len(result.rows) == 40
-    assert len(trends.trend([str(tmp_path)], group_by=0).rows) == 120
+    assert len(api_trend([str(tmp_path)], group_by=0).rows) == 120
 
 
 @pytest.mark.parametrize("suffix", [".svg", ".html", ".png"])
@@ -211,7 +211,7 @@ def test_a_tensor_that_leaves_zero_stands_out(tmp_path: Path) -> None:
             {"w": np.full(4, value, np.float32), "v": np.ones(4, np.float32)},
             str(tmp_path / f"c-{step}.safetensors"),
         )
-    result = trends.trend([str(tmp_path)], group_by=0)
+    result = api_trend([str(tmp_path)], group_by=0)
     row = next(r for r in result.rows if r.name == "w")
     assert row.jumped("l2") and row.first_jump("l2") == (2, math.inf)
     assert not next(r for r in result.rows if r.name == "v").jumped("l2")

@@ -169,8 +169,6 @@ def set_readers(count: int) -> None:
     """How many threads are about to read at once, to size each one's share of WINDOWS_BYTES."""
     global _readers
     _readers = max(1, count)
-    if _guard is not None:
-        _guard.clear()
 
 
 def release_windows() -> None:
@@ -345,19 +343,22 @@ class DataFile:
             raise CorruptFileError(self._why_unreadable(e), self.path) from e
 
     def _check_faults(self, files: Iterable[DataFile]) -> None:
-        """Raise if a mapped page could not be read since the scan began, naming the file cut
-        short among `files` (this thread's) if there is one."""
-        if _guard is None or not _guard.faults():
-            return
+        """Raise if a page of this file's map, or of `files` (those this thread reads), could
+        not be read, naming the file and, when it was cut short, saying so."""
         for data in [self, *files]:
-            reason = data._cut_short()
-            if reason:
-                raise CorruptFileError(reason, data.path)
-        raise CorruptFileError(
-            "a page of a file being read could not be read (a disk or network read error, or "
-            "a file changed while it was read)",
-            self.path,
-        )
+            if data._faults():
+                raise CorruptFileError(
+                    data._cut_short()
+                    or "a page of the file could not be read (a disk or network read error, "
+                    "or a file changed while it was read)",
+                    data.path,
+                )
+
+    def _faults(self) -> int:
+        """Pages of this file's map that could not be read: counted by the SIGBUS handler for
+        this map alone, so another scan running at once neither sees nor clears them."""
+        slot = self._slot
+        return 0 if _guard is None or slot is None else int(_guard.faults(slot))
 
     def _cut_short(self) -> str | None:
         now = os.fstat(self.fd).st_size if self.fd >= 0 else self.size

@@ -20,10 +20,10 @@ import numpy as np
 
 from ..dtypes import SAFETENSORS_DTYPES, DType, from_numpy
 from ..errors import CorruptFileError, UnsupportedError
+from ..formats import GGUF_MAGIC
 from .base import Checkpoint, TensorSource
 from .files import DataFile, import_optional, open_regular
 
-GGUF_MAGIC = b"GGUF"
 # ggml's GGML_MAX_DIMS: a tensor has at most four dimensions
 MAX_DIMS = 4
 # ggml counts elements in int64
@@ -45,10 +45,6 @@ _PLAIN_TYPES = {
     "I32": "<i4",
     "I64": "<i8",
 }
-
-
-def looks_like_gguf(head: bytes) -> bool:
-    return head[:4] == GGUF_MAGIC
 
 
 @dataclass(frozen=True)

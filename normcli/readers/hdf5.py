@@ -8,7 +8,6 @@ import functools
 import io
 import math
 import shutil
-import struct
 import tempfile
 import weakref
 import zipfile
@@ -19,31 +18,20 @@ import numpy as np
 
 from ..dtypes import SAFETENSORS_DTYPES, DType, from_numpy
 from ..errors import CorruptFileError, NormcliError, UnsupportedError
+from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource, readable_name
 from .files import DataFile, import_optional, open_regular
-from .zipped import ZIP_ERRORS, ZIP_MAGIC, check_inflated_size, open_zip, stored_data_start
+from .zipped import ZIP_ERRORS, check_inflated_size, open_zip, stored_data_start
 
 # Each dataset's chunk cache (h5py's default is 1 MiB): a compressed chunk larger than the cache
 # is inflated again for every read that touches it, so time would grow with its size squared.
 CHUNK_CACHE_BYTES = 16 << 20
 _CACHE = {"rdcc_nbytes": CHUNK_CACHE_BYTES, "rdcc_w0": 1.0}
 
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # where a Keras v3 archive keeps its weights
 KERAS_WEIGHTS = "model.weights.h5"
-_LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 ByteRead = Callable[[int, int, np.ndarray], np.ndarray]
-
-
-def looks_like_hdf5(head: bytes) -> bool:
-    """An HDF5 signature at the start (a file with a user block keeps it at 512, 1024, ...)."""
-    return head.startswith(HDF5_MAGIC)
-
-
-def looks_like_keras(head: bytes, path: str) -> bool:
-    """A Keras v3 archive: a zip named .keras (tell it from an .npz before the npz reader)."""
-    return head.startswith(ZIP_MAGIC) and path.lower().endswith(".keras")
 
 
 def open_hdf5(path: str) -> Checkpoint:

@@ -12,11 +12,10 @@ import numpy as np
 
 from ..dtypes import DType, from_numpy
 from ..errors import CorruptFileError, UnsupportedError
+from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
 from .files import DataFile, open_regular
-from .zipped import ZIP_ERRORS, ZIP_MAGIC, CrcCheckedReader, open_zip, stored_data_start
-
-NPY_MAGIC = b"\x93NUMPY"
+from .zipped import ZIP_ERRORS, CrcCheckedReader, open_zip, stored_data_start
 
 
 def _read_npy_header(f: IO[bytes], where: str, path: str) -> tuple[tuple[int, ...], bool, DType]:

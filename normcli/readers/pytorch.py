@@ -5,21 +5,18 @@ others, so nothing from the file is ever run; tensor data is read where it lies.
 from __future__ import annotations
 
 import io
-import itertools
 import math
 import re
 import struct
-import threading
 import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import numpy as np
-
 from ..dtypes import DType
 from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
+from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
 from .files import DataFile, open_regular
 from .pickle_limits import check_storage_reads, max_values, read_pickle
@@ -32,9 +29,9 @@ from .torch_pickle import (
     pickled_text,
     unpickle,
 )
+from .torch_views import SignFlipped, StridedReader, is_contiguous, sign_flips
 from .zipped import (
     ZIP_ERRORS,
-    ZIP_MAGIC,
     CrcCheckedReader,
     check_inflated_size,
     open_zip,
@@ -44,10 +41,6 @@ from .zipped import (
 FORMAT = "pytorch"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
-# A strided view touching at most this much storage has that span read once and held while it
-# is scanned; a larger one is gathered window by window, each chunk on its own (flat memory).
-HELD_SPAN_BYTES = 64 << 20
-WINDOW_BYTES = 4 << 20
 # Shared references can make a small pickle name a deep tree; past this, refuse.
 MAX_DEPTH = 100
 
@@ -373,7 +366,7 @@ def _source(
             f"{where}: malformed view (offset {offset!r:.40}, size {shape!r:.80}, "
             f"stride {stride!r:.80})"
         )
-    flips = _sign_flips(tensor.metadata, dtype, where)
+    flips = sign_flips(tensor.metadata, dtype, where)
     storage: StorageStub = tensor.storage
     itemsize = dtype.bits // 8
     numel = math.prod(shape)
@@ -387,132 +380,13 @@ def _source(
     base = loaded.starts[storage.key] + storage.offset
     read: Any = data.reader(base + offset * itemsize)
     closer = None
-    if numel and not _is_contiguous(shape, stride):
-        strided = _StridedReader(data.reader(base), dtype, shape, stride, offset)
+    if numel and not is_contiguous(shape, stride):
+        strided = StridedReader(data.reader(base), dtype, shape, stride, offset)
         read, closer = strided, strided.close
     elif numel and offset == 0 and numel * itemsize == storage.nbytes:
         info = loaded.members.get(storage.key)
         if info is not None and info.CRC:  # torch writes 0 when told not to compute CRCs
             read = CrcCheckedReader(data, base, 0, storage.nbytes, info, where, data.path)
     if flips is not None:
-        read = _SignFlipped(read, dtype, *flips)
+        read = SignFlipped(read, dtype, *flips)
     return TensorSource(name, dtype, tuple(shape), read), closer
-
-
-def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
-    expected = 1
-    for n, s in zip(reversed(shape), reversed(stride), strict=True):
-        if n != 1 and s != expected:
-            return False
-        expected *= n
-    return True
-
-
-def _sign_flips(metadata: Any, dtype: DType, where: str) -> tuple[bool, bool] | None:
-    """The lazy negation and conjugation bits torch saves with a view (x.conj(), x.conj().imag)."""
-    if metadata is None or metadata == {}:
-        return None
-    if not isinstance(metadata, dict) or not set(metadata) <= {"conj", "neg"}:
-        raise UnsupportedError(f"{where}: tensor metadata {metadata!r:.80} is not supported")
-    neg, conj = bool(metadata.get("neg")), bool(metadata.get("conj"))
-    conj = conj and dtype.kind == "complex"  # conjugating real values changes nothing
-    if neg and dtype.kind not in ("float", "complex", "int"):
-        raise UnsupportedError(f"{where}: a negated view of {dtype.name} values")
-    return (neg, conj) if neg or conj else None
-
-
-class _SignFlipped:
-    """Applies a view's negation or conjugation bit to the values its reader returns."""
-
-    def __init__(self, read: Callable[..., Any], dtype: DType, neg: bool, conj: bool) -> None:
-        self.read, self.element, self.neg, self.conj = read, dtype.element, neg, conj
-
-    def __call__(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
-        raw = np.frombuffer(self.read(start, stop, out), dtype=np.uint8)
-        if not raw.flags.writeable:
-            raw = raw.copy()
-        values = raw.view(self.element)
-        if self.neg:
-            np.negative(values, out=values)
-        if self.conj:
-            np.conjugate(values, out=values)
-        return raw
-
-
-class _StridedReader:
-    """The values of a non-contiguous view in C (row-major) order. The storage span the view
-    touches is read once and held while the view is scanned when it is small; otherwise each
-    chunk is gathered from windows of that span, so memory stays flat."""
-
-    def __init__(
-        self,
-        read: Callable[[int, int, np.ndarray], np.ndarray],
-        dtype: DType,
-        shape: tuple[int, ...],
-        stride: tuple[int, ...],
-        offset: int,
-    ) -> None:
-        self.read, self.element = read, dtype.element
-        self.itemsize = dtype.bits // 8
-        self.shape, self.stride, self.offset = shape, stride, offset
-        self.low = offset
-        self.high = offset + sum((n - 1) * s for n, s in zip(shape, stride, strict=True)) + 1
-        self.nbytes = math.prod(shape) * self.itemsize
-        self.lock = threading.Lock()
-        self.held: np.ndarray | None = None
-        self.delivered = 0
-
-    def __call__(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
-        positions = self._positions(start // self.itemsize, stop // self.itemsize)
-        values = out[: stop - start].view(self.element)
-        if (self.high - self.low) * self.itemsize <= HELD_SPAN_BYTES:
-            np.take(self._hold(), positions - self.low, out=values)
-            self._release_after(stop - start)
-        else:
-            self._gather(positions, values)
-        return out[: stop - start]
-
-    def _positions(self, first: int, last: int) -> np.ndarray:
-        """Storage element indices of the view's elements [first, last) in C order."""
-        linear = np.arange(first, last, dtype=np.int64)
-        index = np.full(last - first, self.offset, dtype=np.int64)
-        for n, s in zip(reversed(self.shape), reversed(self.stride), strict=True):
-            if n > 1:
-                linear, digit = np.divmod(linear, n)
-                index += digit * s
-        return index
-
-    def _hold(self) -> np.ndarray:
-        with self.lock:
-            if self.held is None:
-                span = np.empty((self.high - self.low) * self.itemsize, dtype=np.uint8)
-                # a copy: a view of a memory map would be handed back by this thread's next read
-                np.copyto(
-                    span, self.read(self.low * self.itemsize, self.high * self.itemsize, span)
-                )
-                self.held = span.view(self.element)
-            return self.held
-
-    def _release_after(self, nbytes: int) -> None:
-        # once every element has gone out (by one scan, or by its pieces on several threads)
-        with self.lock:
-            self.delivered += nbytes
-            if self.delivered >= self.nbytes:
-                self.held, self.delivered = None, 0
-
-    def _gather(self, positions: np.ndarray, values: np.ndarray) -> None:
-        order = np.argsort(positions, kind="stable")
-        ordered = positions[order]
-        window = max(1, WINDOW_BYTES // self.itemsize)
-        gap = max(1, 4096 // self.itemsize)
-        cuts = (np.diff(ordered) > gap) | (ordered[1:] // window != ordered[:-1] // window)
-        bounds = [0, *(np.flatnonzero(cuts) + 1).tolist(), ordered.size]
-        buffer = np.empty(window * self.itemsize, dtype=np.uint8)
-        for begin, end in itertools.pairwise(bounds):
-            low, high = int(ordered[begin]), int(ordered[end - 1]) + 1
-            span = self.read(low * self.itemsize, high * self.itemsize, buffer)
-            values[order[begin:end]] = span.view(self.element)[ordered[begin:end] - low]
-
-    def close(self) -> None:
-        with self.lock:
-            self.held, self.delivered = None, 0

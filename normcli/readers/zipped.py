@@ -10,9 +10,9 @@ import zlib
 import numpy as np
 
 from ..errors import CorruptFileError
+from ..formats import ZIP_MAGIC
 from .files import DataFile
 
-ZIP_MAGIC = b"PK\x03\x04"
 # deflate produces at most 1032 bytes from one: a member declaring more is damaged or hostile
 MAX_DEFLATE_RATIO = 1032
 # what zipfile raises on a damaged archive: NotImplementedError for a "version needed to

@@ -7,10 +7,8 @@ from typing import Any
 
 from rich.console import Console
 
-from ..diff import CompareResult
-from ..results import InspectResult
-from ..trend import TrendResult
-from . import compare_table, csv, json, markdown, table, trend_report
+from ..results import CheckResult, CompareResult, InspectResult, TrendResult
+from . import check_report, compare_table, csv, json, markdown, table, trend_report
 
 
 def _text(render: Callable[[Sequence[Any]], str]) -> Callable[[Sequence[Any], Console], None]:
@@ -39,4 +37,11 @@ TREND_RENDERERS: dict[str, Callable[[Sequence[TrendResult], Console], None]] = {
     "json": _text(json.dumps),
     "csv": _text(trend_report.render_csv),
     "md": _text(trend_report.render_markdown),
+}
+
+CHECK_RENDERERS: dict[str, Callable[[Sequence[CheckResult], Console], None]] = {
+    "table": check_report.render_table,
+    "json": _text(json.dumps),
+    "github": _text(check_report.render_github),
+    "md": _text(check_report.render_markdown),
 }

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..check import RULES, CheckResult
+from ..results import RULES, CheckResult
 from .text import printable
 
 FAILED = "bold red"
@@ -42,7 +44,7 @@ def _limit_text(rule: str, limit: float | None, scoped: bool) -> str:
     return text + (" + scoped" if scoped else "")
 
 
-def render_table(results: list[CheckResult], console: Console) -> None:
+def render_table(results: Sequence[CheckResult], console: Console) -> None:
     for result in results:
         console.print(
             Text.assemble(
@@ -115,7 +117,7 @@ def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def render_github(results: list[CheckResult]) -> str:
+def render_github(results: Sequence[CheckResult]) -> str:
     """Workflow commands that GitHub Actions shows as error annotations."""
     lines = []
     for result in results:
@@ -130,7 +132,7 @@ def render_github(results: list[CheckResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(results: list[CheckResult]) -> str:
+def render_markdown(results: Sequence[CheckResult]) -> str:
     """A summary for pull requests and $GITHUB_STEP_SUMMARY."""
     lines = []
     for result in results:
@@ -164,7 +166,7 @@ def _cell(text: str) -> str:
     return printable(text).replace("|", "\\|").replace("`", "'")
 
 
-def render_junit(results: list[CheckResult]) -> str:
+def render_junit(results: Sequence[CheckResult]) -> str:
     """One test suite per checked checkpoint, one test case per rule, a failure per breach."""
     suites = ET.Element("testsuites", name="normcli check")
     for result in results:
@@ -194,3 +196,19 @@ def render_junit(results: list[CheckResult]) -> str:
                 )
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def print_verdicts(results: Sequence[CheckResult]) -> None:
+    """One line per checked checkpoint on stderr, whatever the output format."""
+    from .console import error_console
+
+    errors = error_console()
+    # the verdict repeats what the exit code says: a stderr that cannot take it changes nothing
+    with contextlib.suppress(OSError):
+        for result in results:
+            errors.print(
+                Text(verdict(result)),
+                style="green" if result.passed else "bold red",
+                highlight=False,
+                soft_wrap=True,
+            )

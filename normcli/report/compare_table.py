@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..diff import Aggregate, CompareResult, TensorDiff
+from ..results import Aggregate, CompareResult, TensorDiff
 from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line, skipped_line
 from .text import fmt_float, fmt_shape, printable
 

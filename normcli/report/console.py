@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TextIO
+from typing import IO
 
 from rich.console import Console
 from rich.progress import (
@@ -24,7 +24,7 @@ from .text import printable
 PROGRESS_DELAY_S = 1.0
 
 
-def output_console(file: TextIO | None = None) -> Console:
+def output_console(file: IO[str] | None = None) -> Console:
     """Where results go: stdout or the -o file; colour only on a terminal and without NO_COLOR."""
     if file is not None:
         return Console(file=file, no_color=True, highlight=False, width=200, soft_wrap=False)

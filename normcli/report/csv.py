@@ -7,8 +7,7 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..diff import CompareResult
-from ..results import InspectResult
+from ..results import CompareResult, InspectResult
 from .text import spreadsheet_cell
 
 STAT_COLUMNS = [

@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ..diff import CompareResult
-from ..norms import TensorStats
-from ..results import InspectResult
+from ..results import CompareResult, InspectResult, TensorStats
 from .text import fmt_float, fmt_int, fmt_percent, fmt_shape, printable
 
 

@@ -10,10 +10,8 @@ from collections.abc import Callable, Sequence
 from html import escape
 from typing import Any
 
-from ..diff import CompareResult
 from ..errors import UnsupportedError, UsageError
-from ..results import InspectResult
-from ..trend import TrendResult
+from ..results import CompareResult, InspectResult, TrendResult
 from .charts import ALERT, PALETTE, Series, bar_chart, line_chart
 from .text import fmt_float, printable, sparkline
 from .trend_report import change_text, jump_text, max_update_text

@@ -9,8 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..norms import TensorStats
-from ..results import GroupReport, InspectResult
+from ..results import GroupReport, InspectResult, TensorStats
 from .text import fmt_bytes, fmt_float, fmt_int, fmt_percent, fmt_shape, printable
 
 NONFINITE = "bold red"

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..trend import TrendResult, TrendRow
+from ..results import TrendResult, TrendRow
 from .table import NONFINITE, STANDOUT, fit_table
 from .text import fmt_float, printable, sparkline, spreadsheet_cell
 

@@ -1,38 +1,14 @@
-"""The results normcli computes, as frozen dataclasses that turn into the documented JSON."""
+"""The inspect result: one checkpoint's tensors, groups and whole-model total."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from .norms import TensorStats
-from .readers import Checkpoint
+from ..norms import TensorStats
+from .common import stats_dict
 
 INSPECT_SCHEMA = "normcli/inspect/v1"
-
-
-def number(value: float | None) -> float | None:
-    """A JSON-safe number: NaN and infinities (only from overflow) have no JSON form, so null."""
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def stats_dict(stats: TensorStats) -> dict[str, Any]:
-    return {
-        "numel": stats.numel,
-        "l1": number(stats.l1),
-        "l2": number(stats.l2),
-        # the max of no values does not exist (an empty or all-NaN tensor)
-        "linf": number(stats.linf) if stats.finite else None,
-        "rms": number(stats.rms),
-        "mean": number(stats.mean),
-        "zeros": stats.zeros,
-        "sparsity": number(stats.sparsity),
-        "nan": stats.nan,
-        "inf": stats.inf,
-    }
 
 
 @dataclass(frozen=True)
@@ -146,18 +122,6 @@ class CheckpointInfo:
                 {"name": name, "reason": reason} for name, reason in self.skipped_tensors
             ],
         }
-
-
-def checkpoint_info(checkpoint: Checkpoint) -> CheckpointInfo:
-    return CheckpointInfo(
-        checkpoint.path,
-        checkpoint.format,
-        checkpoint.nbytes,
-        len(checkpoint.tensors),
-        checkpoint.shards,
-        checkpoint.skipped_values,
-        tuple(checkpoint.skipped),
-    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,112 @@
+"""Writing outputs (-o, --plot, --junit, the GitHub step summary): never over a file the run
+reads, and atomically, so a run that fails leaves an existing output as it was.
+
+A regular file is written to a temporary file in the same folder, flushed to disk and then put
+in place with os.replace. Whatever is not a regular file (a FIFO, /dev/stdout, a terminal) is
+written directly: it cannot be replaced, and there is nothing in it to keep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
+
+from .errors import InputError, UsageError
+
+
+def refuse_inputs(path: str, inputs: Sequence[str], flag: str) -> None:
+    """A UsageError when `path` is one of the files the run reads."""
+    if not os.path.exists(path):
+        return
+    for source in inputs:
+        if os.path.exists(source) and os.path.samefile(path, source):
+            raise UsageError(f"{flag} would overwrite an input file", path)
+
+
+@contextlib.contextmanager
+def replacing(path: str, binary: bool = False) -> Iterator[IO[Any]]:
+    """A file to write the whole of `path` into; it takes the place of `path` (or of the file a
+    link at `path` points to) only when the block ends without an error."""
+    mode = "wb" if binary else "w"
+    encoding = None if binary else "utf-8"
+    newline = None if binary else ""
+    if not _is_regular_or_absent(path):
+        with open(path, mode, encoding=encoding, newline=newline) as direct:
+            yield direct
+        return
+    target = os.path.realpath(path)
+    fd, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target)
+    )
+    try:
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        _keep_mode(target, temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _is_regular_or_absent(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+
+
+def _keep_mode(path: str, temporary: str) -> None:
+    """The permissions an existing output had, or those a new file gets under the umask
+    (mkstemp makes its file private to the user)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(temporary, mode)
+
+
+def write_text(path: str, text: str, inputs: Sequence[str], flag: str) -> None:
+    refuse_inputs(path, inputs, flag)
+    try:
+        with replacing(path) as f:
+            f.write(text)
+    except OSError as e:
+        raise InputError(f"cannot write: {e.strerror or e}", path) from e
+
+
+def write_bytes(path: str, data: bytes, inputs: Sequence[str], flag: str) -> None:
+    refuse_inputs(path, inputs, flag)
+    try:
+        with replacing(path, binary=True) as f:
+            f.write(data)
+    except OSError as e:
+        raise InputError(f"cannot write: {e.strerror or e}", path) from e
+
+
+def append_text(path: str, text: str) -> None:
+    """Added at the end (the GitHub step summary, which other steps write to as well)."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise InputError(f"cannot write: {e.strerror or e}", path) from e
+
+
+@contextlib.contextmanager
+def report_file(path: str, inputs: Sequence[str]) -> Iterator[IO[str]]:
+    """-o FILE: the report rendered into it, which replaces FILE once rendering succeeded."""
+    refuse_inputs(path, inputs, "-o")
+    try:
+        with replacing(path) as f:
+            yield f
+    except OSError as e:
+        raise InputError(f"cannot write output: {e.strerror or e}", path) from e

@@ -1,0 +1,31 @@
+"""What every result shares: JSON-safe numbers and the figures of one set of statistics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..norms import TensorStats
+
+
+def number(value: float | None) -> float | None:
+    """A JSON-safe number: NaN and infinities (only from overflow) have no JSON form, so null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def stats_dict(stats: TensorStats) -> dict[str, Any]:
+    return {
+        "numel": stats.numel,
+        "l1": number(stats.l1),
+        "l2": number(stats.l2),
+        # the max of no values does not exist (an empty or all-NaN tensor)
+        "linf": number(stats.linf) if stats.finite else None,
+        "rms": number(stats.rms),
+        "mean": number(stats.mean),
+        "zeros": stats.zeros,
+        "sparsity": number(stats.sparsity),
+        "nan": stats.nan,
+        "inf": stats.inf,
+    }

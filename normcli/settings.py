@@ -1,0 +1,84 @@
+"""The settings every command shares, gathered once: which tensors (Selection) and how they are
+read (ReadSettings). Light to import: the command line builds them before numpy is loaded."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from .errors import UsageError
+from .select import name_selected, require_some
+
+if TYPE_CHECKING:
+    from .scan import Progress
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which tensors a command covers (--filter/--exclude globs, --include-int) and the names
+    they are matched under across checkpoints (--strip-prefix, --rename REGEX=REPLACEMENT)."""
+
+    filter: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    include_int: bool = False
+    strip_prefix: tuple[str, ...] = ()
+    rename: tuple[str, ...] = ()
+
+    def selects(self, name: str) -> bool:
+        return name_selected(name, self.filter, self.exclude)
+
+    def require_some(self, selected: int, available: int) -> None:
+        require_some(selected, available, self.filter, self.exclude)
+
+    def covers(self, floating: bool) -> bool:
+        """Whether whole-model totals count a tensor of this kind."""
+        return self.include_int or floating
+
+    @property
+    def scope(self) -> Literal["all", "floating"]:
+        return "all" if self.include_int else "floating"
+
+    def normalizer(self) -> Callable[[str], str]:
+        return normalizer(self.strip_prefix, self.rename)
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    """How checkpoints are opened and scanned: --input-format, --key (a sub-tree of a nested
+    PyTorch checkpoint), --threads, and where progress goes (None: nowhere)."""
+
+    input_format: str | None = None
+    key: str | None = None
+    threads: int | None = None
+    progress: Progress | None = None
+
+
+def parse_rename(rule: str) -> tuple[re.Pattern[str], str]:
+    """REGEX=REPLACEMENT, split at the first '=' not escaped as '\\='."""
+    parts = re.split(r"(?<!\\)=", rule, maxsplit=1)
+    if len(parts) != 2:
+        raise UsageError(f"--rename {rule!r}: expected REGEX=REPLACEMENT")
+    try:
+        return re.compile(parts[0]), parts[1]
+    except re.error as e:
+        raise UsageError(f"--rename {rule!r}: bad regular expression: {e}") from e
+
+
+def normalizer(strip_prefix: Sequence[str], rename: Sequence[str]) -> Callable[[str], str]:
+    rules = [parse_rename(r) for r in rename]
+
+    def normalize(name: str) -> str:
+        for prefix in strip_prefix:
+            if prefix and name.startswith(prefix):
+                name = name[len(prefix) :]
+                break
+        for pattern, replacement in rules:
+            try:
+                name = pattern.sub(replacement, name)
+            except (re.error, IndexError) as e:
+                raise UsageError(f"--rename {pattern.pattern!r}: bad replacement: {e}") from e
+        return name
+
+    return normalize
