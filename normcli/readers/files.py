@@ -13,13 +13,14 @@ import stat
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from ..errors import CorruptFileError, InputError, UnsupportedError
+from ..inputs import note_read
 
 # Reads the raw bytes [start, stop) of one tensor's data, into `out` (at least that long) when
 # it can, and returns them.
@@ -45,41 +46,13 @@ def open_regular(path: str) -> BinaryIO:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             raise InputError(f"is {_kind(status.st_mode)}, not a regular file", path)
-        if _reads is not None:
-            _reads.setdefault((status.st_dev, status.st_ino), path)
+        note_read(status, path)
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
-
-
-# Every file opened for reading while a run records them, by identity (device, inode): no output
-# may replace one, whatever name it is given (a link, a member of a folder, index or glob).
-_reads: dict[tuple[int, int], str] | None = None
-
-
-@contextlib.contextmanager
-def recording_reads() -> Iterator[None]:
-    """Note each file opened from here on (a command line run; one at a time in a process)."""
-    global _reads
-    previous, _reads = _reads, {}
-    try:
-        yield
-    finally:
-        _reads = previous
-
-
-def read_by_this_run(path: str) -> str | None:
-    """The name under which this run read the file at `path` (links followed), if it did."""
-    if _reads is None:
-        return None
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return _reads.get((status.st_dev, status.st_ino))
 
 
 def require_regular(path: str) -> None:
