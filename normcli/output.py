@@ -27,7 +27,7 @@ def refuse_inputs(path: str, inputs: Sequence[str], flag: str) -> None:
     if read is None and os.path.exists(path):
         read = next((s for s in inputs if os.path.exists(s) and os.path.samefile(path, s)), None)
     if read is not None:
-        raise UsageError(f"{flag} would overwrite {read}, which this run reads", path)
+        raise UsageError(f"{flag} would overwrite an input file ({read})", path)
 
 
 def check_targets(targets: Sequence[tuple[str | None, str]], inputs: Sequence[str]) -> None:
