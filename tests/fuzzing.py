@@ -692,9 +692,12 @@ def reference_arrays(kind: str, path: Path) -> dict[str, np.ndarray | None]:
     decode, which normcli may read or list as not read)."""
     data = path.read_bytes()
     if kind == "pytorch":
-        from torch_reference import torch_arrays
+        from torch_reference import UnnamedKey, torch_arrays
 
-        return dict(torch_arrays(data, path.name.rsplit(".", 1)[0]))
+        try:
+            return dict(torch_arrays(data, path.name.rsplit(".", 1)[0]))
+        except UnnamedKey as e:
+            raise Unverifiable from e
     if kind == "safetensors":
         from safetensors.numpy import load
 

@@ -29,6 +29,10 @@ _STORAGES = {
 }
 
 
+class UnnamedKey(LookupError):
+    """A tensor under a key that is not a plain value: no name to compare."""
+
+
 class _Dict(dict):  # type: ignore[type-arg]
     def __setstate__(self, state: object) -> None:
         pass
@@ -123,6 +127,9 @@ def _flatten(node: Any, name: str, out: dict[str, np.ndarray], depth: int = 0) -
     if depth > 100:
         raise ValueError("nested too deeply")
     if isinstance(node, dict):
+        if not all(isinstance(k, (str, bytes, int, float, bool, type(None))) for k in node):
+            # normcli names such keys by its stand-ins' repr(), which this reader cannot echo
+            raise UnnamedKey("a dict keyed by objects")
         items = [
             (k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else str(k), v)
             for k, v in node.items()
