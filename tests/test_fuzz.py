@@ -8,6 +8,8 @@ import os
 import random
 from pathlib import Path
 
+import fuzz_mutations
+import fuzz_seeds
 import fuzzing
 import numpy as np
 import pytest
@@ -34,8 +36,8 @@ def test_no_mutant_breaks_a_run(kind: str, tmp_path: Path) -> None:
 def test_mutants_are_seeded_and_varied(kind: str, tmp_path: Path) -> None:
     if kind in _OPTIONAL:
         pytest.importorskip(_OPTIONAL[kind])
-    first = [p.read_bytes() for p in fuzzing.write_cases(kind, tmp_path / "a", 40, 1)]
-    again = [p.read_bytes() for p in fuzzing.write_cases(kind, tmp_path / "b", 40, 1)]
+    first = [p.read_bytes() for p in fuzz_mutations.write_cases(kind, tmp_path / "a", 40, 1)]
+    again = [p.read_bytes() for p in fuzz_mutations.write_cases(kind, tmp_path / "b", 40, 1)]
     assert first == again
     assert len(set(first)) > 30
 
@@ -82,6 +84,6 @@ def test_a_memory_bomb_is_caught_by_the_child_limit(tmp_path: Path) -> None:
 
 def test_mutations_cover_every_kind_of_edit() -> None:
     rng = random.Random(0)
-    seed = fuzzing.seeds()["safetensors"][0]
-    for mutation in [*fuzzing._GENERIC, fuzzing.json_number]:
+    seed = fuzz_seeds.seeds()["safetensors"][0]
+    for mutation in [*fuzz_mutations._GENERIC, fuzz_mutations.json_number]:
         assert any(mutation(seed, seed.data, rng) != seed.data for _ in range(5)), mutation

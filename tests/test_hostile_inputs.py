@@ -196,6 +196,17 @@ def _stored_sizes(folder: Path) -> Path:
     return folder / "s.npz"
 
 
+@case("strong-encryption", "is encrypted")
+def _strong_encryption(folder: Path) -> Path:
+    """Flag bit 6 alone (found by the fuzzer, seed 99): zipfile refuses it, normcli read it."""
+    blob = bytearray(_npz(a=np.ones(3, np.float32)))
+    for signature, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = blob.find(signature)
+        blob[at + flags] |= 0x40
+    (folder / "e.npz").write_bytes(bytes(blob))
+    return folder / "e.npz"
+
+
 @case("index", "index nests too deeply")
 def _index(folder: Path) -> Path:
     index = folder / "model.safetensors.index.json"

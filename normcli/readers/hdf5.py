@@ -21,7 +21,7 @@ from ..errors import CorruptFileError, NormcliError, UnsupportedError
 from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource, readable_name
 from .files import DataFile, import_optional, open_regular
-from .zipped import ZIP_ERRORS, check_inflated_size, open_zip, stored_data_start
+from .zipped import ENCRYPTED, ZIP_ERRORS, check_inflated_size, open_zip, stored_data_start
 
 # Each dataset's chunk cache (h5py's default is 1 MiB): a compressed chunk larger than the cache
 # is inflated again for every read that touches it, so time would grow with its size squared.
@@ -91,7 +91,7 @@ def _open_keras_weights(
         )
     info = archive.getinfo(KERAS_WEIGHTS)
     where = f"member {KERAS_WEIGHTS!r}"
-    if info.flag_bits & 0x1:
+    if info.flag_bits & ENCRYPTED:
         raise UnsupportedError(f"{where} is encrypted", path)
     if info.compress_type == zipfile.ZIP_STORED:
         start = stored_data_start(info, data, where, path)

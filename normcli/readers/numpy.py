@@ -15,7 +15,7 @@ from ..errors import CorruptFileError, UnsupportedError
 from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
 from .files import DataFile, open_regular
-from .zipped import ZIP_ERRORS, CrcCheckedReader, open_zip, stored_data_start
+from .zipped import ENCRYPTED, ZIP_ERRORS, CrcCheckedReader, open_zip, stored_data_start
 
 
 def _read_npy_header(f: IO[bytes], where: str, path: str) -> tuple[tuple[int, ...], bool, DType]:
@@ -123,7 +123,7 @@ def _member_source(
 ) -> TensorSource:
     name = info.filename[: -len(".npy")]
     where = f"member {info.filename!r}"
-    if info.flag_bits & 0x1:
+    if info.flag_bits & ENCRYPTED:
         raise UnsupportedError(f"{where} is encrypted", path)
     if info.compress_type == zipfile.ZIP_STORED:
         start = stored_data_start(info, buffer, where, path)

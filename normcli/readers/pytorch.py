@@ -31,6 +31,7 @@ from .torch_pickle import (
 )
 from .torch_views import SignFlipped, StridedReader, is_contiguous, sign_flips
 from .zipped import (
+    ENCRYPTED,
     ZIP_ERRORS,
     CrcCheckedReader,
     check_inflated_size,
@@ -150,7 +151,7 @@ def _load_zip(path: str, data: DataFile) -> _Loaded:
                 info = archive.getinfo(member)
             except KeyError:
                 raise CorruptFileError(f"{where} is missing from the archive") from None
-            if info.flag_bits & 0x1:
+            if info.flag_bits & ENCRYPTED:
                 raise UnsupportedError(f"{where} is encrypted")
             if info.compress_type != zipfile.ZIP_STORED:
                 raise UnsupportedError(f"{where} is compressed; torch.save stores members as is")
@@ -179,7 +180,7 @@ def _member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: DataFil
     """A small member's bytes. Stored ones are read here rather than by zipfile: torch told
     not to compute CRCs writes 0 for every member, which zipfile takes for damage."""
     where = f"member {info.filename!r}"
-    if info.flag_bits & 0x1:
+    if info.flag_bits & ENCRYPTED:
         raise UnsupportedError(f"{where} is encrypted")
     if info.compress_type == zipfile.ZIP_STORED:
         start = stored_data_start(info, data, where, data.path)

@@ -13,6 +13,8 @@ from ..errors import CorruptFileError
 from ..formats import ZIP_MAGIC
 from .files import DataFile
 
+# general-purpose flag bits 0 (encrypted) and 6 (strong encryption): either way, not readable
+ENCRYPTED = 0x1 | 0x40
 # deflate produces at most 1032 bytes from one: a member declaring more is damaged or hostile
 MAX_DEFLATE_RATIO = 1032
 # what zipfile raises on a damaged archive: NotImplementedError for a "version needed to
