@@ -87,3 +87,9 @@ def test_mutations_cover_every_kind_of_edit() -> None:
     seed = fuzz_seeds.seeds()["safetensors"][0]
     for mutation in [*fuzz_mutations._GENERIC, fuzz_mutations.json_number]:
         assert any(mutation(seed, seed.data, rng) != seed.data for _ in range(5)), mutation
+
+
+def test_some_pytorch_mutants_would_run_a_command(tmp_path: Path) -> None:
+    """The rule "nothing executed" is put to the test: mutants calling os.system are made."""
+    paths = fuzz_mutations.write_cases("pytorch", tmp_path, CASES, SEED_NUMBER)
+    assert sum(b"cposix\nsystem\n" in p.read_bytes() for p in paths) >= 5
