@@ -1,4 +1,4 @@
-"""The Python API: inspect, compare and trend with keyword options, and in-memory arrays."""
+"""The Python API: inspect, compare, check and trend with keyword options, and in-memory arrays."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from .errors import UnsupportedError, UsageError
 from .norms import TensorStats, merge_all
 from .readers import Checkpoint, TensorSource
 from .results import (
+    CheckResult,
     CompareResult,
     DtypeSummary,
     GroupReport,
@@ -122,7 +123,7 @@ def compare(
 
 
 def trend(
-    checkpoints: Sequence[str],
+    checkpoints: Sequence[str | os.PathLike[str]],
     *,
     metric: str = "l2",
     order: str = "name",
@@ -135,12 +136,62 @@ def trend(
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> TrendResult:
-    """Every tensor (or group) followed through the checkpoints of a run, in step order."""
-    from . import trend as trends
+    """Every tensor (or group) followed through the checkpoints of a run, in step order:
+    files, folders of checkpoints, glob patterns or saved reports."""
+    from . import trends
 
+    if isinstance(checkpoints, (str, os.PathLike)):
+        raise TypeError("trend takes a list of checkpoints (or of folders or patterns)")
     selection = Selection(tuple(filter), tuple(exclude), include_int)
     read = ReadSettings(input_format, key, threads, progress)
-    return trends.trend(checkpoints, selection, read, metric=metric, order=order, group_by=group_by)
+    paths = [os.fspath(c) for c in checkpoints]
+    return trends.trend(paths, selection, read, metric=metric, order=order, group_by=group_by)
+
+
+def check(
+    path: str | os.PathLike[str],
+    *,
+    baseline: str | os.PathLike[str] | None = None,
+    config: str | os.PathLike[str] | None = None,
+    allow_nonfinite: bool = False,
+    allow_unread: bool = False,
+    require_same_tensors: bool = False,
+    input_format: str | None = None,
+    key: str | None = None,
+    include_int: bool = False,
+    filter: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    strip_prefix: Sequence[str] = (),
+    rename: Sequence[str] = (),
+    threads: int | None = None,
+    progress: Progress | None = None,
+    **limits: float,
+) -> CheckResult:
+    """The CI gate on the checkpoint at `path`: the result `normcli check` renders.
+
+    Limits are the command's options in Python spelling (`max_rel_update=0.1`,
+    `min_cosine=0.9`, ...); `config` names a settings file, read as `--config` reads it (no
+    file is looked for unless named). Rules needing a baseline need `baseline`."""
+    from .gate import find_config, parse_config, run_check
+    from .gate.config import LIMIT_KEYS
+
+    unknown = sorted(k for k in limits if k.replace("_", "-") not in LIMIT_KEYS)
+    if unknown:
+        raise TypeError(f"unexpected limits: {', '.join(unknown)}")
+    settings, source = find_config(os.fspath(config)) if config is not None else ({}, None)
+    flags = {
+        "allow-nonfinite": allow_nonfinite,
+        "allow-unread": allow_unread,
+        "require-same-tensors": require_same_tensors,
+    }
+    overrides = {**{k.replace("_", "-"): v for k, v in limits.items()}, **flags}
+    merged = parse_config(settings, source).merged(overrides)
+    reference = os.fspath(baseline) if baseline is not None else merged.baseline
+    selection = Selection(
+        tuple(filter), tuple(exclude), include_int, tuple(strip_prefix), tuple(rename)
+    )
+    read = ReadSettings(input_format, key, threads, progress)
+    return run_check(os.fspath(path), merged, reference, selection, read)
 
 
 def _array_source(name: str, value: Any) -> TensorSource:

@@ -9,9 +9,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import NormcliError, UsageError
-from .norms import PairStats, TensorStats, merge_all, merge_pairs
+from .norms import PairStats, TensorStats, merge_all
 from .readers import TensorSource
-from .results import STATUSES, Aggregate, CompareResult, SideFigures, TensorDiff, stats_dict
+from .results import (
+    ONE_SIDED,
+    STATUSES,
+    Aggregate,
+    CompareResult,
+    SideFigures,
+    TensorDiff,
+    stats_dict,
+)
 from .scan import scan_all
 from .select import group_names, natural_key
 from .settings import ReadSettings, Selection
@@ -23,6 +31,7 @@ from .sides import (
     is_floating,
     open_sides,
 )
+from .update import model_update, one_sided
 
 SORT_KEYS = ("rel", "diff", "ratio", "cosine", "name", "l2")
 
@@ -75,6 +84,7 @@ def compare(
         summary=summary,
         scope=selection.scope,
         selected=len(rows),
+        available=len(every),
         nonfinite_tensors=tuple(r.name for r in rows if r.nonfinite),
     )
 
@@ -142,6 +152,8 @@ def _status(a: SideFigures | None, b: SideFigures | None, pair: PairStats | None
         return "removed"
     if a.shape != b.shape:
         return "shape_changed"
+    if a.dtype != b.dtype:
+        return "changed"  # the stored bits differ even where every value survived the cast
     if pair is not None:
         return "unchanged" if pair.identical else "changed"
     # against a saved report only the figures it stores can be compared
@@ -154,14 +166,28 @@ def _stored_figures(stats: TensorStats) -> tuple[Any, ...]:
 
 
 def _aggregate(name: str, rows: Sequence[TensorDiff]) -> Aggregate:
-    pairs = [r.pair for r in rows if r.pair is not None]
+    """The rows as one vector: the update over every tensor, never over a subset of them."""
+    count = {status: sum(r.status == status for r in rows) for status in ONE_SIDED}
     return Aggregate(
         name=name,
         tensors=len(rows),
         a=merge_all([r.a.stats for r in rows if r.a is not None]),
         b=merge_all([r.b.stats for r in rows if r.b is not None]),
-        pair=merge_pairs(pairs) if pairs else None,
+        pair=model_update([_update_part(r) for r in rows]),
+        matched=len(rows) - sum(count.values()),
+        added=count["added"],
+        removed=count["removed"],
+        reshaped=count["shape_changed"],
     )
+
+
+def _update_part(row: TensorDiff) -> PairStats | None:
+    """A tensor's part of the model's update: element by element where matched, else its values
+    against the zeros of the side that lacks them; None where values are known on neither
+    basis (a side that is a saved report)."""
+    if row.pair is not None or row.status not in ONE_SIDED:
+        return row.pair
+    return one_sided(*(None if s is None else s.stats for s in (row.a, row.b)))
 
 
 def _sort_value(sort: str) -> Callable[[TensorDiff | Aggregate], float | None]:
@@ -178,17 +204,8 @@ def _sort_value(sort: str) -> Callable[[TensorDiff | Aggregate], float | None]:
 
 def _ratio_distance(row: TensorDiff | Aggregate) -> float | None:
     """How far ‖B‖₂/‖A‖₂ is from 1, either way; a zero A that became non-zero is infinitely far."""
-    if row.ratio_l2 is not None:
-        return abs(math.log(row.ratio_l2 or 1e-300))
-    a, b = (
-        (row.a, row.b)
-        if isinstance(row, Aggregate)
-        else (row.a.stats if row.a else None, row.b.stats if row.b else None)
-    )
-    reshaped = isinstance(row, TensorDiff) and row.status == "shape_changed"
-    if a is not None and b is not None and not a.sumsq and b.sumsq and not reshaped:
-        return math.inf
-    return None
+    ratio = row.ratio_l2
+    return None if ratio is None else abs(math.log(ratio or 1e-300))
 
 
 def _b_l2(row: TensorDiff | Aggregate) -> float | None:

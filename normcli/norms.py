@@ -155,6 +155,16 @@ def _reduce_finite(
     return TensorStats(numel, l1, sumsq, linf, total, zeros, nan, inf, scale)
 
 
+def l2_ratio(top: TensorStats, bottom: TensorStats) -> float | None:
+    """‖top‖₂/‖bottom‖₂: the ratio ‖B‖₂/‖A‖₂ and the relative update ‖B−A‖₂/‖A‖₂ alike.
+
+    A zero bottom under a non-zero top has grown without bound (inf, which breaks any limit);
+    zero over zero has no value (None), as nothing moved and nothing can be divided."""
+    if bottom.sumsq:
+        return top.l2 / bottom.l2
+    return math.inf if top.sumsq else None
+
+
 @dataclass(frozen=True)
 class PairStats:
     """Two same-shaped tensors A and B element by element: each side's statistics, the update
@@ -168,12 +178,12 @@ class PairStats:
 
     @property
     def rel_l2(self) -> float | None:
-        """‖B−A‖₂ / ‖A‖₂ (None where A is all zeros)."""
-        return self.diff.l2 / self.a.l2 if self.a.sumsq else None
+        """‖B−A‖₂ / ‖A‖₂."""
+        return l2_ratio(self.diff, self.a)
 
     @property
     def ratio_l2(self) -> float | None:
-        return self.b.l2 / self.a.l2 if self.a.sumsq else None
+        return l2_ratio(self.b, self.a)
 
     @property
     def cosine(self) -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -91,8 +91,17 @@ def _in_numpy_parts(
     )
 
 
-def _chunk_bytes(chunk_size: int, source: TensorSource) -> int:
-    return chunk_size * source.dtype.bits // 8
+def _file_share(source: TensorSource, start: int, stop: int) -> int:
+    """The file bytes of elements [start, stop): progress counts what is read from disk, which
+    for quantized blocks is far less than the values they decode to. Cumulative, so the
+    shares of consecutive chunks add up to the tensor's bytes exactly."""
+    if not source.numel:
+        return 0
+    return (stop * source.file_bytes) // source.numel - (start * source.file_bytes) // source.numel
+
+
+def _progress_total(sources: Iterable[TensorSource | None]) -> int:
+    return sum(s.file_bytes for s in sources if s is not None)
 
 
 def _pieces(source: TensorSource) -> list[tuple[int, int]]:
@@ -116,10 +125,12 @@ def scan_tensor(
     """Statistics of one tensor (or of its elements [first, last)), read in chunks so memory
     stays flat whatever its size."""
     parts = []
+    done = first
     for chunk in source.chunks(chunk_elements, first, last):
         parts.append(reduce(chunk))
         if progress is not None:
-            progress.advance(_chunk_bytes(chunk.size, source))
+            progress.advance(_file_share(source, done, done + chunk.size))
+        done += chunk.size
     return _as_kind(merge_all(parts), source)
 
 
@@ -148,10 +159,13 @@ def scan_pair(
     chunks = zip(
         a.chunks(chunk_elements, first, last), b.chunks(chunk_elements, first, last), strict=True
     )
+    done = first
     for a_chunk, b_chunk in chunks:
         parts.append(reduce(a_chunk, b_chunk))
         if progress is not None:
-            progress.advance(_chunk_bytes(a_chunk.size, a) + _chunk_bytes(b_chunk.size, b))
+            end = done + a_chunk.size
+            progress.advance(_file_share(a, done, end) + _file_share(b, done, end))
+        done += a_chunk.size
     return _pair_as_kind(merge_pairs(parts) if parts else _empty_pair(), a, b)
 
 
@@ -216,7 +230,7 @@ def scan_all(
     `chunk_elements` if given, else the size that suits the kernels chosen."""
     total = sum(s.nbytes for s in singles) + sum(a.nbytes + b.nbytes for a, b in pairs)
     if progress is not None:
-        progress.start(total)
+        progress.start(_progress_total([*singles, *(s for pair in pairs for s in pair)]))
     reduce, reduce_two, chosen_chunk = choose_kernels(total)
     chunk_elements = chunk_elements or chosen_chunk
     jobs: list[Callable[[], TensorStats | PairStats]] = []
@@ -284,6 +298,7 @@ def scan_series(
         for t, (a, b) in enumerate(zip([None, *sources[:-1]], sources, strict=True))
     ]
     parts: list[list[TensorStats]] = [[] for _ in sources]
+    done = [0] * len(sources)
     pair_parts: list[list[PairStats]] = [[] for _ in sources]
     while True:
         chunks = [next(it, None) if it is not None else None for it in iterators]
@@ -304,7 +319,9 @@ def scan_series(
             elif not (t + 1 < len(chunks) and paired[t + 1]):
                 parts[t].append(reduce(values))
             if progress is not None:
-                progress.advance(_chunk_bytes(values.size, sources[t]))  # type: ignore[arg-type]
+                share = _file_share(sources[t], done[t], done[t] + values.size)  # type: ignore[arg-type]
+                progress.advance(share)
+            done[t] += values.size
     stats = [
         _as_kind(merge_all(p), s) if s is not None else None
         for p, s in zip(parts, sources, strict=True)
@@ -328,7 +345,7 @@ def scan_many_series(
     sizes = [sum(s.nbytes for s in row if s is not None) for row in series]
     total = sum(sizes)
     if progress is not None:
-        progress.start(total)
+        progress.start(sum(_progress_total(row) for row in series))
     reduce, reduce_two, _ = choose_kernels(total)
     jobs = [functools.partial(scan_series, row, progress, reduce, reduce_two) for row in series]
     return _parallel(jobs, sizes, threads)

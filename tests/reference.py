@@ -385,3 +385,48 @@ def stored_bytes(dtype_name: str, array: np.ndarray) -> bytes:
         packed = np.stack([word & 0xFF, (word >> 8) & 0xFF, word >> 16], axis=1)
         return packed.astype(np.uint8).tobytes()
     return flat.tobytes()
+
+
+# --- two models as vectors ---------------------------------------------------------------------
+
+
+def model_vectors(
+    a: dict[str, np.ndarray], b: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both models as float64 vectors over the union of names: zeros where a side lacks a tensor
+    or holds it in another shape (then each shape is a coordinate block of its own)."""
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for name in sorted(set(a) | set(b)):
+        x, y = a.get(name), b.get(name)
+        if x is not None and y is not None and x.shape == y.shape:
+            xs.append(x.astype(np.float64).ravel())
+            ys.append(y.astype(np.float64).ravel())
+            continue
+        if x is not None:
+            xs.append(x.astype(np.float64).ravel())
+            ys.append(np.zeros(x.size))
+        if y is not None:
+            xs.append(np.zeros(y.size))
+            ys.append(y.astype(np.float64).ravel())
+    empty = [np.zeros(0)]
+    return np.concatenate(xs or empty), np.concatenate(ys or empty)
+
+
+def vector_figures(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    keep = np.isfinite(x) & np.isfinite(y)
+    d = [float(q) - float(p) for p, q in zip(x[keep], y[keep], strict=True)]
+    a_l2 = math.sqrt(math.fsum(float(v) ** 2 for v in x[np.isfinite(x)]))
+    b_l2 = math.sqrt(math.fsum(float(v) ** 2 for v in y[np.isfinite(y)]))
+    dot = math.fsum(float(p) * float(q) for p, q in zip(x[keep], y[keep], strict=True))
+    diff_l2 = math.sqrt(math.fsum(v * v for v in d))
+    return {
+        "a_l2": a_l2,
+        "b_l2": b_l2,
+        "diff_l1": math.fsum(abs(v) for v in d),
+        "diff_l2": diff_l2,
+        "diff_linf": max((abs(v) for v in d), default=0.0),
+        "rel": diff_l2 / a_l2 if a_l2 else math.nan,
+        "ratio": b_l2 / a_l2 if a_l2 else math.nan,
+        "cosine": dot / (a_l2 * b_l2) if a_l2 and b_l2 else math.nan,
+    }

@@ -594,6 +594,7 @@ def test_include_int_shows_in_the_table(run: Run, samples: Path) -> None:
 # --- CSV and Markdown ------------------------------------------------------------------------
 
 TENSOR_CSV_COLUMNS = [
+    "row",
     "checkpoint",
     "name",
     "dtype",
@@ -632,12 +633,12 @@ def test_csv_has_a_header_and_one_full_precision_row_per_tensor(run: Run, sample
     tensors = inspect_json(run, path)["tensors"]
     rows = list(csv.reader(io.StringIO(run("inspect", path, "-f", "csv").stdout)))
     assert rows[0] == TENSOR_CSV_COLUMNS
-    assert len(rows) == 1 + len(tensors)
-    for cells, tensor in zip(rows[1:], tensors, strict=True):
+    assert len(rows) == 1 + len(tensors) + 1  # and the whole model's row
+    for cells, tensor in zip(rows[1:], tensors, strict=False):
         record = dict(zip(rows[0], cells, strict=True))
-        assert record["checkpoint"] == str(path)
+        assert record["checkpoint"] == str(path) and record["row"] == "tensor"
         assert record["shape"] == "x".join(map(str, tensor["shape"]))
-        for column in [*TENSOR_CSV_COLUMNS[4:], "name", "dtype"]:
+        for column in [*TENSOR_CSV_COLUMNS[5:], "name", "dtype"]:
             _assert_csv_cell(record[column], tensor[column], f"{tensor['name']} {column}")
 
 
@@ -646,9 +647,10 @@ def test_csv_with_groups_has_one_row_per_group(run: Run, samples: Path) -> None:
     groups = inspect_json(run, path, "--group-by", "3")["groups"]
     text = run("inspect", path, "-f", "csv", "--group-by", "3").stdout
     rows = list(csv.reader(io.StringIO(text)))
-    assert rows[0][:4] == ["checkpoint", "name", "tensors", "dtypes"]
-    assert [r[1] for r in rows[1:]] == [g["name"] for g in groups]
-    for cells, group in zip(rows[1:], groups, strict=True):
+    assert rows[0][:5] == ["row", "checkpoint", "name", "tensors", "dtypes"]
+    assert [r[2] for r in rows[1:-1]] == [g["name"] for g in groups]
+    assert {r[0] for r in rows[1:-1]} == {"group"} and rows[-1][0] == "total"
+    for cells, group in zip(rows[1:], groups, strict=False):
         record = dict(zip(rows[0], cells, strict=True))
         for column in ("numel", "l1", "l2", "linf", "nan"):
             _assert_csv_cell(record[column], group[column], f"{group['name']} {column}")

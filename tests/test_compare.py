@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from reference import model_vectors, vector_figures
 from safetensors.numpy import load_file, save_file
 
 import normcli
@@ -29,7 +30,7 @@ REMOVED = "model.layers.1.self_attn.k_proj.weight"
 RESHAPED = "model.layers.0.mlp.up_proj.weight"
 CAST = "model.embed_tokens.weight"
 ADDED = "model.layers.2.extra.weight"
-COMPARE_SCHEMA = json.loads((files("normcli") / "schemas" / "compare.v1.json").read_text("utf-8"))
+COMPARE_SCHEMA = json.loads((files("normcli") / "schemas" / "compare.v2.json").read_text("utf-8"))
 
 
 def fsum_norms(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -128,11 +129,12 @@ def test_json_figures_are_exact(edited_pair):
     assert rows[ADDED]["a"] is None and rows[ADDED]["b"]["l2"] == 4.0
     assert rows[RESHAPED]["diff"] is None and rows[RESHAPED]["b"]["shape"] == [48, 96]
     assert doc["nonfinite_tensors"] == [POISONED]
-    # the whole-model update is the global norm of the per-tensor updates
-    compared = [t for t in doc["tensors"] if t["diff"] is not None and t["in_total"]]
-    assert doc["total"]["diff"]["l2"] == pytest.approx(
-        math.sqrt(math.fsum(t["diff"]["l2"] ** 2 for t in compared)), rel=1e-12
-    )
+    # the whole-model update covers every tensor, one missing on a side counting as zeros
+    floating = [{k: v for k, v in side.items() if v.dtype.kind == "f"} for side in (a, b)]
+    ref = vector_figures(*model_vectors(*floating))
+    assert doc["total"]["diff"]["l2"] == pytest.approx(ref["diff_l2"], rel=1e-12)
+    assert doc["total"]["rel_l2"] == pytest.approx(ref["rel"], rel=1e-12)
+    assert doc["total"]["covers"] == {"matched": 17, "added": 1, "removed": 1, "reshaped": 1}
 
 
 def test_a_checkpoint_against_itself_is_unchanged_with_cosine_one():

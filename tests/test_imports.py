@@ -19,8 +19,8 @@ CORE_MODULES = [
     "normcli.scan",
     "normcli.api",
     "normcli.diff",
-    "normcli.trend",
-    "normcli.check",
+    "normcli.trends",
+    "normcli.gate",
     "normcli.sides",
     "normcli.results",
 ]
@@ -34,8 +34,8 @@ READING_MODULES = [
     "normcli.compiled",
     "normcli.sides",
     "normcli.diff",
-    "normcli.trend",
-    "normcli.check",
+    "normcli.trends",
+    "normcli.gate",
 ]
 
 

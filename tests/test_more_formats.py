@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import normcli
 from normcli.errors import CorruptFileError, InputError, NormcliError, UnsupportedError
 from normcli.norms import TensorStats
 from normcli.readers.base import Checkpoint
@@ -162,6 +163,31 @@ def gguf_reference(gguf: Any, path: Path) -> dict[str, dict[str, float | int]]:
                 values = np.full(0, np.nan)  # must come back as skipped
         out[t.name] = reference(values)
     return out
+
+
+class RecordedProgress:
+    def __init__(self) -> None:
+        self.total = 0
+        self.done: list[int] = []
+
+    def start(self, total_bytes: int) -> None:
+        self.total = total_bytes
+
+    def advance(self, done_bytes: int) -> None:
+        self.done.append(done_bytes)
+
+
+def test_gguf_progress_counts_the_bytes_of_the_file_not_of_the_decoded_values(
+    gguf: Any, gguf_file: Path
+) -> None:
+    result = normcli.inspect(gguf_file, include_int=True)
+    read = {t.name for t in result.tensors}
+    stored = sum(t.n_bytes for t in gguf.GGUFReader(str(gguf_file)).tensors if t.name in read)
+    for threads in (1, 2):
+        progress = RecordedProgress()
+        normcli.inspect(gguf_file, threads=threads, progress=progress)
+        assert progress.total == stored
+        assert sum(progress.done) == stored
 
 
 @pytest.mark.parametrize("chunk_elements", [100, CHUNK_ELEMENTS])

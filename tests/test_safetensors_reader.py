@@ -134,7 +134,13 @@ CORRUPT: list[tuple[str, bytes, type[NormcliError], tuple[str, ...]]] = [
         "random bytes",
         random.Random(1234).randbytes(4096),
         CorruptFileError,
-        ("header length", "exceeds"),
+        ("not a safetensors file",),
+    ),
+    (
+        "a text file",
+        b"These are notes about the model, not weights.\n" * 4,
+        CorruptFileError,
+        ("not a safetensors file",),
     ),
     (
         "header length over the limit",

@@ -60,7 +60,7 @@ def l2(arrays: list[np.ndarray]) -> float:
 
 def test_the_growing_block_and_the_step_stand_out(run_folder: Path, run: Run) -> None:
     doc = json.loads(run("trend", run_folder, "--group-by", "3", "-f", "json").stdout)
-    validate_json(doc, "trend.v1")
+    validate_json(doc, "trend.v2")
     assert [p["step"] for p in doc["checkpoints"]] == [100 * (i + 1) for i in range(STEPS)]
     rows = {r["name"]: r for r in doc["rows"]}
     assert [name for name, r in rows.items() if r["jumped"]] == [GROWING]

@@ -222,7 +222,7 @@ def trend(
     """Norms across a training run: each tensor (or group) through the checkpoints, in step
     order, with the update from one checkpoint to the next. CKPT may be files, folders of
     checkpoints, glob patterns, or saved `inspect -f json` reports."""
-    from .. import trend as trends
+    from .. import trends
     from ..report import TREND_RENDERERS
     from ..report.plots import plot_trend
 
@@ -287,7 +287,7 @@ Examples:
     "--require-same-tensors",
     is_flag=True,
     default=None,
-    help="N015: no tensor added, removed or reshaped against the baseline.",
+    help="N015: no tensor added, removed, reshaped or of another dtype against the baseline.",
 )
 @click.option(
     "-f",
@@ -301,10 +301,9 @@ Examples:
 )
 @click.option("-o", "--output", metavar="FILE", help="Write the report to FILE instead of stdout.")
 @click.option("--junit", metavar="FILE", help="Also write a JUnit XML report to FILE.")
-@click.option(
-    "--include-int",
-    is_flag=True,
-    help="Count integer and bool tensors too: in the tensor rules and the whole-model figures.",
+@selection_options(
+    "Count integer and bool tensors too: in the tensor rules and the whole-model figures.",
+    renames=True,
 )
 @reading_options
 def check(
@@ -314,7 +313,7 @@ def check(
     output_format: str,
     output: str | None,
     junit: str | None,
-    include_int: bool,
+    selection: Selection,
     read: ReadSettings,
     progress: bool,
     **limits: Any,
@@ -322,7 +321,7 @@ def check(
     """Fail (exit 1) when a CKPT breaks a rule: NaN/Inf values (always, unless allowed), norms
     past a limit, or drift from a baseline. Exit 0 when every rule passes, 2 when an input or
     the settings cannot be judged."""
-    from .. import check as gate
+    from .. import gate
     from ..output import append_text, check_targets, write_text
     from ..report import CHECK_RENDERERS
     from ..report.check_report import print_verdicts, render_junit, render_markdown
@@ -333,7 +332,6 @@ def check(
     results = []
     for path in checkpoints:
         with _progress(progress, _label("check", path)) as bar:
-            selection = Selection(include_int=include_int)
             results.append(
                 gate.run_check(path, config, baseline, selection, replace(read, progress=bar))
             )

@@ -27,7 +27,11 @@ def looks_like(head: bytes, size: int) -> bool:
     if len(head) < 9:
         return False
     (length,) = struct.unpack("<Q", head[:8])
-    return 2 <= length <= size - 8 and head[8:].lstrip(b" \t\r\n")[:1] == b"{"
+    return 2 <= length <= size - 8 and _opens_json(head)
+
+
+def _opens_json(head: bytes) -> bool:
+    return head[8:].lstrip(b" \t\r\n")[:1] == b"{"
 
 
 def open_safetensors(path: str) -> Checkpoint:
@@ -36,7 +40,16 @@ def open_safetensors(path: str) -> Checkpoint:
         if size < 8:
             raise CorruptFileError(f"not a safetensors file: only {size} bytes", path)
         f.seek(0)
-        (header_len,) = struct.unpack("<Q", f.read(8))
+        head = f.read(72)
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if header_len > min(MAX_HEADER_BYTES, size - 8) and not _opens_json(head):
+            # a text file, or any other file, named .safetensors: say what it is not
+            raise CorruptFileError(
+                "not a safetensors file: it starts with neither a header length that fits "
+                "the file nor a JSON header",
+                path,
+            )
+        f.seek(8)
         if header_len > MAX_HEADER_BYTES:
             raise CorruptFileError(
                 f"safetensors header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit",

@@ -12,24 +12,32 @@ from rich.table import Table
 from rich.text import Text
 
 from ..results import RULES, CheckResult
+from .names import TailName
 from .text import printable
 
 FAILED = "bold red"
 PASSED = "green"
+# the table lists this many violations; JSON, JUnit and annotations keep every one
+SHOWN_VIOLATIONS = 20
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _whole(result: CheckResult) -> str:
+    """Where a model rule's finding lies: the whole model, or the selection it covered."""
+    return "(selected tensors)" if result.tensors < result.available else "(whole model)"
+
+
 def verdict(result: CheckResult) -> str:
     """The one-line verdict, for stderr."""
     where = printable(result.checkpoint)
     if result.passed:
-        return (
-            f"normcli check: passed {where} ({_plural(len(result.rules), 'rule')}, "
-            f"{_plural(result.tensors, 'tensor')})"
-        )
+        seen = _plural(result.tensors, "tensor")
+        if result.tensors < result.available:
+            seen = f"{result.tensors} of {result.available} tensors selected"
+        return f"normcli check: passed {where} ({_plural(len(result.rules), 'rule')}, {seen})"
     codes = sorted({v.code for v in result.violations})
     return (
         f"normcli check: FAILED {where}, {_plural(len(result.violations), 'violation')} "
@@ -64,15 +72,25 @@ def render_table(results: Sequence[CheckResult], console: Console) -> None:
             )
             for column in ("code", "rule", "tensor", "finding"):
                 table.add_column(column, overflow="fold")
-            for v in result.violations:
+            whole = _whole(result)
+            for v in result.violations[:SHOWN_VIOLATIONS]:
                 table.add_row(
                     v.code,
                     v.rule,
-                    Text(printable(v.tensor or "(whole model)")),
+                    TailName(v.tensor) if v.tensor else whole,
                     Text(printable(v.message)),
                     style=FAILED,
                 )
             console.print(table)
+            rest = len(result.violations) - SHOWN_VIOLATIONS
+            if rest > 0:
+                console.print(
+                    Text(
+                        f"… and {_plural(rest, 'more violation')} (-f json, -f github and "
+                        "--junit list every one)",
+                        FAILED,
+                    )
+                )
         rules = Table(
             box=box.SIMPLE_HEAD,
             pad_edge=False,
@@ -147,7 +165,7 @@ def render_markdown(results: Sequence[CheckResult]) -> str:
         if result.violations:
             lines += ["| code | rule | tensor | finding |", "|---|---|---|---|"]
             lines += [
-                f"| {v.code} | {v.rule} | `{_cell(v.tensor or '(whole model)')}` | "
+                f"| {v.code} | {v.rule} | `{_cell(v.tensor or _whole(result))}` | "
                 f"{_cell(v.message)} |"
                 for v in result.violations
             ]
@@ -192,7 +210,7 @@ def render_junit(results: Sequence[CheckResult]) -> str:
                     type=outcome.code,
                 )
                 failure.text = "\n".join(
-                    printable(f"{v.tensor or '(whole model)'}: {v.message}") for v in breaches
+                    printable(f"{v.tensor or _whole(result)}: {v.message}") for v in breaches
                 )
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

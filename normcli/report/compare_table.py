@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from ..results import Aggregate, CompareResult, TensorDiff
+from .names import TailName
 from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line, skipped_line
-from .text import fmt_float, fmt_shape, printable
+from .text import NOT_COMPUTED, covers, fmt_float, printable, status_text, total_label
 
 STATUS_STYLE = {
     "changed": "",
@@ -81,7 +82,7 @@ def _render_one(result: CompareResult, console: Console) -> None:
     scope = "floating-point tensors" if result.scope == "floating" else "all tensors"
     console.print(
         Text.assemble(
-            ("Whole model", "bold"),
+            (total_label(result.selected, result.available), "bold"),
             f" ({scope}): ",
             f"‖A‖₂ {fmt_float(total.a.l2, 10)}  ‖B‖₂ {fmt_float(total.b.l2, 10)}  "
             f"ratio {fmt_float(total.ratio_l2)}",
@@ -93,6 +94,11 @@ def _render_one(result: CompareResult, console: Console) -> None:
             f"relative {fmt_float(total.rel_l2)}  cosine {fmt_float(total.cosine, 10)}  "
             f"max|B−A| {fmt_float(total.pair.diff.linf)}  ‖B−A‖₁ {fmt_float(total.pair.diff.l1)}"
         )
+    else:
+        console.print(Text(f"  {NOT_COMPUTED}", STANDOUT))
+    over = covers(total.matched, total.added, total.removed, total.reshaped)
+    if over:
+        console.print(Text(f"  {over}", STANDOUT))
     nonfinite = total.a.nan + total.a.inf + total.b.nan + total.b.inf
     console.print(
         Text(
@@ -109,7 +115,7 @@ def _dtype(row: TensorDiff) -> Text:
     a = row.a.dtype if row.a else None
     b = row.b.dtype if row.b else None
     if row.dtype_changed:
-        return Text(f"{a}→{b}", STANDOUT)
+        return Text(f"{b}", STANDOUT)  # the status cell says from what
     return Text(a or b or "")
 
 
@@ -120,7 +126,7 @@ def _counts(a: int | None, b: int | None) -> Text:
 
 def _new_table(first: str, hidden: frozenset[str]) -> tuple[Table, list[bool]]:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    table.add_column(first, overflow="fold")
+    table.add_column(first)
     keep = [True]
     for column in COLUMNS:
         keep.append(column not in hidden)
@@ -134,13 +140,10 @@ def _new_table(first: str, hidden: frozenset[str]) -> tuple[Table, list[bool]]:
 def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> Table:
     table, keep = _new_table("tensor", hidden)
     for row in rows:
-        status = row.status.replace("_", " ")
-        if row.status == "shape_changed" and row.a and row.b:
-            status += f" {fmt_shape(row.a.shape)}→{fmt_shape(row.b.shape)}"
         pair = row.pair
-        cells: list[Text | str] = [
-            Text(printable(row.name)),
-            Text(status, STATUS_STYLE[row.status]),
+        cells: list[RenderableType] = [
+            TailName(row.name),
+            Text(status_text(row), STATUS_STYLE[row.status]),
             _dtype(row),
             fmt_float(row.a.stats.l2) if row.a else "-",
             fmt_float(row.b.stats.l2) if row.b else "-",
@@ -163,8 +166,8 @@ def _group_table(groups: Sequence[Aggregate], hidden: frozenset[str]) -> Table:
     table, keep = _new_table("group", hidden | {"status", "dtype"})
     for group in groups:
         pair = group.pair
-        cells: list[Text | str] = [
-            Text(printable(group.name)),
+        cells: list[RenderableType] = [
+            TailName(group.name),
             "",
             "",
             fmt_float(group.a.l2),

@@ -1,14 +1,15 @@
-"""CSV output: one row per tensor (or group) with full-precision numbers, for spreadsheets."""
+"""CSV output: one row per tensor (or group) and one for the whole model, with full-precision
+numbers, for spreadsheets; the first column says which kind of row each is, to filter on."""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..results import CompareResult, InspectResult
-from .text import spreadsheet_cell
+from .text import spreadsheet_cell, total_label
 
 STAT_COLUMNS = [
     "bytes",
@@ -23,8 +24,8 @@ STAT_COLUMNS = [
     "nan",
     "inf",
 ]
-TENSOR_COLUMNS = ["checkpoint", "name", "dtype", "shape", *STAT_COLUMNS, "in_total", "shard"]
-GROUP_COLUMNS = ["checkpoint", "name", "tensors", "dtypes", *STAT_COLUMNS]
+TENSOR_COLUMNS = ["row", "checkpoint", "name", "dtype", "shape", *STAT_COLUMNS, "in_total", "shard"]
+GROUP_COLUMNS = ["row", "checkpoint", "name", "tensors", "dtypes", *STAT_COLUMNS]
 
 
 def _cell(value: Any) -> Any:
@@ -56,24 +57,35 @@ def render_inspect(results: Sequence[InspectResult]) -> str:
     grouped = results[0].groups is not None
     return _table(
         GROUP_COLUMNS if grouped else TENSOR_COLUMNS,
-        (
-            {"checkpoint": result.checkpoint.path, **row.to_dict()}
-            for result in results
-            for row in (result.groups if result.groups is not None else result.tensors)
-        ),
+        (record for result in results for record in _inspect_records(result)),
     )
+
+
+def _inspect_records(result: InspectResult) -> Iterator[dict[str, Any]]:
+    path = result.checkpoint.path
+    kind = "group" if result.groups is not None else "tensor"
+    for row in result.groups if result.groups is not None else result.tensors:
+        yield {"row": kind, "checkpoint": path, **row.to_dict()}
+    total = result.total
+    yield {
+        "row": "total",
+        "checkpoint": path,
+        "name": total_label(result.selected, result.checkpoint.tensors),
+        "tensors": total.tensors,
+        **total.to_dict(),
+    }
 
 
 SIDE_FIELDS = ("name", "dtype", "shape", "numel", "l1", "l2", "linf", "nan", "inf")
 DIFF_COLUMNS = [f"diff_{k}" for k in ("l1", "l2", "linf")] + ["rel_l2", "ratio_l2", "cosine"]
 COMPARE_COLUMNS = (
-    ["a", "b", "name", "status", "dtype_changed", "in_total"]
+    ["row", "a", "b", "name", "status", "dtype_changed", "in_total", "tensors"]
     + [f"a_{k}" for k in SIDE_FIELDS]
     + [f"b_{k}" for k in SIDE_FIELDS]
     + DIFF_COLUMNS
 )
 COMPARE_GROUP_COLUMNS = (
-    ["a", "b", "name", "tensors"]
+    ["row", "a", "b", "name", "tensors"]
     + [f"{side}_{k}" for side in "ab" for k in ("numel", "l1", "l2", "linf", "nan", "inf")]
     + DIFF_COLUMNS
 )
@@ -93,9 +105,14 @@ def render_compare(results: Sequence[CompareResult]) -> str:
     grouped = results[0].groups is not None
     return _table(
         COMPARE_GROUP_COLUMNS if grouped else COMPARE_COLUMNS,
-        (
-            {**_flatten(row.to_dict()), "a": result.a.path, "b": result.b.path}
-            for result in results
-            for row in (result.groups if result.groups is not None else result.tensors)
-        ),
+        (record for result in results for record in _compare_records(result)),
     )
+
+
+def _compare_records(result: CompareResult) -> Iterator[dict[str, Any]]:
+    sides = {"a": result.a.path, "b": result.b.path}
+    kind = "group" if result.groups is not None else "tensor"
+    for row in result.groups if result.groups is not None else result.tensors:
+        yield {"row": kind, **_flatten(row.to_dict()), **sides}
+    label = total_label(result.selected, result.available)
+    yield {"row": "total", **_flatten(result.total.to_dict()), **sides, "name": label}

@@ -6,7 +6,17 @@ import re
 from collections.abc import Sequence
 
 from ..results import CompareResult, InspectResult, TensorStats
-from .text import fmt_float, fmt_int, fmt_percent, fmt_shape, printable
+from .text import (
+    NOT_COMPUTED,
+    covers,
+    fmt_float,
+    fmt_int,
+    fmt_percent,
+    fmt_shape,
+    printable,
+    status_text,
+    total_label,
+)
 
 
 def _escape(text: str) -> str:
@@ -79,7 +89,8 @@ def render_inspect(results: Sequence[InspectResult]) -> str:
         scope = "floating-point tensors" if total.scope == "floating" else "all tensors"
         lines += [
             "",
-            f"**Whole model** ({scope}: {total.tensors}): {fmt_int(s.numel)} elements, "
+            f"**{total_label(result.selected, result.checkpoint.tensors)}** "
+            f"({scope}: {total.tensors}): {fmt_int(s.numel)} elements, "
             f"L1 {fmt_float(s.l1, 10)}, L2 {fmt_float(s.l2, 10)}, "
             f"Linf {fmt_float(s.linf, 10)}, NaN {s.nan}, Inf {s.inf}",
             "",
@@ -116,7 +127,7 @@ def render_compare(results: Sequence[CompareResult]) -> str:
                 [
                     [
                         _code(t.name),
-                        t.status + (" (dtype changed)" if t.dtype_changed else ""),
+                        status_text(t),
                         fmt_float(t.a.stats.l2) if t.a else "-",
                         fmt_float(t.b.stats.l2) if t.b else "-",
                         fmt_float(t.pair.diff.l2) if t.pair else "-",
@@ -130,13 +141,20 @@ def render_compare(results: Sequence[CompareResult]) -> str:
             )
         s, total = result.summary, result.total
         counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in s.items())
+        update = (
+            f"‖B−A‖₂ {fmt_float(total.pair.diff.l2, 10)}, relative {fmt_float(total.rel_l2)}, "
+            f"cosine {fmt_float(total.cosine, 10)}"
+            if total.pair is not None
+            else NOT_COMPUTED
+        )
+        over = covers(total.matched, total.added, total.removed, total.reshaped)
         lines += [
             "",
             f"**Tensors**: {counts}",
             "",
-            f"**Whole model**: ‖A‖₂ {fmt_float(total.a.l2, 10)}, ‖B‖₂ {fmt_float(total.b.l2, 10)}, "
-            f"‖B−A‖₂ {fmt_float(total.pair.diff.l2 if total.pair else None, 10)}, "
-            f"relative {fmt_float(total.rel_l2)}, cosine {fmt_float(total.cosine, 10)}",
+            f"**{total_label(result.selected, result.available)}**: "
+            f"‖A‖₂ {fmt_float(total.a.l2, 10)}, ‖B‖₂ {fmt_float(total.b.l2, 10)}, {update}"
+            + (f"; {over}" if over else ""),
             "",
         ]
     return "\n".join(lines)

@@ -13,8 +13,8 @@ from typing import Any
 from ..errors import UnsupportedError, UsageError
 from ..results import CompareResult, InspectResult, TrendResult
 from .charts import ALERT, PALETTE, Series, bar_chart, line_chart
-from .text import fmt_float, printable, sparkline
-from .trend_report import change_text, jump_text, max_update_text
+from .text import fmt_float, printable, sparkline, status_text
+from .trend_report import change_text, jump_text, max_update_text, row_note, total_name
 
 PLOT_SUFFIXES = (".png", ".svg", ".html")
 
@@ -119,18 +119,17 @@ def trend_html(result: TrendResult) -> str:
         values = row.values(result.metric)
         present = [v for v in values if v is not None]
         alert = row.nonfinite or row.jumped(result.metric)
-        note = "non-finite" if row.nonfinite else "jumped" if alert else ""
         rows.append(
             (
                 [
-                    "whole model" if row is result.total else printable(row.name),
+                    total_name(result) if row is result.total else printable(row.name),
                     sparkline(values),
                     fmt_float(present[0] if present else None),
                     fmt_float(present[-1] if present else None),
                     change_text(row, result.metric),
                     jump_text(row, result),
                     max_update_text(row),
-                    note,
+                    row_note(row, result.metric),
                 ],
                 alert,
             )
@@ -346,11 +345,12 @@ def _short(path: str) -> str:
 
 def plot_compare(result: CompareResult, path: str) -> bytes:
     labels, series, alert = _compare_bars(result)
+    statuses = [""] * len(labels) if result.groups is not None else map(status_text, result.tensors)
     table = _html_table(
-        ["name", "relative update"],
+        ["name", "status", "relative update"],
         [
-            ([printable(label), fmt_float(series[0][1][i])], label in alert)
-            for i, label in enumerate(labels)
+            ([printable(label), status, fmt_float(series[0][1][i])], label in alert)
+            for i, (label, status) in enumerate(zip(labels, statuses, strict=True))
         ],
     )
     title = (

@@ -5,12 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from ..results import GroupReport, InspectResult, TensorStats
-from .text import fmt_bytes, fmt_float, fmt_int, fmt_percent, fmt_shape, printable
+from .names import TailName
+from .text import (
+    fmt_bytes,
+    fmt_float,
+    fmt_int,
+    fmt_percent,
+    fmt_shape,
+    printable,
+    total_label,
+)
 
 NONFINITE = "bold red"
 STANDOUT = "bold yellow"
@@ -105,7 +114,7 @@ class _Rows:
     def __init__(self, first: str, extra: Sequence[str], hidden: frozenset[str]) -> None:
         self.table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
         self.keep = [c not in hidden for c in (first, *extra, *STAT_COLUMNS, "")]
-        self.table.add_column(first, overflow="fold")
+        self.table.add_column(first)
         for column in extra:
             if column not in hidden:
                 self.table.add_column(
@@ -116,7 +125,7 @@ class _Rows:
                 self.table.add_column(column, justify="right", no_wrap=True)
         self.table.add_column("", no_wrap=True)
 
-    def add(self, cells: Sequence[Text | str], style: str | None) -> None:
+    def add(self, cells: Sequence[RenderableType], style: str | None) -> None:
         self.table.add_row(
             *(c for c, keep in zip(cells, self.keep, strict=True) if keep), style=style
         )
@@ -142,7 +151,7 @@ def _tensor_table(result: InspectResult, hidden: frozenset[str]) -> Table:
         )
         table.add(
             [
-                Text(printable(row.name)),
+                TailName(row.name),
                 row.dtype,
                 fmt_shape(row.shape),
                 *([Text(printable(row.shard or ""))] if sharded else []),
@@ -166,7 +175,7 @@ def _group_table(groups: Sequence[GroupReport], hidden: frozenset[str]) -> Table
         )
         table.add(
             [
-                Text(printable(group.name)),
+                TailName(group.name),
                 fmt_int(group.tensors),
                 *_stat_cells(group.stats),
                 Text(note, style),
@@ -203,10 +212,9 @@ def _render_total(result: InspectResult, console: Console) -> None:
         if total.excluded
         else ""
     )
+    label = total_label(result.selected, result.checkpoint.tensors)
     console.print(
-        Text.assemble(
-            ("Whole model", "bold"), f": {_plural(total.tensors, kind + 'tensor')}{left_out}"
-        )
+        Text.assemble((label, "bold"), f": {_plural(total.tensors, kind + 'tensor')}{left_out}")
     )
     nonfinite = NONFINITE if stats.nan or stats.inf else ""
     console.print(

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..results import TensorDiff
 
 
 def printable(name: str) -> str:
@@ -88,3 +92,41 @@ def sparkline(values: list[float | None]) -> str:
         else:
             marks.append(SPARK[round((scale(v) - lo) / (hi - lo) * (len(SPARK) - 1))])
     return "".join(marks)
+
+
+def total_label(selected: int, available: int) -> str:
+    """What the totals cover: the whole model, or only what --filter/--exclude left."""
+    if selected >= available:
+        return "Whole model"
+    return f"Selected ({selected} of {available} tensors)"
+
+
+# a saved report holds norms, not values: these have no honest value against one
+NOT_COMPUTED = (
+    "update, relative update and cosine: cannot be computed against a saved report (no values)"
+)
+
+
+def covers(matched: int, added: int, removed: int, reshaped: int) -> str:
+    """Which tensors the whole-model figures cover, where the tensor sets differ."""
+    if not (added or removed or reshaped):
+        return ""
+    parts = [f"{matched} matched"] + [
+        f"{n} {what}"
+        for n, what in ((added, "added"), (removed, "removed"), (reshaped, "reshaped"))
+        if n
+    ]
+    return f"over {', '.join(parts)} tensors; one missing on a side counts as zeros there"
+
+
+def status_text(row: TensorDiff) -> str:
+    """A compared tensor's status as every output shows it, a reshape or a cast included: a
+    dtype change is never hidden behind a column a narrow terminal drops."""
+    text = row.status.replace("_", " ")
+    if row.a is None or row.b is None:
+        return text
+    if row.status == "shape_changed":
+        text += f" {fmt_shape(row.a.shape)}→{fmt_shape(row.b.shape)}"
+    if row.dtype_changed:
+        text += f" {row.a.dtype}→{row.b.dtype}"
+    return text

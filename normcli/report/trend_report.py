@@ -13,8 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ..results import TrendResult, TrendRow
+from .names import TailName
 from .table import NONFINITE, STANDOUT, fit_table
-from .text import fmt_float, printable, sparkline, spreadsheet_cell
+from .text import fmt_float, printable, sparkline, spreadsheet_cell, total_label
 
 METRIC_NAMES = {"l2": "L2", "l1": "L1", "linf": "Linf", "rms": "RMS"}
 
@@ -24,7 +25,43 @@ def jump_text(row: TrendRow, result: TrendResult) -> str:
     jump = row.first_jump(result.metric)
     if jump is None:
         return "-"
-    return f"{result.points[jump[0]].label} (×{jump[1]:.3g})"
+    cause = ", tensors changed" if row.set_changed(jump[0]) else ""
+    return f"{result.points[jump[0]].label} (×{jump[1]:.3g}{cause})"
+
+
+def row_note(row: TrendRow, metric: str) -> str:
+    if row.nonfinite:
+        return "non-finite!"
+    jump = row.first_jump(metric)
+    notes = ["jumped"] if jump is not None and not row.set_changed(jump[0]) else []
+    if any(row.set_changed(t) for t in range(len(row.present))):
+        notes.append("tensors changed")
+    return ", ".join(notes)
+
+
+def run_notes(result: TrendResult) -> list[str]:
+    """Where the selected tensors differ from the previous checkpoint's (the figures from there
+    on cover other tensors, which no training step explains), and where no update exists."""
+    lines = []
+    for point in result.points:
+        change = point.change
+        if change:
+            counts = [
+                f"{n} {what}"
+                for n, what in (
+                    (change.added, "added"),
+                    (change.removed, "removed"),
+                    (change.reshaped, "reshaped"),
+                )
+                if n
+            ]
+            lines.append(f"tensor set changed at {printable(point.label)}: {', '.join(counts)}")
+    reports = [printable(p.label) for p in result.points if p.format == "report"]
+    if reports:
+        lines.append(
+            f"no update into or out of {', '.join(reports)}: a saved report holds norms, not values"
+        )
+    return lines
 
 
 def change_text(row: TrendRow, metric: str) -> str:
@@ -52,7 +89,6 @@ def _table(result: TrendResult, hidden: frozenset[str]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     table.add_column(
         "group" if result.group_by else "tensor",
-        overflow="fold",
         min_width=min(28, max(map(len, names), default=11)),
     )
     table.add_column(METRIC_NAMES[result.metric], no_wrap=True)
@@ -69,12 +105,9 @@ def _table(result: TrendResult, hidden: frozenset[str]) -> Table:
             "jump at": jump_text(row, result),
             "max rel. update": max_update_text(row),
         }
-        note = "non-finite!" if row.nonfinite else "jumped" if row.jumped(result.metric) else ""
+        note = row_note(row, result.metric)
         table.add_row(
-            Text(
-                printable(row.name) if row is not result.total else "whole model",
-                "bold" if row is result.total else "",
-            ),
+            TailName(row.name) if row is not result.total else Text(total_name(result), "bold"),
             sparkline(values),
             *(cells[c] for c in columns),
             Text(note),
@@ -82,6 +115,10 @@ def _table(result: TrendResult, hidden: frozenset[str]) -> Table:
             end_section=row is result.rows[-1] if result.rows else False,
         )
     return table
+
+
+def total_name(result: TrendResult) -> str:
+    return total_label(result.selected, result.available).lower()
 
 
 def max_update_text(row: TrendRow) -> str:
@@ -113,6 +150,8 @@ def render_table(results: Sequence[TrendResult], console: Console) -> None:
         fit_table(console, functools.partial(_table, result), OPTIONAL)
         steps = "  ".join(printable(p.label) for p in result.points)
         console.print(Text(f"checkpoints: {steps}", "dim"))
+        for line in run_notes(result):
+            console.print(Text(line, STANDOUT))
 
 
 def render_markdown(results: Sequence[TrendResult]) -> str:
@@ -128,14 +167,9 @@ def render_markdown(results: Sequence[TrendResult]) -> str:
         ]
         for row in (*result.rows, result.total):
             present = [v for v in row.values(result.metric) if v is not None]
-            note = (
-                "**non-finite**"
-                if row.nonfinite
-                else "**jumped**"
-                if row.jumped(result.metric)
-                else ""
-            )
-            label = "whole model" if row is result.total else printable(row.name)
+            note = row_note(row, result.metric)
+            note = f"**{note}**" if note else ""
+            label = total_name(result) if row is result.total else printable(row.name)
             label = label.replace("|", "\\|")
             cells = [
                 label,
@@ -148,7 +182,7 @@ def render_markdown(results: Sequence[TrendResult]) -> str:
                 note,
             ]
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", *(f"**{line}**" for line in run_notes(result)), ""]
     return "\n".join(lines)
 
 
@@ -158,6 +192,7 @@ def render_csv(results: Sequence[TrendResult]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(
         [
+            "row",
             "name",
             "tensors",
             "checkpoint",
@@ -168,14 +203,17 @@ def render_csv(results: Sequence[TrendResult]) -> str:
             "rel_update",
             "nan",
             "inf",
+            "tensors_present",
         ]
     )
     for result in results:
+        kind = "group" if result.group_by else "tensor"
         for row in (*result.rows, result.total):
             values = row.values(result.metric)
             for t, point in enumerate(result.points):
                 stats = row.stats[t]
                 cells = [
+                    "total" if row is result.total else kind,
                     spreadsheet_cell(row.name),
                     row.tensors,
                     spreadsheet_cell(point.path),
@@ -186,6 +224,7 @@ def render_csv(results: Sequence[TrendResult]) -> str:
                     row.rel_update[t],
                     stats.nan if stats else None,
                     stats.inf if stats else None,
+                    row.present[t],
                 ]
                 writer.writerow(["" if c is None else c for c in cells])
     return out.getvalue()

@@ -10,6 +10,7 @@ from .check import CHECK_SCHEMA, RULES, CheckResult, Rule, RuleOutcome, Violatio
 from .common import number, stats_dict
 from .compare import (
     COMPARE_SCHEMA,
+    ONE_SIDED,
     SIDE_FIGURES,
     STATUSES,
     Aggregate,
@@ -26,13 +27,14 @@ from .inspect import (
     TensorReport,
     Total,
 )
-from .trend import JUMP_FACTOR, TREND_SCHEMA, Point, TrendResult, TrendRow
+from .trend import JUMP_FACTOR, TREND_SCHEMA, Point, SetChange, TrendResult, TrendRow
 
 __all__ = [
     "CHECK_SCHEMA",
     "COMPARE_SCHEMA",
     "INSPECT_SCHEMA",
     "JUMP_FACTOR",
+    "ONE_SIDED",
     "RULES",
     "SIDE_FIGURES",
     "STATUSES",
@@ -48,6 +50,7 @@ __all__ = [
     "Point",
     "Rule",
     "RuleOutcome",
+    "SetChange",
     "SideFigures",
     "TensorDiff",
     "TensorReport",

@@ -68,7 +68,7 @@ RULES: dict[str, Rule] = {
             "require-same-tensors",
             "tensor",
             "baseline",
-            "no tensor added, removed or reshaped",
+            "no tensor added, removed, reshaped or of another dtype",
         ),
         Rule(
             "N016",
@@ -132,6 +132,8 @@ class CheckResult:
     config: str | None
     # rules of the settings file left unjudged for want of a baseline
     skipped_rules: tuple[str, ...] = ()
+    # the checkpoint's tensors before --filter/--exclude
+    available: int = 0
 
     @property
     def passed(self) -> bool:
@@ -146,6 +148,7 @@ class CheckResult:
             "violations": [v.to_dict() for v in self.violations],
             "checked": {
                 "tensors": self.tensors,
+                "available": self.available,
                 "config": self.config,
                 "rules": [r.to_dict() for r in self.rules],
                 "skipped_rules": list(self.skipped_rules),

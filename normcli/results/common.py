@@ -1,4 +1,5 @@
-"""What every result shares: JSON-safe numbers and the figures of one set of statistics."""
+"""What every result shares: JSON-safe numbers and the figures of one set of statistics, as a dict
+and as attributes."""
 
 from __future__ import annotations
 
@@ -29,3 +30,37 @@ def stats_dict(stats: TensorStats) -> dict[str, Any]:
         "nan": stats.nan,
         "inf": stats.inf,
     }
+
+
+class Figures:
+    """A row's statistics as its own attributes: `result.total.l2`, `row.linf`."""
+
+    stats: TensorStats
+
+    @property
+    def numel(self) -> int:
+        return self.stats.numel
+
+    @property
+    def l1(self) -> float:
+        return self.stats.l1
+
+    @property
+    def l2(self) -> float:
+        return self.stats.l2
+
+    @property
+    def linf(self) -> float:
+        return self.stats.linf
+
+    @property
+    def rms(self) -> float | None:
+        return self.stats.rms
+
+    @property
+    def nan(self) -> int:
+        return self.stats.nan
+
+    @property
+    def inf(self) -> int:
+        return self.stats.inf

@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..norms import PairStats, TensorStats
+from ..norms import PairStats, TensorStats, l2_ratio
 from .common import number, stats_dict
 from .inspect import CheckpointInfo
 
-COMPARE_SCHEMA = "normcli/compare/v1"
+COMPARE_SCHEMA = "normcli/compare/v2"
 STATUSES = ("changed", "unchanged", "added", "removed", "shape_changed")
+# tensors with no counterpart of the same shape: in the model vector they meet only zeros
+ONE_SIDED = ("added", "removed", "shape_changed")
+# what a saved report, holding norms but not values, leaves unknown about the update
+UPDATE_FIGURES = ("diff", "rel_l2", "cosine")
 
 
 # the figures each side of a compared tensor carries (a subset of an inspect row's)
@@ -63,7 +67,7 @@ class TensorDiff:
     def ratio_l2(self) -> float | None:
         if self.a is None or self.b is None or self.status == "shape_changed":
             return None
-        return self.b.stats.l2 / self.a.stats.l2 if self.a.stats.sumsq else None
+        return l2_ratio(self.b.stats, self.a.stats)
 
     @property
     def cosine(self) -> float | None:
@@ -90,14 +94,31 @@ class TensorDiff:
 
 @dataclass(frozen=True)
 class Aggregate:
-    """A group of tensors, or the whole model: each side's own totals, and the update over the
-    tensors compared element by element (`matched_a` is ‖A‖ over just those)."""
+    """A group of tensors, or the whole model, as one vector: each side's totals and the update
+    over every tensor, one missing on a side counting as zeros there (`pair` None: the update
+    cannot be computed, as a side is a saved report without values)."""
 
     name: str
     tensors: int
     a: TensorStats
     b: TensorStats
     pair: PairStats | None
+    matched: int = 0
+    added: int = 0
+    removed: int = 0
+    reshaped: int = 0
+
+    @property
+    def a_l2(self) -> float:
+        return self.a.l2
+
+    @property
+    def b_l2(self) -> float:
+        return self.b.l2
+
+    @property
+    def update_l2(self) -> float | None:
+        return self.pair.diff.l2 if self.pair is not None else None
 
     @property
     def rel_l2(self) -> float | None:
@@ -105,7 +126,7 @@ class Aggregate:
 
     @property
     def ratio_l2(self) -> float | None:
-        return self.b.l2 / self.a.l2 if self.a.sumsq else None
+        return l2_ratio(self.b, self.a)
 
     @property
     def cosine(self) -> float | None:
@@ -115,12 +136,19 @@ class Aggregate:
         return {
             "name": self.name,
             "tensors": self.tensors,
+            "covers": {
+                "matched": self.matched,
+                "added": self.added,
+                "removed": self.removed,
+                "reshaped": self.reshaped,
+            },
             "a": stats_dict(self.a),
             "b": stats_dict(self.b),
             "diff": _diff_dict(self.pair),
             "rel_l2": number(self.rel_l2),
             "ratio_l2": number(self.ratio_l2),
             "cosine": number(self.cosine),
+            "not_computed": [] if self.pair is not None else list(UPDATE_FIGURES),
         }
 
 
@@ -134,6 +162,8 @@ class CompareResult:
     summary: dict[str, int]
     scope: str
     selected: int
+    # tensors on either side before --filter/--exclude
+    available: int
     # every selected tensor holding NaN or Inf on either side, whatever --top hid
     nonfinite_tensors: tuple[str, ...] = ()
 
@@ -143,6 +173,7 @@ class CompareResult:
             "a": self.a.to_dict(),
             "b": self.b.to_dict(),
             "selected": self.selected,
+            "available": self.available,
             "tensors": [t.to_dict() for t in self.tensors],
             "groups": None if self.groups is None else [g.to_dict() for g in self.groups],
             "total": {**self.total.to_dict(), "scope": self.scope},

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..norms import TensorStats
-from .common import stats_dict
+from .common import Figures, stats_dict
 
 INSPECT_SCHEMA = "normcli/inspect/v1"
 
 
 @dataclass(frozen=True)
-class TensorReport:
+class TensorReport(Figures):
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -36,7 +36,7 @@ class TensorReport:
 
 
 @dataclass(frozen=True)
-class GroupReport:
+class GroupReport(Figures):
     """Tensors whose names share their first N dot-separated parts, aggregated like the model."""
 
     name: str
@@ -56,7 +56,7 @@ class GroupReport:
 
 
 @dataclass(frozen=True)
-class DtypeSummary:
+class DtypeSummary(Figures):
     dtype: str
     tensors: int
     nbytes: int
@@ -72,7 +72,7 @@ class DtypeSummary:
 
 
 @dataclass(frozen=True)
-class Total:
+class Total(Figures):
     """Whole-model figures: L1 and counts add up, L2 is the global norm √Σ‖t‖₂², Linf the max."""
 
     stats: TensorStats

@@ -10,9 +10,24 @@ from typing import Any
 from ..norms import PairStats, TensorStats
 from .common import number
 
-TREND_SCHEMA = "normcli/trend/v1"
+TREND_SCHEMA = "normcli/trend/v2"
 # a step whose metric moved by more than this factor (either way) makes its row stand out
 JUMP_FACTOR = 1.5
+
+
+@dataclass(frozen=True)
+class SetChange:
+    """How the selected tensors of a checkpoint differ from the previous checkpoint's."""
+
+    added: int
+    removed: int
+    reshaped: int
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.reshaped)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"added": self.added, "removed": self.removed, "reshaped": self.reshaped}
 
 
 @dataclass(frozen=True)
@@ -23,20 +38,34 @@ class Point:
     format: str
     step: int | None
     label: str
+    # against the previous checkpoint; None at the first
+    change: SetChange | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "format": self.format, "step": self.step, "label": self.label}
+        return {
+            "path": self.path,
+            "format": self.format,
+            "step": self.step,
+            "label": self.label,
+            "tensor_set": None if self.change is None else self.change.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
 class TrendRow:
     """A tensor or a group: its statistics at every checkpoint (None where absent) and the
-    update from the previous checkpoint (None at the first, or where shapes differ)."""
+    update from the previous checkpoint (None at the first; for a tensor, where it is absent
+    on a side or shapes differ; for a group, only where a side is a saved report, as a group's
+    members missing on a side count as zeros there)."""
 
     name: str
     tensors: int
     stats: tuple[TensorStats | None, ...]
     updates: tuple[PairStats | None, ...]
+    # the row's part of its group's update at each step (a group's own update)
+    moves: tuple[PairStats | None, ...] = ()
+    # how many of its tensors each checkpoint holds
+    present: tuple[int, ...] = ()
 
     def values(self, metric: str) -> list[float | None]:
         return [_metric(s, metric) for s in self.stats]
@@ -79,6 +108,10 @@ class TrendRow:
                     return t, factor
         return None
 
+    def set_changed(self, t: int) -> bool:
+        """Whether checkpoint t holds a different number of the row's tensors than t-1."""
+        return 0 < t < len(self.present) and self.present[t] != self.present[t - 1]
+
     def jumped(self, metric: str) -> bool:
         return self.first_jump(metric) is not None
 
@@ -108,6 +141,7 @@ class TrendRow:
             "first_jump": at(self.first_jump(metric)),
             "jumped": self.jumped(metric),
             "nonfinite": self.nonfinite,
+            "present": list(self.present),
         }
 
 
@@ -119,12 +153,17 @@ class TrendResult:
     metric: str
     group_by: int | None
     grouped_automatically: bool
+    # tensor names that --filter/--exclude kept, of all the checkpoints hold
+    selected: int = 0
+    available: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": TREND_SCHEMA,
             "metric": self.metric,
             "group_by": self.group_by,
+            "selected": self.selected,
+            "available": self.available,
             "checkpoints": [p.to_dict() for p in self.points],
             "rows": [r.to_dict(self.metric, self.points) for r in self.rows],
             "total": self.total.to_dict(self.metric, self.points),

@@ -3,16 +3,15 @@ violations it finds; evaluate() runs those the settings ask for, in the order of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from ..results import (
+    ONE_SIDED,
     RULES,
     CompareResult,
     InspectResult,
-    PairStats,
     RuleOutcome,
     TensorDiff,
     TensorStats,
@@ -46,10 +45,12 @@ def evaluate(
     tensors: Sequence[Judged],
     total: TensorStats,
     comparison: CompareResult | None,
+    model: str = "whole-model",
 ) -> tuple[list[Violation], list[RuleOutcome]]:
+    """Every rule the settings ask for; `model` names what the model rules' figures cover."""
     violations: list[Violation] = []
     outcomes: list[RuleOutcome] = []
-    for key, found, limit, scoped in _judged(config, tensors, total, comparison):
+    for key, found, limit, scoped in _judged(config, tensors, total, comparison, model):
         violations.extend(found)
         outcomes.append(outcome(key, found, limit, scoped))
     return violations, outcomes
@@ -60,10 +61,11 @@ def _judged(
     tensors: Sequence[Judged],
     total: TensorStats,
     comparison: CompareResult | None,
+    label: str,
 ) -> Iterator[tuple[str, list[Violation], float | None, bool]]:
     if not config.allow_nonfinite:
         yield "nonfinite", nonfinite(tensors), 0.0, False
-    model = _model_values(total, comparison)
+    model = _model_values(total, comparison, label)
     for key in LIMIT_KEYS:
         limit = config.limits.get(key)
         scoped = any(key in s.limits for s in config.scopes)
@@ -125,21 +127,21 @@ def tensor_limit(key: str, config: CheckConfig, tensors: Sequence[Judged]) -> li
 
 
 def same_tensors(comparison: CompareResult) -> list[Violation]:
-    """N015: no tensor added, removed or reshaped against the baseline."""
+    """N015: no tensor added, removed, reshaped or of another dtype against the baseline."""
     code = RULES["require-same-tensors"].code
     return [
-        Violation(
-            code,
-            "require-same-tensors",
-            r.name,
-            None,
-            None,
-            r.status.replace("_", " ")
-            + (f" {list(r.a.shape)} → {list(r.b.shape)}" if r.a and r.b else ""),
-        )
+        Violation(code, "require-same-tensors", r.name, None, None, _not_same(r))
         for r in comparison.tensors
-        if r.status in ("added", "removed", "shape_changed")
+        if r.status in ONE_SIDED or r.dtype_changed
     ]
+
+
+def _not_same(row: TensorDiff) -> str:
+    if row.a is None or row.b is None:
+        return row.status
+    if row.status == "shape_changed":
+        return f"shape changed {list(row.a.shape)} → {list(row.b.shape)}"
+    return f"dtype changed {row.a.dtype} → {row.b.dtype}"
 
 
 def unread_tensors(tensors: Sequence[Judged], unread: Sequence[tuple[str, str]]) -> list[Violation]:
@@ -160,23 +162,19 @@ def unread_tensors(tensors: Sequence[Judged], unread: Sequence[tuple[str, str]])
 
 
 def _model_values(
-    total: TensorStats, comparison: CompareResult | None
+    total: TensorStats, comparison: CompareResult | None, model: str
 ) -> dict[str, tuple[float | None, str]]:
+    """The whole model's figures (the selection's, under --filter/--exclude), as compare
+    prints them: the update over every tensor, one missing on a side counting as zeros."""
     values: dict[str, tuple[float | None, str]] = {
-        "max-l2": (total.l2, "whole-model L2"),
-        "max-l1": (total.l1, "whole-model L1"),
+        "max-l2": (total.l2, f"{model} L2"),
+        "max-l1": (total.l1, f"{model} L1"),
     }
     if comparison is not None:
-        pair = comparison.total.pair
-        values["max-l2-ratio"] = (
-            _ratio(comparison.total.a, comparison.total.b),
-            "whole-model ‖B‖₂/‖A‖₂",
-        )
-        values["max-rel-update"] = (
-            _rel_update(pair) if pair else None,
-            "whole-model ‖B−A‖₂/‖A‖₂",
-        )
-        values["min-cosine"] = (comparison.total.cosine, "whole-model cosine")
+        whole = comparison.total
+        values["max-l2-ratio"] = (whole.ratio_l2, f"{model} ‖B‖₂/‖A‖₂")
+        values["max-rel-update"] = (whole.rel_l2, f"{model} ‖B−A‖₂/‖A‖₂")
+        values["min-cosine"] = (whole.cosine, f"{model} cosine")
     return values
 
 
@@ -193,34 +191,10 @@ _TENSOR_VALUES: dict[str, tuple[TensorValue, str]] = {
     "max-tensor-l2": (lambda t: t.stats.l2 if t.stats else None, "L2"),
     "max-tensor-linf": (lambda t: t.stats.linf if t.stats else None, "max|x|"),
     "max-tensor-rms": (lambda t: t.stats.rms if t.stats else None, "RMS"),
-    "max-tensor-l2-ratio": (
-        lambda t: (
-            _ratio(t.diff.a.stats, t.diff.b.stats)
-            if t.diff and t.diff.a and t.diff.b and t.diff.status != "shape_changed"
-            else None
-        ),
-        "‖B‖₂/‖A‖₂",
-    ),
-    "max-tensor-rel-update": (
-        lambda t: _rel_update(t.diff.pair) if t.diff and t.diff.pair else None,
-        "‖B−A‖₂/‖A‖₂",
-    ),
+    "max-tensor-l2-ratio": (lambda t: t.diff.ratio_l2 if t.diff else None, "‖B‖₂/‖A‖₂"),
+    "max-tensor-rel-update": (lambda t: t.diff.rel_l2 if t.diff else None, "‖B−A‖₂/‖A‖₂"),
     "min-cosine": (lambda t: t.diff.cosine if t.diff else None, "cosine"),
 }
-
-
-def _ratio(a: TensorStats, b: TensorStats) -> float | None:
-    """‖B‖₂/‖A‖₂, where a zero baseline that became non-zero has grown without bound (inf, which
-    breaks any limit) rather than having no ratio at all."""
-    if a.sumsq:
-        return b.l2 / a.l2
-    return math.inf if b.sumsq else None
-
-
-def _rel_update(pair: PairStats) -> float | None:
-    if pair.a.sumsq:
-        return pair.diff.l2 / pair.a.l2
-    return math.inf if pair.diff.sumsq else 0.0
 
 
 def _breaks(key: str, value: float, limit: float) -> bool:

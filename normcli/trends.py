@@ -7,16 +7,18 @@ import glob
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
 from .errors import InputError, UsageError
-from .norms import PairStats, TensorStats, merge_all, merge_pairs
+from .norms import PairStats, TensorStats, merge_all
 from .readers import TensorSource
 from .readers.sharded import CHECKPOINT_SUFFIXES, INDEX_SUFFIX, SHARD_NAME
-from .results import Point, TrendResult, TrendRow
+from .results import Point, SetChange, TrendResult, TrendRow
 from .scan import scan_many_series
 from .select import group_name, group_names, natural_key
 from .settings import ReadSettings, Selection
 from .sides import Entry, Side, StoredTensor, is_floating, open_sides
+from .update import model_update, one_sided
 
 METRICS = ("l2", "l1", "linf", "rms")
 ORDERS = ("name", "mtime", "given")
@@ -54,9 +56,9 @@ def expand_inputs(arguments: Sequence[str], order: str) -> list[str]:
     paths = list(dict.fromkeys(os.path.normpath(p) for p in paths))  # each checkpoint once
     if order == "name":
         # by step first, wherever the files lie; then by name
-        paths.sort(key=lambda p: (step_of(p) is None, step_of(p) or 0, natural_key(p)))
+        paths.sort(key=lambda p: (step_of(p) is None, step_of(p) or 0, _path_key(p)))
     elif order == "mtime":
-        paths.sort(key=lambda p: (os.stat(p).st_mtime, natural_key(p)))
+        paths.sort(key=lambda p: (os.stat(p).st_mtime, _path_key(p)))
     if len(paths) < 2:
         raise UsageError(f"a trend needs at least two checkpoints, found {len(paths)}")
     return paths
@@ -86,15 +88,25 @@ def step_of(path: str) -> int | None:
     the file name (step-100, ckpt_2000, epoch3), else in its folder's name
     (checkpoint-500/model.safetensors). Digits inside a word (bf16, fp8) are no step."""
     parts = os.path.normpath(path).split(os.sep)
-    for name in (parts[-1], *(parts[-2:-1])):
-        for suffix in (*CHECKPOINT_SUFFIXES, ".json"):
-            if name.lower().endswith(suffix):
-                name = name[: -len(suffix)]
-                break
+    for name in (_stem(parts[-1]), *(parts[-2:-1])):
         found = _STEP.findall(name)
         if found:
             return int(found[-1])
     return None
+
+
+def _stem(name: str) -> str:
+    for suffix in (*CHECKPOINT_SUFFIXES, ".json"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _path_key(path: str) -> tuple[tuple[tuple[int, int | str], ...], ...]:
+    """Natural order folder by folder, names without their suffix: `x` before `x-step` (a
+    separator or a suffix would otherwise decide, '-' sorting before '.' and '/')."""
+    *folders, name = os.path.normpath(path).split(os.sep)
+    return tuple(natural_key(part) for part in (*folders, _stem(name)))
 
 
 # --- the trend ---------------------------------------------------------------------------------
@@ -119,14 +131,26 @@ def trend(
         names = _names_in_order(sides)
         every = len(names)
         names = [n for n in names if selection.selects(n)]
+        selected = len(names)
         names = [n for n in names if selection.covers(_floating(n, sides))]
         selection.require_some(len(names), every)
+        points = _with_set_changes(points, sides, names)
         live = [[_live(side.get(name)) for side in sides] for name in names]
         scanned = scan_many_series(live, read.threads, read.progress)
     rows = []
     for name, (stats, updates) in zip(names, scanned, strict=True):
         merged = [_stored_stats(side.get(name)) or s for side, s in zip(sides, stats, strict=True)]
-        rows.append(TrendRow(name, 1, tuple(merged), tuple(updates)))
+        shapes = [_shape(side.get(name)) for side in sides]
+        rows.append(
+            TrendRow(
+                name,
+                1,
+                tuple(merged),
+                tuple(updates),
+                _moves(merged, updates, shapes),
+                tuple(int(s is not None) for s in shapes),
+            )
+        )
     automatic = group_by is None and len(rows) > AUTO_GROUPS
     depth = _auto_depth(names) if automatic else group_by
     if depth:
@@ -137,7 +161,9 @@ def trend(
     else:
         rows.sort(key=lambda r: natural_key(r.name))
     total = _group("total", rows)
-    return TrendResult(tuple(points), tuple(rows), total, metric, depth or None, automatic)
+    return TrendResult(
+        tuple(points), tuple(rows), total, metric, depth or None, automatic, selected, every
+    )
 
 
 def _point(path: str, side: Side) -> Point:
@@ -183,13 +209,57 @@ def _auto_depth(names: Sequence[str]) -> int | None:
 
 
 def _group(name: str, rows: Sequence[TrendRow]) -> TrendRow:
-    """Members merged checkpoint by checkpoint: L2 the global norm, updates likewise."""
+    """Members merged checkpoint by checkpoint as one vector: L2 the global norm, the update
+    over every member, one missing on a side counting as zeros there."""
     width = len(rows[0].stats) if rows else 0
     stats: list[TensorStats | None] = []
-    updates: list[PairStats | None] = []
+    updates: list[PairStats | None] = [None]
     for t in range(width):
         present = [r.stats[t] for r in rows if r.stats[t] is not None]
         stats.append(merge_all([s for s in present if s is not None]) if present else None)
-        moved = [r.updates[t] for r in rows if r.updates[t] is not None]
-        updates.append(merge_pairs([u for u in moved if u is not None]) if moved else None)
-    return TrendRow(name, sum(r.tensors for r in rows), tuple(stats), tuple(updates))
+        if t:
+            updates.append(model_update([r.moves[t] for r in rows]))
+    return TrendRow(
+        name,
+        sum(r.tensors for r in rows),
+        tuple(stats),
+        tuple(updates[:width]),
+        tuple(updates[:width]),
+        tuple(sum(r.present[t] for r in rows) for t in range(width)),
+    )
+
+
+def _moves(
+    stats: Sequence[TensorStats | None],
+    updates: Sequence[PairStats | None],
+    shapes: Sequence[tuple[int, ...] | None],
+) -> tuple[PairStats | None, ...]:
+    """A tensor's part of the model's update at each step: its own update where it kept its
+    shape, else its values against the zeros of the side that lacks them."""
+    moves: list[PairStats | None] = [None]
+    for t in range(1, len(stats)):
+        kept = shapes[t - 1] is not None and shapes[t - 1] == shapes[t]
+        moves.append(updates[t] if kept else one_sided(stats[t - 1], stats[t]))
+    return tuple(moves)
+
+
+def _shape(entry: Entry | None) -> tuple[int, ...] | None:
+    return None if entry is None else entry.shape
+
+
+def _with_set_changes(
+    points: Sequence[Point], sides: Sequence[dict[str, Entry]], names: Sequence[str]
+) -> list[Point]:
+    """Each checkpoint told how its selected tensors differ from the previous one's."""
+    changed = [points[0]]
+    for t in range(1, len(points)):
+        before = [_shape(sides[t - 1].get(n)) for n in names]
+        after = [_shape(sides[t].get(n)) for n in names]
+        pairs = list(zip(before, after, strict=True))
+        change = SetChange(
+            added=sum(b is None and a is not None for b, a in pairs),
+            removed=sum(b is not None and a is None for b, a in pairs),
+            reshaped=sum(b is not None and a is not None and a != b for b, a in pairs),
+        )
+        changed.append(replace(points[t], change=change))
+    return changed

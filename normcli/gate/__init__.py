@@ -38,9 +38,14 @@ def run_check(
     read: ReadSettings,
 ) -> CheckResult:
     """Scan `path` (against `baseline`, a checkpoint or a saved report) and judge every rule."""
+    if baseline is None and (selection.strip_prefix or selection.rename):
+        raise UsageError("--strip-prefix and --rename match names to a baseline: give --baseline")
     config, skipped = _rules_for(config, baseline)
-    tensors, total, comparison, unread = _scan(path, baseline, selection, read)
-    violations, outcomes = evaluate(config, tensors, total, comparison)
+    tensors, total, comparison, unread, available = _scan(path, baseline, selection, read)
+    seen = sum(t.stats is not None for t in tensors)
+    # figures over a selection are not the whole model's, and the findings say so
+    model = "selected tensors'" if seen < available else "whole-model"
+    violations, outcomes = evaluate(config, tensors, total, comparison, model)
     if not config.allow_unread:
         found = unread_tensors(tensors, unread)
         if found:  # a guard on the input rather than a figure: listed only when it fires
@@ -51,9 +56,10 @@ def run_check(
         baseline,
         tuple(violations),
         tuple(outcomes),
-        sum(t.stats is not None for t in tensors),
+        seen,
         config.source,
         tuple(skipped),
+        available,
     )
 
 
@@ -84,13 +90,16 @@ def _s(keys: list[str]) -> str:
 
 def _scan(
     path: str, baseline: str | None, selection: Selection, read: ReadSettings
-) -> tuple[list[Judged], TensorStats, CompareResult | None, tuple[tuple[str, str], ...]]:
+) -> tuple[list[Judged], TensorStats, CompareResult | None, tuple[tuple[str, str], ...], int]:
     """The tensors as the rules see them, the whole-model figures, the comparison with the
-    baseline if there is one, and the tensors that could not be read."""
+    baseline if there is one, the tensors that could not be read, and how many tensors the
+    checkpoint holds before any selection."""
     if baseline is None:
         inspected = inspect_path(path, selection, read)
+        info = inspected.checkpoint
         total = inspected.total.stats
-        return from_inspect(inspected), total, None, inspected.checkpoint.skipped_tensors
+        return from_inspect(inspected), total, None, info.skipped_tensors, info.tensors
     comparison = compare(baseline, path, selection, read)
     tensors = [Judged(r.name, r.b.stats if r.b else None, r.covered, r) for r in comparison.tensors]
-    return tensors, comparison.total.b, comparison, comparison.b.skipped_tensors
+    b = comparison.b
+    return tensors, comparison.total.b, comparison, b.skipped_tensors, b.tensors
