@@ -4,6 +4,7 @@ cut is most telling at, the integer fields worth lying in, the names worth doubl
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -277,6 +278,7 @@ def json_edit(seed: Seed, data: bytes, rng: random.Random) -> bytes:
     return (text[:at] + value + text[end:]).encode()
 
 
+@functools.cache  # built once per process: the seeds are read, never changed
 def seeds() -> dict[str, list[Seed]]:
     """Every format's seeds, by the name the fuzz tests are parametrized with."""
     out: dict[str, list[Seed]] = {
