@@ -309,7 +309,8 @@ def _gguf_arrays(path: Path) -> dict[str, np.ndarray]:
         values = np.array(t.data)
         if t.tensor_type.name not in ("F32", "F16", "F64", "I8", "I16", "I32", "I64"):
             try:
-                values = gguf.quants.dequantize(values, t.tensor_type)
+                with np.errstate(all="ignore"):  # NaN scales are data here, not a mistake
+                    values = gguf.quants.dequantize(values, t.tensor_type)
             except NotImplementedError:
                 values = None
         out[t.name] = values
