@@ -4,6 +4,7 @@ as a string's length field), so a file of a few hundred bytes could ask for giga
 
 from __future__ import annotations
 
+import io
 import pickletools
 from collections import defaultdict
 from collections.abc import Iterable
@@ -23,7 +24,12 @@ MIN_VALUES = 100_000
 READS_PER_STORAGE_BYTE = 64
 SMALL_STORAGE = 1 << 16
 
-_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+# the opcodes looked at, as pickletools describes them
+_OPCODES = pickletools.opcodes
+_PUTS = frozenset(op for op in _OPCODES if op.name in ("PUT", "BINPUT", "LONG_BINPUT"))
+_ENDS_MARK = frozenset(op for op in _OPCODES if pickletools.markobject in op.stack_before)
+_MARK = next(op for op in _OPCODES if op.name == "MARK")
+_FRAME = next(op for op in _OPCODES if op.name == "FRAME")
 
 
 class _Clamped:
@@ -51,22 +57,24 @@ def read_pickle(stream: IO[bytes], left: int, what: str) -> bytes:
     declared lengths within the bytes present, frames within the file, MARKs nested at most
     MAX_MARK_DEPTH deep. `stream` is left just after the pickle's STOP."""
     start = stream.tell()
-    clamped = _Clamped(stream, left)
+    # bytes in memory are read as they are (BytesIO never allocates past its end); a file
+    # through _Clamped
+    source = stream if isinstance(stream, io.BytesIO) else _Clamped(stream, left)
     depth = 0
     try:
-        for count, (opcode, arg, _) in enumerate(pickletools.genops(clamped)):  # type: ignore[arg-type]
-            if opcode.name in _PUTS and type(arg) is int and arg > count:
+        for count, (opcode, arg, _) in enumerate(pickletools.genops(source)):  # type: ignore[arg-type]
+            if opcode in _PUTS and type(arg) is int and arg > count:
                 raise CorruptFileError(
                     f"{what} stores memo entry {arg} after only {count} opcodes "
                     "(a hostile or damaged pickle)"
                 )
-            if opcode.name == "FRAME" and type(arg) is int and arg > clamped.left:
+            if opcode is _FRAME and type(arg) is int and arg > left - (stream.tell() - start):
                 raise CorruptFileError(f"{what} declares a frame past the end of the file")
-            if opcode.name == "MARK":
+            if opcode is _MARK:
                 depth += 1
                 if depth > MAX_MARK_DEPTH:
                     raise CorruptFileError(f"{what} nests more than {MAX_MARK_DEPTH} levels deep")
-            elif pickletools.markobject in opcode.stack_before:
+            elif opcode in _ENDS_MARK:
                 depth -= 1
     except ValueError as e:  # a truncated argument, an unknown opcode, no STOP
         raise CorruptFileError(f"{what} is not a valid pickle ({e})") from e
