@@ -12,14 +12,14 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from ..dtypes import DType
 from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
 from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
 from .files import DataFile, open_regular
-from .pickle_limits import check_storage_reads, max_values, read_pickle
+from .pickle_limits import check_storage_reads, max_values
 from .torch_pickle import (
     TORCH_DTYPES,
     RestrictedUnpickler,
@@ -140,7 +140,6 @@ def _load_zip(path: str, data: DataFile) -> _Loaded:
         )
         _check_byteorder(archive, f"{prefix}byteorder", data)
         raw = _member_bytes(archive, archive.getinfo(pickles[0]), data)
-        raw = read_pickle(io.BytesIO(raw), len(raw), pickles[0])
         unpickler = RestrictedUnpickler(io.BytesIO(raw), torchscript=torchscript)
         root = unpickle(unpickler, pickles[0])
         starts, members = {}, {}
@@ -161,7 +160,7 @@ def _load_zip(path: str, data: DataFile) -> _Loaded:
                 )
             starts[key] = stored_data_start(info, data, where, data.path)
             members[key] = info
-    return _Loaded(root, starts, len(raw), members)
+    return _Loaded(root, starts, unpickler.pickle_bytes, members)
 
 
 def _check_byteorder(archive: zipfile.ZipFile, member: str, data: DataFile) -> None:
@@ -200,21 +199,21 @@ def _load_legacy(path: str, data: DataFile) -> _Loaded:
     protocol version, system information, the object, then the list of storage keys; then each
     storage as its element count (8 bytes, little-endian) and its bytes, in that list's order."""
     with open_regular(path) as f:
-        magic, _ = _legacy_pickle(f, len(data), "the first pickle")
+        magic = unpickle(RestrictedUnpickler(f, legacy=True), "the first pickle")
         if type(magic) is not int or magic != LEGACY_MAGIC:
             raise CorruptFileError(
                 "not a PyTorch checkpoint: neither a zip archive nor a pickle stream that "
                 "starts with torch's magic number"
             )
-        protocol, _ = _legacy_pickle(f, len(data), "the protocol version")
+        protocol = unpickle(RestrictedUnpickler(f, legacy=True), "the protocol version")
         if type(protocol) is not int or protocol != LEGACY_PROTOCOL:
             raise UnsupportedError(f"legacy format version {protocol!r:.40} (torch writes 1001)")
-        if not isinstance(_legacy_pickle(f, len(data), "system info")[0], dict):
+        if not isinstance(unpickle(RestrictedUnpickler(f, legacy=True), "system info"), dict):
             raise CorruptFileError("the system information pickle is not a dict")
-        start = f.tell()
-        root, unpickler = _legacy_pickle(f, len(data), "the checkpoint's pickle")
-        pickle_bytes = f.tell() - start
-        keys, _ = _legacy_pickle(f, len(data), "the storage key list")
+        unpickler = RestrictedUnpickler(f, legacy=True)
+        root = unpickle(unpickler, "the checkpoint's pickle")
+        keys = unpickle(RestrictedUnpickler(f, legacy=True), "the storage key list")
+        # each unpickler took exactly its own pickle from the file
         position = f.tell()
     if not isinstance(keys, list):
         raise CorruptFileError("the storage key list is not a list")
@@ -248,14 +247,7 @@ def _load_legacy(path: str, data: DataFile) -> _Loaded:
         raise CorruptFileError(f"storage {missing[0]!r} is used but never written")
     if position != len(data):
         raise CorruptFileError(f"{len(data) - position} bytes after the last storage")
-    return _Loaded(root, starts, pickle_bytes, {})
-
-
-def _legacy_pickle(f: BinaryIO, size: int, what: str) -> tuple[Any, RestrictedUnpickler]:
-    """The next pickle of a legacy file, its opcodes checked before it is unpickled."""
-    raw = read_pickle(f, size - f.tell(), what)
-    unpickler = RestrictedUnpickler(io.BytesIO(raw), legacy=True)
-    return unpickle(unpickler, what), unpickler
+    return _Loaded(root, starts, unpickler.pickle_bytes, {})
 
 
 def _dtype(name: str) -> DType:
