@@ -195,6 +195,9 @@ def main() -> None:
                 write_safetensors(stepped, name, dtype, size, step=1e-2)
             bench_file(path, None if large else stepped, name, threads)
         print_startup()
+        from bench_remote import bench_remote
+
+        bench_remote(folder, folder / "f16-1g.safetensors")
     finally:
         if not os.environ.get("BENCH_DIR"):
             shutil.rmtree(folder, ignore_errors=True)

@@ -194,7 +194,12 @@ def _parallel(
     files.set_readers(workers)
     if workers == 1:
         return [_releasing(job) for job in jobs]
-    order = sorted(range(len(jobs)), key=lambda i: -sizes[i])
+    # a remote file is fetched ahead in storage order, the order the jobs come in
+    order = (
+        list(range(len(jobs)))
+        if files.reading_remote()
+        else sorted(range(len(jobs)), key=lambda i: -sizes[i])
+    )
     with ThreadPoolExecutor(workers, thread_name_prefix="normcli-scan") as pool:
         futures = {i: pool.submit(_releasing, jobs[i]) for i in order}
         return [futures[i].result() for i in range(len(jobs))]

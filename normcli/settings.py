@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import UsageError
 from .select import name_selected, require_some
@@ -53,6 +53,8 @@ class ReadSettings:
     key: str | None = None
     threads: int | None = None
     progress: Progress | None = None
+    # --storage-option KEY=VALUE pairs, for the filesystem of every URL opened
+    storage_options: tuple[tuple[str, Any], ...] = ()
 
 
 def parse_rename(rule: str) -> tuple[re.Pattern[str], str]:

@@ -12,9 +12,9 @@ from typing import Any
 
 from .errors import CorruptFileError, UsageError
 from .norms import TensorStats, squares_of_l2
-from .readers import Checkpoint, TensorSource, open_checkpoint
+from .readers import Checkpoint, TensorSource, open_checkpoint, remote
 from .readers.files import load_json, open_regular
-from .readers.sharded import is_sharded
+from .readers.sharded import INDEX_SUFFIX, is_sharded
 from .results import INSPECT_SCHEMA, CheckpointInfo
 from .settings import ReadSettings
 
@@ -42,7 +42,11 @@ def dtype_name(entry: Entry) -> str:
 
 
 def is_report(path: str) -> bool:
-    """A saved JSON report rather than a checkpoint (a folder or an index file is a checkpoint)."""
+    """A saved JSON report rather than a checkpoint (a folder or an index file is a checkpoint).
+    A URL is told by its name (a .json that is no index), without a request."""
+    if remote.is_url(path):
+        name = path.split("?", 1)[0].lower()
+        return name.endswith(".json") and not name.endswith(INDEX_SUFFIX)
     if is_sharded(path):
         return False
     with open_regular(path) as f:
@@ -60,6 +64,10 @@ def load_report(path: str) -> tuple[CheckpointInfo, list[StoredTensor]]:
     if not isinstance(doc, dict) or doc.get("schema") != INSPECT_SCHEMA:
         raise CorruptFileError(
             f"not a normcli inspect report (expected schema {INSPECT_SCHEMA})", path
+        )
+    if doc.get("header_only"):
+        raise UsageError(
+            "a --header-only report holds no figures of the values to compare against", path
         )
     try:
         info = doc["checkpoint"]
@@ -160,7 +168,8 @@ def open_side(path: str | os.PathLike[str], read: ReadSettings, stack: ExitStack
     check and trend turn an argument into tensors."""
     path = os.fspath(path)
     if is_report(path):
-        info, stored = load_report(path)
+        with remote.storage_options(dict(read.storage_options)):
+            info, stored = load_report(path)
         return Side(info, tuple(stored))
     checkpoint = stack.enter_context(open_checkpoint_side(path, read))
     return Side(checkpoint_info(checkpoint), tuple(checkpoint.tensors))
@@ -169,7 +178,7 @@ def open_side(path: str | os.PathLike[str], read: ReadSettings, stack: ExitStack
 def open_checkpoint_side(path: str | os.PathLike[str], read: ReadSettings) -> Checkpoint:
     """The one place a command opens a checkpoint (inspect directly, the others through
     open_side): where the location of a side, local or remote, is resolved."""
-    return open_checkpoint(path, read.input_format, read.key)
+    return open_checkpoint(path, read.input_format, read.key, dict(read.storage_options))
 
 
 @contextmanager

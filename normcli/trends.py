@@ -12,6 +12,7 @@ from dataclasses import replace
 from .errors import InputError, UsageError
 from .norms import PairStats, TensorStats, merge_all
 from .readers import TensorSource
+from .readers.remote import is_url
 from .readers.sharded import CHECKPOINT_SUFFIXES, INDEX_SUFFIX, SHARD_NAME
 from .results import Point, SetChange, TrendResult, TrendRow
 from .scan import scan_many_series
@@ -38,7 +39,9 @@ def expand_inputs(arguments: Sequence[str], order: str) -> list[str]:
         raise UsageError(f"--order must be one of {', '.join(ORDERS)}, not {order!r}")
     paths: list[str] = []
     for argument in arguments:
-        if any(c in argument for c in "*?[") and not os.path.exists(argument):
+        if is_url(argument):
+            paths.append(argument)  # a remote checkpoint, file or folder, named as it is
+        elif any(c in argument for c in "*?[") and not os.path.exists(argument):
             matches = glob.glob(argument)
             if not matches:
                 raise InputError("the pattern matches no file", argument)
@@ -53,11 +56,16 @@ def expand_inputs(arguments: Sequence[str], order: str) -> list[str]:
             raise InputError("no such file or folder", argument)
         else:
             paths.append(argument)
-    paths = list(dict.fromkeys(os.path.normpath(p) for p in paths))  # each checkpoint once
+    # each checkpoint once
+    paths = list(dict.fromkeys(p if is_url(p) else os.path.normpath(p) for p in paths))
     if order == "name":
         # by step first, wherever the files lie; then by name
         paths.sort(key=lambda p: (step_of(p) is None, step_of(p) or 0, _path_key(p)))
     elif order == "mtime":
+        if any(map(is_url, paths)):
+            raise UsageError(
+                "--order mtime needs local files; give URLs in order with --order given"
+            )
         paths.sort(key=lambda p: (os.stat(p).st_mtime, _path_key(p)))
     if len(paths) < 2:
         raise UsageError(f"a trend needs at least two checkpoints, found {len(paths)}")

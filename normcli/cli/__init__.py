@@ -101,6 +101,7 @@ for command in (commands.inspect, commands.compare, commands.trend, commands.che
 
 def main() -> None:
     _allow_open_files()
+    sys.excepthook = _redacted_traceback
     _stop_on_sigterm()
     cli.main()
 
@@ -127,3 +128,12 @@ def _allow_open_files() -> None:
     if soft != hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _redacted_traceback(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+    """The traceback --debug shows, with credentials in URLs, queries and options hidden."""
+    import traceback
+
+    from ..readers.remote import redact
+
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, error, trace))))

@@ -95,6 +95,12 @@ def _render(
     type=click.Choice(["name", "l1", "l2", "linf", "numel"]),
     help="Order rows by name (natural order) or by a figure, largest first. Default: file order.",
 )
+@click.option(
+    "--header-only",
+    is_flag=True,
+    help="Names, dtypes, shapes and element/byte counts from the headers alone, without reading "
+    "any value (a remote checkpoint costs a few small requests per file).",
+)
 @view_options
 @selection_options("Count integer and bool tensors in the whole-model totals too.")
 @reading_options
@@ -104,6 +110,7 @@ def inspect(
     output: str | None,
     plot: str | None,
     sort: str | None,
+    header_only: bool,
     top: int | None,
     group_by: int | None,
     selection: Selection,
@@ -112,9 +119,12 @@ def inspect(
 ) -> None:
     """Norms of every tensor in each CKPT, and of the whole model."""
     from ..api import inspect_path
+    from ..errors import UsageError
     from ..report import INSPECT_RENDERERS
     from ..report.plots import plot_inspect
 
+    if header_only and plot:
+        raise UsageError("--plot draws the values' figures, which --header-only does not read")
     results = []
     for path in checkpoints:
         with _progress(progress, _label("inspect", path)) as bar:
@@ -126,6 +136,7 @@ def inspect(
                     sort=sort,
                     top=top,
                     group_by=group_by,
+                    header_only=header_only,
                 )
             )
     _render(INSPECT_RENDERERS, output_format, results, output, checkpoints, plot, plot_inspect)

@@ -140,12 +140,21 @@ _reading_options = bundle(
         help="Worker threads (default: all cores).",
     ),
     click.option("--no-progress", is_flag=True, help="Never show a progress bar."),
+    click.option(
+        "--storage-option",
+        "storage_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="An option of the storage of URL arguments (s3://, gs://, az://, hf://, https://), "
+        "e.g. endpoint_url=http://127.0.0.1:9000 or anon=true (repeatable); credentials come "
+        "from the usual places (AWS_*, HF_TOKEN, fsspec's configuration).",
+    ),
 )
 
 
 def reading_options(command: F) -> F:
-    """--input-format, --key, --threads, --no-progress, handed to the command as
-    `read: ReadSettings` (its progress set per file by the command) and `progress: bool`."""
+    """--input-format, --key, --threads, --no-progress, --storage-option, handed to the command
+    as `read: ReadSettings` (its progress set per file by the command) and `progress: bool`."""
 
     @functools.wraps(command)
     def with_reading(
@@ -154,9 +163,13 @@ def reading_options(command: F) -> F:
         key: str | None,
         threads: int | None,
         no_progress: bool,
+        storage_options: tuple[str, ...],
         **kwargs: Any,
     ) -> Any:
-        read = ReadSettings(input_format, key, threads)
+        from ..readers.remote import parse_option
+
+        options = tuple(parse_option(text) for text in storage_options)
+        read = ReadSettings(input_format, key, threads, storage_options=options)
         return command(*args, read=read, progress=not no_progress, **kwargs)
 
     return _reading_options(cast(F, with_reading))

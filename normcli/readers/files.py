@@ -13,24 +13,111 @@ import stat
 import sys
 import threading
 import weakref
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
 from ..errors import CorruptFileError, InputError, UnsupportedError
 from ..inputs import note_read
+from . import remote
 
 # Reads the raw bytes [start, stop) of one tensor's data, into `out` (at least that long) when
 # it can, and returns them.
 ByteReader = Callable[[int, int, np.ndarray], "bytes | memoryview | np.ndarray"]
 
 
+class Data(Protocol):
+    """A checkpoint file's bytes, wherever they lie: a local DataFile or a remote file."""
+
+    path: str
+    size: int
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, span: slice) -> bytes: ...
+
+    def readinto(self, buffer: memoryview, offset: int) -> int: ...
+
+    def reader(self, base: int) -> Callable[[int, int, np.ndarray], np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def open_data(path: str) -> Data:
+    """The file at `path` (a local path or a URL), for reading tensor data in place."""
+    if remote.is_url(path) and remote.local_path(path) is None:
+        from .remote_file import RemoteFile
+
+        return RemoteFile(remote.spec_for(path))
+    return DataFile(remote.local_path(path) or path)
+
+
+def reading_remote() -> bool:
+    """Whether a remote file is open: reads then follow storage order, which it fetches ahead."""
+    opened = sys.modules.get(f"{__package__}.remote_file")  # none unless a URL was read
+    return opened is not None and bool(opened.any_open())
+
+
+# what zipfile raises on a damaged archive: NotImplementedError for a "version needed to
+# extract" or a compression method it does not know
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    NotImplementedError,
+    OSError,
+    EOFError,
+    ValueError,
+)
+
+
+def open_zip(path: str) -> zipfile.ZipFile:
+    """A zip archive (its directory read, members not): closing it closes what it opened. A
+    damaged one is a CorruptFileError."""
+    if not remote.is_url(path) or remote.local_path(path) is not None:
+        local = remote.local_path(path) or path
+        try:
+            return zipfile.ZipFile(local)
+        except ZIP_ERRORS as e:
+            raise CorruptFileError(f"not a readable zip archive: {e}", path) from e
+    stream = open_regular(path)
+    try:
+        archive = _OwningZipFile(stream)
+    except ZIP_ERRORS as e:
+        stream.close()
+        raise CorruptFileError(f"not a readable zip archive: {e}", path) from e
+    except BaseException:
+        stream.close()
+        raise
+    archive.owned = stream
+    return archive
+
+
+class _OwningZipFile(zipfile.ZipFile):
+    owned: BinaryIO | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self.owned is not None:
+            self.owned.close()
+            self.owned = None
+
+
 def open_regular(path: str) -> BinaryIO:
     """Open a regular file for binary reading, or say plainly why it cannot be. A FIFO or a
     device is refused before anything waits on it: opening one for reading could block forever
     or read without end."""
+    if remote.is_url(path):
+        local = remote.local_path(path)
+        if local is None:
+            from .remote_file import open_stream
+
+            return open_stream(remote.spec_for(path))
+        path = local
     if os.path.isdir(path):
         raise InputError("is a directory, not a checkpoint file", path)
     try:
@@ -147,6 +234,9 @@ def set_readers(count: int) -> None:
 def release_windows() -> None:
     """Hand back every page this thread keeps mapped: it is done with what it was reading.
     Raises if a page it read could not be (the values read there were zeros)."""
+    remote_reads = sys.modules.get(f"{__package__}.remote_file")  # none unless a URL was read
+    if remote_reads is not None:
+        remote_reads.release_thread()
     windows = _thread_windows()
     for data, window in list(windows.items()):
         data._release(window.low, window.high)

@@ -22,7 +22,8 @@ from ..dtypes import SAFETENSORS_DTYPES, DType, from_numpy
 from ..errors import CorruptFileError, UnsupportedError
 from ..formats import GGUF_MAGIC
 from .base import Checkpoint, TensorSource
-from .files import DataFile, import_optional, open_regular
+from .files import Data, import_optional, open_data, open_regular
+from .remote import is_url
 
 # ggml's GGML_MAX_DIMS: a tensor has at most four dimensions
 MAX_DIMS = 4
@@ -31,6 +32,8 @@ MAX_ELEMENTS = 2**63 - 1
 # arrays of arrays are legal; nothing real nests them this deep
 MAX_NESTING = 8
 DEFAULT_ALIGNMENT = 32
+# A remote header is read from the file's first bytes; one larger than this is refused.
+REMOTE_HEADER_MAX = 256 << 20
 
 # GGUF metadata value types: the fixed-size ones and their sizes in bytes
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -59,14 +62,16 @@ class _Info:
 
 def open_gguf(path: str) -> Checkpoint:
     gguf = import_optional("gguf", "gguf.quants", what="a GGUF file", extra="gguf", path=path)
-    with open_regular(path) as f:
-        size = f.seek(0, 2)
+    data = open_data(path)
+    try:
+        size = data.size
         if size < 24:
             raise CorruptFileError(f"not a GGUF file: only {size} bytes", path)
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
-            infos, data_start, order = _Header(buffer, path, gguf).read()
-    _check_layout(infos, data_start, size, gguf, path)
-    data = DataFile(path)
+        infos, data_start, order = _read_header(data, path, gguf)
+        _check_layout(infos, data_start, size, gguf, path)
+    except BaseException:
+        data.close()
+        raise
     sources, skipped = [], []
     for info in infos:
         made = _source(info, data, data_start + info.offset, order, gguf)
@@ -77,11 +82,28 @@ def open_gguf(path: str) -> Checkpoint:
     return Checkpoint(path, "gguf", size, sources, [data.close], skipped=skipped)
 
 
+def _read_header(data: Data, path: str, gguf: Any) -> tuple[list[_Info], int, Literal["<", ">"]]:
+    """The header, read through a map of a local file; from a remote file, from its first
+    bytes, more of them fetched while the header runs past them (up to REMOTE_HEADER_MAX)."""
+    if not is_url(path):
+        with open_regular(path) as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+            return _Header(buffer, path, gguf).read()
+    wanted = 1 << 20
+    while True:
+        prefix = data[0:wanted]
+        try:
+            return _Header(prefix, path, gguf).read()
+        except CorruptFileError:
+            if len(prefix) >= min(data.size, REMOTE_HEADER_MAX):
+                raise
+        wanted *= 8
+
+
 class _Header:
     """Walks the header with every length checked against the file before it is trusted, so a
     hostile count can neither read past the end nor loop for ever; gguf's reader does not check."""
 
-    def __init__(self, buffer: mmap.mmap, path: str, gguf: Any) -> None:
+    def __init__(self, buffer: mmap.mmap | bytes, path: str, gguf: Any) -> None:
         self.buffer, self.path, self.gguf = buffer, path, gguf
         self.pos = 0
         self.order: Literal["<", ">"] = "<"
@@ -263,7 +285,7 @@ def _check_layout(infos: list[_Info], data_start: int, size: int, gguf: Any, pat
 
 
 def _source(
-    info: _Info, data: DataFile, base: int, order: Literal["<", ">"], gguf: Any
+    info: _Info, data: Data, base: int, order: Literal["<", ">"], gguf: Any
 ) -> TensorSource | str:
     """The tensor's source, or why it cannot be read."""
     kind = gguf.GGMLQuantizationType(info.type_id)
@@ -301,7 +323,7 @@ def _cannot_dequantize(kind: Any, block_bytes: int, gguf: Any) -> str | None:
 
 
 def _dequantizing_reader(
-    data: DataFile, base: int, kind: Any, block_elements: int, block_bytes: int, gguf: Any
+    data: Data, base: int, kind: Any, block_elements: int, block_bytes: int, gguf: Any
 ) -> Callable[[int, int, np.ndarray], np.ndarray]:
     """Reads bytes [start, stop) of the tensor as if stored as float32: only the blocks that
     cover those elements are read and dequantized, so memory stays a chunk's worth."""

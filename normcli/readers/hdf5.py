@@ -20,8 +20,9 @@ from ..dtypes import SAFETENSORS_DTYPES, DType, from_numpy
 from ..errors import CorruptFileError, NormcliError, UnsupportedError
 from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource, readable_name
-from .files import DataFile, import_optional, open_regular
-from .zipped import ENCRYPTED, ZIP_ERRORS, check_inflated_size, open_zip, stored_data_start
+from .files import ZIP_ERRORS, Data, import_optional, open_data, open_regular, open_zip
+from .remote import is_url
+from .zipped import ENCRYPTED, check_inflated_size, stored_data_start
 
 # Each dataset's chunk cache (h5py's default is 1 MiB): a compressed chunk larger than the cache
 # is inflated again for every read that touches it, so time would grow with its size squared.
@@ -41,7 +42,7 @@ def open_hdf5(path: str) -> Checkpoint:
         size = f.seek(0, 2)
         f.seek(0)
         head = f.read(8)
-    data = DataFile(path)
+    data = open_data(path)
     closers: list[Callable[[], None]] = [data.close]
     try:
         if head.startswith(ZIP_MAGIC):
@@ -49,10 +50,7 @@ def open_hdf5(path: str) -> Checkpoint:
             h5, raw_start, raw_size = _open_keras_weights(h5py, data, path, closers)
         else:
             fmt = "hdf5"
-            # no file lock: a read needs none, and some network file systems refuse one
-            opener = functools.partial(h5py.File, path, "r", locking=False, **_CACHE)
-            h5, raw_start, raw_size = _open_h5(path, opener), 0, size
-            closers.append(h5.close)
+            h5, raw_start, raw_size = _open_plain(h5py, data, path, closers), 0, size
         raw = None if raw_start is None else _Raw(data, raw_start, raw_start + raw_size)
         sources, skipped = _datasets(h5py, h5, raw, path)
     except BaseException:
@@ -60,6 +58,23 @@ def open_hdf5(path: str) -> Checkpoint:
             close()
         raise
     return Checkpoint(path, fmt, size, sources, closers, skipped=skipped)
+
+
+def _open_plain(h5py: Any, data: Data, path: str, closers: list[Callable[[], None]]) -> Any:
+    if not is_url(path):
+        # no file lock: a read needs none, and some network file systems refuse one
+        h5 = _open_h5(path, functools.partial(h5py.File, path, "r", locking=False, **_CACHE))
+        closers.append(h5.close)
+        return h5
+    return _open_file_object(h5py, _Window(data, 0, data.size), path, closers)
+
+
+def _open_file_object(h5py: Any, member: Any, path: str, closers: list[Callable[[], None]]) -> Any:
+    h5 = _open_h5(path, functools.partial(h5py.File, member, "r", locking=False, **_CACHE))
+    # HDF5 over a Python file object must be closed before the interpreter exits, or it
+    # crashes there: the finalizer closes it at exit if the checkpoint was never closed
+    closers.append(weakref.finalize(member, _close_all, h5, member))
+    return h5
 
 
 def _open_h5(path: str, opener: Callable[[], Any]) -> Any:
@@ -70,7 +85,7 @@ def _open_h5(path: str, opener: Callable[[], Any]) -> Any:
 
 
 def _open_keras_weights(
-    h5py: Any, data: DataFile, path: str, closers: list[Callable[[], None]]
+    h5py: Any, data: Data, path: str, closers: list[Callable[[], None]]
 ) -> tuple[Any, int | None, int]:
     """The archive's weights file, opened where it lies: a stored member is read in place
     (and its contiguous datasets straight from the zip); a compressed one through zipfile."""
@@ -101,11 +116,7 @@ def _open_keras_weights(
         member = _inflated(archive, info, where, path)
         closers.append(member.close)
         base = None
-    h5 = _open_h5(path, functools.partial(h5py.File, member, "r", locking=False, **_CACHE))
-    # HDF5 over a Python file object must be closed before the interpreter exits, or it
-    # crashes there: the finalizer closes it at exit if the checkpoint was never closed
-    closers.append(weakref.finalize(member, _close_all, h5, member))
-    return h5, base, info.file_size
+    return _open_file_object(h5py, member, path, closers), base, info.file_size
 
 
 def _inflated(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, path: str) -> Any:
@@ -133,7 +144,7 @@ def _close_all(*things: Any) -> None:
 class _Window(io.RawIOBase):
     """Bytes [start, start + size) of a file, as the seekable file object h5py reads."""
 
-    def __init__(self, data: DataFile, start: int, size: int) -> None:
+    def __init__(self, data: Data, start: int, size: int) -> None:
         super().__init__()
         self.data, self.start, self.size, self.position = data, start, size, 0
 
@@ -162,7 +173,7 @@ class _Window(io.RawIOBase):
 class _Raw:
     """Where the HDF5 file's bytes lie in the file on disk, for datasets read without h5py."""
 
-    def __init__(self, data: DataFile, start: int, end: int) -> None:
+    def __init__(self, data: Data, start: int, end: int) -> None:
         self.data, self.start, self.end = data, start, end
 
 

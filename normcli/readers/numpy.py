@@ -14,8 +14,8 @@ from ..dtypes import DType, from_numpy
 from ..errors import CorruptFileError, UnsupportedError
 from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
-from .files import DataFile, open_regular
-from .zipped import ENCRYPTED, ZIP_ERRORS, CrcCheckedReader, open_zip, stored_data_start
+from .files import ZIP_ERRORS, Data, open_data, open_regular, open_zip
+from .zipped import ENCRYPTED, CrcCheckedReader, stored_data_start
 
 
 def _read_npy_header(f: IO[bytes], where: str, path: str) -> tuple[tuple[int, ...], bool, DType]:
@@ -51,7 +51,7 @@ def open_npy(path: str) -> Checkpoint:
         f.seek(0)
         shape, fortran, dtype = _read_npy_header(f, "array", path)
         data_start = f.tell()
-    data = DataFile(path)
+    data = open_data(path)
     close = data.close
     tensor = TensorSource(_stem(path), dtype, shape, data.reader(data_start), fortran_order=fortran)
     if data_start + tensor.nbytes > size:
@@ -90,7 +90,7 @@ def open_npz(path: str) -> Checkpoint:
     if duplicates:
         archive.close()
         raise CorruptFileError(f"zip archive holds member {duplicates[0]!r} more than once", path)
-    data = DataFile(path)
+    data = open_data(path)
     try:
         tensors = [
             _member_source(archive, info, data, path)
@@ -119,7 +119,7 @@ def open_npz(path: str) -> Checkpoint:
 
 
 def _member_source(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, buffer: DataFile, path: str
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, buffer: Data, path: str
 ) -> TensorSource:
     name = info.filename[: -len(".npy")]
     where = f"member {info.filename!r}"

@@ -15,7 +15,8 @@ import numpy as np
 from ..dtypes import SAFETENSORS_DTYPES, DType, from_numpy
 from ..errors import CorruptFileError, InputError, NormcliError
 from .base import Checkpoint, TensorSource
-from .files import DataFile, import_optional, open_regular
+from .files import Data, import_optional, open_data, open_regular
+from .remote import dirname, is_url, join
 
 SUFFIX = ".onnx"
 # ModelProto's fields (number -> protobuf wire type): a model's first byte is the tag of one
@@ -68,7 +69,11 @@ def open_onnx(path: str) -> Checkpoint:
         size = f.seek(0, 2)
     try:
         # load_external_data=False: external files are opened by us, after checking their paths
-        model = onnx.load(path, format="protobuf", load_external_data=False)
+        if is_url(path):
+            with open_regular(path) as f:
+                model = onnx.load(f, format="protobuf", load_external_data=False)
+        else:
+            model = onnx.load(path, format="protobuf", load_external_data=False)
     except Exception as e:
         raise CorruptFileError(f"not a valid ONNX model ({type(e).__name__}: {e})", path) from e
     if not model.HasField("graph"):
@@ -260,8 +265,11 @@ class _ExternalFiles:
 
     def __init__(self, model_path: str) -> None:
         self.model_path = model_path
-        self.folder = os.path.dirname(os.path.abspath(model_path))
-        self.files: dict[str, DataFile] = {}
+        self.remote = is_url(model_path)
+        self.folder = (
+            dirname(model_path) if self.remote else os.path.dirname(os.path.abspath(model_path))
+        )
+        self.files: dict[str, Data] = {}
 
     def reader(
         self, tensor: Any, nbytes: int, where: str
@@ -299,7 +307,7 @@ class _ExternalFiles:
             )
         return int(text)
 
-    def _open(self, location: str, where: str) -> DataFile:
+    def _open(self, location: str, where: str) -> Data:
         if location in self.files:
             return self.files[location]
         if not location or "\0" in location:
@@ -312,23 +320,28 @@ class _ExternalFiles:
             or ".." in location.replace("\\", "/").split("/")
             or (len(location) > 1 and location[1] == ":")
         )
-        full = os.path.join(self.folder, location)
-        root = os.path.realpath(self.folder)
-        # a symbolic link out of the folder escapes it too (onnx refuses every symbolic link)
-        if escapes or os.path.commonpath([os.path.realpath(full), root]) != root:
+        full = join(self.folder, location) if self.remote else os.path.join(self.folder, location)
+        if escapes or not self._inside(full):
             raise CorruptFileError(
                 f"{where}: external data location {location!r} is outside the model's folder; "
                 "normcli reads only files beside the model",
                 self.model_path,
             )
         try:
-            data = DataFile(full)
+            data = open_data(full)
         except NormcliError as e:
             raise InputError(
                 f"{where}: external data file {location!r}: {e.message}", self.model_path
             ) from e
         self.files[location] = data
         return data
+
+    def _inside(self, full: str) -> bool:
+        if self.remote:
+            return True  # a location with no "..", no root and no drive stays in a URL's folder
+        root = os.path.realpath(self.folder)
+        # a symbolic link out of the folder escapes it too (onnx refuses every symbolic link)
+        return os.path.commonpath([os.path.realpath(full), root]) == root
 
     def close(self) -> None:
         for data in self.files.values():

@@ -18,7 +18,7 @@ from ..dtypes import DType
 from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
 from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
-from .files import DataFile, open_regular
+from .files import ZIP_ERRORS, Data, open_data, open_regular, open_zip
 from .pickle_limits import check_storage_reads, max_values
 from .torch_pickle import (
     TORCH_DTYPES,
@@ -30,14 +30,7 @@ from .torch_pickle import (
     unpickle,
 )
 from .torch_views import SignFlipped, StridedReader, is_contiguous, sign_flips
-from .zipped import (
-    ENCRYPTED,
-    ZIP_ERRORS,
-    CrcCheckedReader,
-    check_inflated_size,
-    open_zip,
-    stored_data_start,
-)
+from .zipped import ENCRYPTED, CrcCheckedReader, check_inflated_size, stored_data_start
 
 FORMAT = "pytorch"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -53,9 +46,9 @@ def looks_like_pytorch(head: bytes, path: str) -> bool:
     magic number. `head` is the file's first 64 bytes."""
     if head.startswith(ZIP_MAGIC):
         try:
-            with zipfile.ZipFile(path) as archive:
+            with open_zip(path) as archive:
                 return any(_ARCHIVE_PICKLE.fullmatch(n) for n in archive.namelist())
-        except ZIP_ERRORS:
+        except (CorruptFileError, *ZIP_ERRORS):
             return False
     if head[:1] != b"\x80":
         return False
@@ -89,7 +82,7 @@ def open_pytorch(path: str, key: str | None = None) -> Checkpoint:
         size = f.seek(0, 2)
     if size == 0:
         raise CorruptFileError("file is empty", path)
-    data = DataFile(path)
+    data = open_data(path)
     closers: list[Callable[[], None]] = [data.close]
     try:
         loaded = _load_zip(path, data) if head == ZIP_MAGIC else _load_legacy(path, data)
@@ -124,7 +117,7 @@ def _stem(path: str) -> str:
     return base.rsplit(".", 1)[0] if "." in base[1:] else base
 
 
-def _load_zip(path: str, data: DataFile) -> _Loaded:
+def _load_zip(path: str, data: Data) -> _Loaded:
     with open_zip(path) as archive:
         names = archive.namelist()
         if len(set(names)) != len(names):
@@ -163,7 +156,7 @@ def _load_zip(path: str, data: DataFile) -> _Loaded:
     return _Loaded(root, starts, unpickler.pickle_bytes, members)
 
 
-def _check_byteorder(archive: zipfile.ZipFile, member: str, data: DataFile) -> None:
+def _check_byteorder(archive: zipfile.ZipFile, member: str, data: Data) -> None:
     try:
         info = archive.getinfo(member)
     except KeyError:
@@ -175,7 +168,7 @@ def _check_byteorder(archive: zipfile.ZipFile, member: str, data: DataFile) -> N
         )
 
 
-def _member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: DataFile) -> bytes:
+def _member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: Data) -> bytes:
     """A small member's bytes. Stored ones are read here rather than by zipfile: torch told
     not to compute CRCs writes 0 for every member, which zipfile takes for damage."""
     where = f"member {info.filename!r}"
@@ -194,7 +187,7 @@ def _member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: DataFil
         raise CorruptFileError(f"{where} cannot be read ({e})") from e
 
 
-def _load_legacy(path: str, data: DataFile) -> _Loaded:
+def _load_legacy(path: str, data: Data) -> _Loaded:
     """torch.save(..., _use_new_zipfile_serialization=False): pickles of the magic number, the
     protocol version, system information, the object, then the list of storage keys; then each
     storage as its element count (8 bytes, little-endian) and its bytes, in that list's order."""
@@ -341,7 +334,7 @@ def _flatten(root: Any, name: str, limit: int) -> tuple[list[tuple[str, TensorSt
 
 
 def _source(
-    name: str, tensor: TensorStub, loaded: _Loaded, data: DataFile
+    name: str, tensor: TensorStub, loaded: _Loaded, data: Data
 ) -> tuple[TensorSource, Callable[[], None] | None]:
     """The TensorSource of one rebuilt tensor, its view checked against its storage."""
     where = f"tensor {name!r}"

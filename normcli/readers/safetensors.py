@@ -10,7 +10,7 @@ from typing import Any
 from ..dtypes import SAFETENSORS_DTYPES
 from ..errors import CorruptFileError
 from .base import Checkpoint, TensorSource
-from .files import DataFile, finite_float, open_regular, refuse_constant
+from .files import finite_float, open_data, open_regular, refuse_constant
 
 # The reference implementation refuses larger headers; so do we.
 MAX_HEADER_BYTES = 100_000_000
@@ -64,7 +64,7 @@ def open_safetensors(path: str) -> Checkpoint:
         header = _parse_header(f.read(header_len), path)
     data_start = 8 + header_len
     entries = _validate(header, size - data_start, path)
-    data = DataFile(path)
+    data = open_data(path)
     tensors = [
         TensorSource(name, SAFETENSORS_DTYPES[dtype], shape, data.reader(data_start + begin))
         for name, dtype, shape, begin in entries

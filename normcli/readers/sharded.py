@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ..errors import CorruptFileError, InputError, UsageError
+from . import remote
 from .base import Checkpoint, TensorSource
 from .files import load_json
 
@@ -33,36 +34,47 @@ OpenOne = Callable[[str], Checkpoint]
 
 
 def is_sharded(path: str) -> bool:
-    return os.path.isdir(path) or path.endswith(INDEX_SUFFIX)
+    return path.endswith(INDEX_SUFFIX) or _is_dir(path)
+
+
+def _is_dir(path: str) -> bool:
+    return remote.is_dir(path) if remote.is_url(path) else os.path.isdir(path)
+
+
+def _join(folder: str, name: str) -> str:
+    return remote.join(folder, name) if remote.is_url(folder) else os.path.join(folder, name)
+
+
+def _files(folder: str) -> list[str]:
+    """The names of the regular files in `folder`, sorted."""
+    if remote.is_url(folder):
+        return sorted(n for n, kind in remote.list_dir(folder).items() if kind == "file")
+    return sorted(e for e in os.listdir(folder) if os.path.isfile(os.path.join(folder, e)))
 
 
 def open_sharded(path: str, open_one: OpenOne) -> Checkpoint:
     """`path` is an index file or a folder; `open_one` opens one shard file."""
-    if path.endswith(INDEX_SUFFIX) and not os.path.isdir(path):
+    if path.endswith(INDEX_SUFFIX) and not _is_dir(path):
         return _from_index(path, open_one)
-    if not os.path.isdir(path):
+    if not _is_dir(path):
         raise InputError("no such file or folder", path)
-    entries = sorted(os.listdir(path))
+    entries = _files(path)
     indexes = [e for e in entries if e.endswith(INDEX_SUFFIX)]
     if len(indexes) == 1:
-        return _from_index(os.path.join(path, indexes[0]), open_one, shown=path)
+        return _from_index(_join(path, indexes[0]), open_one, shown=path)
     if len(indexes) > 1:
         raise UsageError(f"holds several index files ({', '.join(indexes)}); name one", path)
-    files = [
-        e
-        for e in entries
-        if e.lower().endswith(CHECKPOINT_SUFFIXES) and os.path.isfile(os.path.join(path, e))
-    ]
+    files = [e for e in entries if e.lower().endswith(CHECKPOINT_SUFFIXES)]
     if not files:
         raise InputError("holds no checkpoint file", path)
     if len(files) == 1 and not _part_of_more(files[0]):
-        return open_one(os.path.join(path, files[0]))
+        return open_one(_join(path, files[0]))
     shards = _shard_set(files, path)
     if shards is None:
         raise UsageError(
             f"holds several checkpoints ({', '.join(files)}); name the one to read", path
         )
-    return _combine(path, [(name, os.path.join(path, name)) for name in shards], open_one)
+    return _combine(path, [(name, _join(path, name)) for name in shards], open_one)
 
 
 def _part_of_more(name: str) -> bool:
@@ -99,15 +111,19 @@ def _from_index(index_path: str, open_one: OpenOne, shown: str | None = None) ->
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
         raise CorruptFileError("index has no weight_map of tensor names to shard files", index_path)
-    folder = os.path.dirname(index_path)
+    folder = (
+        remote.dirname(index_path) if remote.is_url(index_path) else os.path.dirname(index_path)
+    )
     shards = list(dict.fromkeys(weight_map.values()))
+    # a shard missing from a folder that cannot be listed is a 404 when it is opened
+    present = set(_files(folder or ".")) if remote.listable(index_path) else None
     for shard in shards:
         if os.path.basename(shard) != shard or shard in ("", ".", ".."):
             raise CorruptFileError(f"index names shard {shard!r} outside its folder", index_path)
-        if not os.path.isfile(os.path.join(folder, shard)):
+        if present is not None and shard not in present:
             raise CorruptFileError(f"index names shard {shard!r}, which does not exist", index_path)
     checkpoint = _combine(
-        shown or index_path, [(shard, os.path.join(folder, shard)) for shard in shards], open_one
+        shown or index_path, [(shard, _join(folder, shard)) for shard in shards], open_one
     )
     try:
         _check_against_map(checkpoint, weight_map, index_path)
@@ -137,14 +153,21 @@ def _check_against_map(checkpoint: Checkpoint, weight_map: dict[str, str], index
 
 
 def _combine(shown: str, shards: list[tuple[str, str]], open_one: OpenOne) -> Checkpoint:
-    opened: list[Checkpoint] = []
-    try:
-        for _, shard_path in shards:
-            opened.append(open_one(shard_path))
-    except BaseException:
-        for checkpoint in opened:
-            checkpoint.close()
-        raise
+    paths = [shard_path for _, shard_path in shards]
+    if any(map(remote.is_url, paths)):
+        from .remote_file import open_concurrently
+
+        # a request's round trip each: a hundred shards' headers in seconds, not minutes
+        opened = open_concurrently(open_one, paths, Checkpoint.close)
+    else:
+        opened = []
+        try:
+            for shard_path in paths:
+                opened.append(open_one(shard_path))
+        except BaseException:
+            for checkpoint in opened:
+                checkpoint.close()
+            raise
     tensors: list[TensorSource] = []
     seen: dict[str, str] = {}
     for (shard, _), checkpoint in zip(shards, opened, strict=True):

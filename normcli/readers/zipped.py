@@ -11,30 +11,12 @@ import numpy as np
 
 from ..errors import CorruptFileError
 from ..formats import ZIP_MAGIC
-from .files import DataFile
+from .files import Data
 
 # general-purpose flag bits 0 (encrypted) and 6 (strong encryption): either way, not readable
 ENCRYPTED = 0x1 | 0x40
 # deflate produces at most 1032 bytes from one: a member declaring more is damaged or hostile
 MAX_DEFLATE_RATIO = 1032
-# what zipfile raises on a damaged archive: NotImplementedError for a "version needed to
-# extract" or a compression method it does not know
-ZIP_ERRORS = (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    zlib.error,
-    NotImplementedError,
-    OSError,
-    EOFError,
-    ValueError,
-)
-
-
-def open_zip(path: str) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(path)
-    except ZIP_ERRORS as e:
-        raise CorruptFileError(f"not a readable zip archive: {e}", path) from e
 
 
 def check_inflated_size(info: zipfile.ZipInfo, where: str, path: str | None) -> None:
@@ -50,7 +32,7 @@ def check_inflated_size(info: zipfile.ZipInfo, where: str, path: str | None) -> 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 
-def stored_data_start(info: zipfile.ZipInfo, buffer: DataFile, where: str, path: str) -> int:
+def stored_data_start(info: zipfile.ZipInfo, buffer: Data, where: str, path: str) -> int:
     offset = info.header_offset
     header = bytes(buffer[offset : offset + _LOCAL_HEADER.size])
     if len(header) < _LOCAL_HEADER.size:
@@ -82,7 +64,7 @@ class CrcCheckedReader:
 
     def __init__(
         self,
-        buffer: DataFile,
+        buffer: Data,
         start: int,
         header: int,
         data_bytes: int,

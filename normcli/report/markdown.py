@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ..results import CompareResult, InspectResult, TensorStats
+from ..results import CompareResult, HeaderCounts, InspectResult, TensorStats
 from .text import (
     NOT_COMPUTED,
     covers,
@@ -33,6 +33,8 @@ def _code(text: str) -> str:
 
 
 def _stat_cells(s: TensorStats) -> list[str]:
+    if isinstance(s, HeaderCounts):  # --header-only: the count, and no value was read
+        return [fmt_int(s.numel), *(["–"] * (len(STAT_HEADER) - 1))]
     return [
         fmt_int(s.numel),
         fmt_float(s.l1),
@@ -87,12 +89,16 @@ def render_inspect(results: Sequence[InspectResult]) -> str:
         total = result.total
         s = total.stats
         scope = "floating-point tensors" if total.scope == "floating" else "all tensors"
+        figures = (
+            "headers only, no value read"
+            if result.header_only
+            else f"L1 {fmt_float(s.l1, 10)}, L2 {fmt_float(s.l2, 10)}, "
+            f"Linf {fmt_float(s.linf, 10)}, NaN {s.nan}, Inf {s.inf}"
+        )
         lines += [
             "",
             f"**{total_label(result.selected, result.checkpoint.tensors)}** "
-            f"({scope}: {total.tensors}): {fmt_int(s.numel)} elements, "
-            f"L1 {fmt_float(s.l1, 10)}, L2 {fmt_float(s.l2, 10)}, "
-            f"Linf {fmt_float(s.linf, 10)}, NaN {s.nan}, Inf {s.inf}",
+            f"({scope}: {total.tensors}): {fmt_int(s.numel)} elements, {figures}",
             "",
         ]
     return "\n".join(lines)

@@ -49,13 +49,18 @@ def _render_one(result: InspectResult, console: Console) -> None:
     )
     if info.skipped_tensors:
         console.print(skipped_line(info.skipped_tensors))
+    # with --header-only, the columns of the values hold nothing
+    unread = VALUE_COLUMNS if result.header_only else frozenset()
     if result.groups is not None:
         fit_table(
-            console, lambda hide: _group_table(result.groups or (), hide), GROUP_OPTIONAL_COLUMNS
+            console,
+            lambda hide: _group_table(result.groups or (), hide),
+            GROUP_OPTIONAL_COLUMNS,
+            unread,
         )
     elif result.tensors:
         optional = [c for c in OPTIONAL_COLUMNS if c != "shard" or info.shards > 1]
-        fit_table(console, lambda hide: _tensor_table(result, hide), optional)
+        fit_table(console, lambda hide: _tensor_table(result, hide), optional, unread)
     shown = len(result.groups) if result.groups is not None else len(result.tensors)
     hidden = (result.total.tensors if result.groups is not None else result.selected) - shown
     if result.groups is None and hidden > 0:
@@ -72,9 +77,11 @@ def fit_table(
     console: Console,
     build: Callable[[frozenset[str]], Table],
     optional: Sequence[str] = OPTIONAL_COLUMNS,
+    never: frozenset[str] = frozenset(),
 ) -> None:
-    """Print the widest table the console fits, hiding the least telling columns first."""
-    hidden: frozenset[str] = frozenset()
+    """Print the widest table the console fits, hiding the least telling columns first (and
+    the columns `never` always)."""
+    hidden = never
     table = build(hidden)
     unbounded = console.options.update_width(1 << 16)
     for column in optional:
@@ -83,9 +90,9 @@ def fit_table(
         hidden = hidden | {column}
         table = build(hidden)
     console.print(table)
-    if hidden:
+    if hidden - never:
         console.print(
-            f"(terminal too narrow: {', '.join(sorted(hidden))} not shown; "
+            f"(terminal too narrow: {', '.join(sorted(hidden - never))} not shown; "
             "-f csv or -f json has every column)",
             style="dim",
         )
@@ -106,6 +113,7 @@ def _stat_cells(stats: TensorStats) -> list[Text | str]:
 
 
 STAT_COLUMNS = ("numel", "L1", "L2", "Linf", "RMS", "mean", "zeros", "NaN", "Inf")
+VALUE_COLUMNS = frozenset(STAT_COLUMNS) - {"numel"}
 
 
 class _Rows:
@@ -216,6 +224,9 @@ def _render_total(result: InspectResult, console: Console) -> None:
     console.print(
         Text.assemble((label, "bold"), f": {_plural(total.tensors, kind + 'tensor')}{left_out}")
     )
+    if result.header_only:
+        _render_counts(result, console)
+        return
     nonfinite = NONFINITE if stats.nan or stats.inf else ""
     console.print(
         Text.assemble(
@@ -243,6 +254,29 @@ def _render_total(result: InspectResult, console: Console) -> None:
             f"L2 {fmt_float(d.stats.l2)}",
             f"Linf {fmt_float(d.stats.linf)}",
             Text(f"NaN {d.stats.nan}  Inf {d.stats.inf}", NONFINITE) if bad else "",
+        )
+    if total.by_dtype:
+        console.print(Text("By dtype:", "bold"))
+        console.print(grid)
+
+
+def _render_counts(result: InspectResult, console: Console) -> None:
+    """The whole model's counts, from the headers alone."""
+    total = result.total
+    console.print(
+        f"  elements {fmt_int(total.stats.numel)}  bytes {fmt_bytes(total.nbytes)}  "
+        "(headers only: no value was read)"
+    )
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column()
+    for _ in range(3):
+        grid.add_column(justify="right")
+    for d in total.by_dtype:
+        grid.add_row(
+            d.dtype,
+            _plural(d.tensors, "tensor"),
+            f"{fmt_int(d.stats.numel)} elements",
+            fmt_bytes(d.nbytes),
         )
     if total.by_dtype:
         console.print(Text("By dtype:", "bold"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..norms import PairStats, TensorStats
 from .check import CHECK_SCHEMA, RULES, CheckResult, Rule, RuleOutcome, Violation
-from .common import number, stats_dict
+from .common import VALUE_KEYS, HeaderCounts, number, stats_dict
 from .compare import (
     COMPARE_SCHEMA,
     ONE_SIDED,
@@ -39,12 +39,14 @@ __all__ = [
     "SIDE_FIGURES",
     "STATUSES",
     "TREND_SCHEMA",
+    "VALUE_KEYS",
     "Aggregate",
     "CheckResult",
     "CheckpointInfo",
     "CompareResult",
     "DtypeSummary",
     "GroupReport",
+    "HeaderCounts",
     "InspectResult",
     "PairStats",
     "Point",

@@ -4,6 +4,8 @@ and as attributes."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..norms import TensorStats
@@ -16,7 +18,23 @@ def number(value: float | None) -> float | None:
     return float(value)
 
 
+@dataclass(frozen=True)
+class HeaderCounts(TensorStats):
+    """What a header tells of a set of tensors (inspect --header-only): the element count; no
+    value was read, so every figure of the values is unknown (null in JSON)."""
+
+    @staticmethod
+    def of(parts: Sequence[TensorStats]) -> HeaderCounts:
+        return HeaderCounts(numel=sum(p.numel for p in parts))
+
+
+# the keys of stats_dict that come from the values
+VALUE_KEYS = ("l1", "l2", "linf", "rms", "mean", "zeros", "sparsity", "nan", "inf")
+
+
 def stats_dict(stats: TensorStats) -> dict[str, Any]:
+    if isinstance(stats, HeaderCounts):
+        return {"numel": stats.numel, **dict.fromkeys(VALUE_KEYS)}
     return {
         "numel": stats.numel,
         "l1": number(stats.l1),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..norms import TensorStats
-from .common import Figures, stats_dict
+from .common import Figures, HeaderCounts, stats_dict
 
 INSPECT_SCHEMA = "normcli/inspect/v1"
 
@@ -93,7 +93,9 @@ class Total(Figures):
             "bytes": self.nbytes,
             "covers": {"scope": self.scope, "tensors": self.tensors, "excluded": self.excluded},
             "by_dtype": [d.to_dict() for d in self.by_dtype],
-            "nonfinite_tensors": list(self.nonfinite_tensors),
+            "nonfinite_tensors": (
+                None if isinstance(self.stats, HeaderCounts) else list(self.nonfinite_tensors)
+            ),
             "largest": {"l2": self.largest_l2, "linf": self.largest_linf},
         }
 
@@ -134,10 +136,13 @@ class InspectResult:
     total: Total
     # tensors that passed --filter/--exclude; `tensors` may hold fewer after --top
     selected: int
+    # read from the headers alone (--header-only): counts, and no figure of the values
+    header_only: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": INSPECT_SCHEMA,
+            "header_only": self.header_only,
             "checkpoint": self.checkpoint.to_dict(),
             "selected": self.selected,
             "tensors": [t.to_dict() for t in self.tensors],
