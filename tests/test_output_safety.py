@@ -103,6 +103,11 @@ def test_a_link_to_an_input_is_the_input(run: Run, tmp_path: Path) -> None:
         refused(run, "inspect", model, "-f", "json", "-o", tmp_path / output, kept=model)
 
 
+def test_a_file_url_is_the_file_it_names(run: Run, tmp_path: Path) -> None:
+    model = copy(tmp_path)
+    refused(run, "inspect", f"file://{model}", "-f", "json", "-o", model, kept=model)
+
+
 def test_the_step_summary_pointing_at_an_input_is_refused(run: Run, tmp_path: Path) -> None:
     model = copy(tmp_path, BLOWUP)
     before = model.read_bytes()
