@@ -24,7 +24,7 @@ from .results import (
     TrendResult,
 )
 from .scan import Progress, scan_tensors
-from .select import SORT_KEYS, group_names, natural_key
+from .select import SORT_KEYS, group_names, natural_key, require_view
 from .settings import ReadSettings, Selection
 from .sides import checkpoint_info, open_checkpoint_side
 
@@ -254,7 +254,7 @@ def _inspect_open(
     group_by: int | None,
     header_only: bool = False,
 ) -> InspectResult:
-    _check_selection(sort, top, group_by)
+    require_view(sort, SORT_KEYS, top, group_by)
     sources = [t for t in checkpoint.tensors if selection.selects(t.name)]
     selection.require_some(len(sources), len(checkpoint.tensors))
     all_stats: Sequence[TensorStats] = (
@@ -286,15 +286,6 @@ def _inspect_open(
         selected=len(rows),
         header_only=header_only,
     )
-
-
-def _check_selection(sort: str | None, top: int | None, group_by: int | None) -> None:
-    if sort is not None and sort not in SORT_KEYS:
-        raise UsageError(f"cannot sort by {sort!r} (choose from {', '.join(SORT_KEYS)})")
-    if top is not None and top < 1:
-        raise UsageError(f"--top must be at least 1, not {top}")
-    if group_by is not None and group_by < 1:
-        raise UsageError(f"--group-by must be at least 1, not {group_by}")
 
 
 _SORT_VALUE: dict[str, Callable[[TensorStats], float]] = {

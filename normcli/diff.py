@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import NormcliError, UsageError
+from .errors import NormcliError
 from .norms import PairStats, TensorStats, merge_all
 from .readers import TensorSource
 from .results import (
@@ -21,7 +21,7 @@ from .results import (
     stats_dict,
 )
 from .scan import scan_all
-from .select import group_names, natural_key
+from .select import group_names, natural_key, require_view
 from .settings import ReadSettings, Selection
 from .sides import (
     Entry,
@@ -47,8 +47,7 @@ def compare(
     group_by: int | None = None,
 ) -> CompareResult:
     """What changed between checkpoint (or saved report) A and B."""
-    if sort is not None and sort not in SORT_KEYS:
-        raise UsageError(f"cannot sort by {sort!r} (choose from {', '.join(SORT_KEYS)})")
+    require_view(sort, SORT_KEYS, top, group_by)
     normalize = selection.normalizer()
     with open_sides([a_path, b_path], read) as (a_side, b_side):
         a_named = by_name(a_side.entries, normalize, a_side.info.path)
@@ -195,8 +194,9 @@ def _sort_value(sort: str) -> Callable[[TensorDiff | Aggregate], float | None]:
         "rel": lambda r: r.rel_l2,
         "diff": lambda r: r.pair.diff.l2 if r.pair is not None else None,
         "ratio": _ratio_distance,
-        # least similar first
-        "cosine": lambda r: None if r.cosine is None else -r.cosine,
+        # least similar first: 1 − cosine is 0 where nothing turned, so orthogonal (cosine 0)
+        # counts as moved rather than as unchanged
+        "cosine": lambda r: None if r.cosine is None else 1 - r.cosine,
         "l2": lambda r: _b_l2(r),
     }
     return values[sort]

@@ -40,6 +40,23 @@ def require_some(
 _SEPARATOR = re.compile(r"[./]")
 
 
+def require_view(
+    sort: str | None,
+    sort_keys: Sequence[str],
+    top: int | None,
+    group_by: int | None,
+    least: int = 1,
+) -> None:
+    """The view options of a command (what the command line's choices and ranges enforce),
+    checked for library callers: a --top of 0 or -1 would slice rows away unannounced."""
+    if sort is not None and sort not in sort_keys:
+        raise UsageError(f"cannot sort by {sort!r} (choose from {', '.join(sort_keys)})")
+    if top is not None and top < 1:
+        raise UsageError(f"--top must be at least 1, not {top}")
+    if group_by is not None and group_by < least:
+        raise UsageError(f"--group-by must be at least {least}, not {group_by}")
+
+
 def group_name(name: str, depth: int) -> str:
     """The first `depth` parts of a name, split at dots (safetensors, PyTorch) or slashes (HDF5,
     ONNX), separators kept as they were."""

@@ -56,6 +56,12 @@ class ReadSettings:
     # --storage-option KEY=VALUE pairs, for the filesystem of every URL opened
     storage_options: tuple[tuple[str, Any], ...] = ()
 
+    def __post_init__(self) -> None:
+        # the command line's range, for library callers: 0 would quietly mean every core, and a
+        # negative count would fail deep in the thread pool
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, not {self.threads}")
+
 
 def parse_rename(rule: str) -> tuple[re.Pattern[str], str]:
     """REGEX=REPLACEMENT, split at the first '=' not escaped as '\\='."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -102,13 +103,16 @@ def _stored_tensor(t: dict[str, Any]) -> StoredTensor:
         nan=nan,
         inf=inf,
     )
-    return StoredTensor(
-        str(t["name"]),
-        str(t["dtype"]),
-        tuple(_count(d) for d in t["shape"]),
-        stats,
-        bool(t["in_total"]),
-    )
+    dtype = str(t["dtype"])
+    shape = tuple(_count(d) for d in t["shape"])
+    return StoredTensor(str(t["name"]), dtype, shape, stats, _floating_name(dtype))
+
+
+def _floating_name(dtype: str) -> bool:
+    """Whether a stored dtype holds floating-point values, from its name: every reader names
+    integer and bool types I<bits>, U<bits> or BOOL. A report's in_total would not do: saved with
+    --include-int, it is true for integer tensors too."""
+    return not (dtype == "BOOL" or re.fullmatch(r"[IU]\d+", dtype))
 
 
 def _count(value: Any) -> int:

@@ -16,7 +16,7 @@ from .readers.remote import is_url
 from .readers.sharded import CHECKPOINT_SUFFIXES, INDEX_SUFFIX, SHARD_NAME
 from .results import Point, SetChange, TrendResult, TrendRow
 from .scan import scan_many_series
-from .select import group_name, group_names, natural_key
+from .select import group_name, group_names, natural_key, require_view
 from .settings import ReadSettings, Selection
 from .sides import Entry, Side, StoredTensor, is_floating, open_sides
 from .update import model_update, one_sided
@@ -132,6 +132,7 @@ def trend(
     """Follow every tensor (or group, --group-by N; 0 for every tensor) through the checkpoints."""
     if metric not in METRICS:
         raise UsageError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
+    require_view(None, (), None, group_by, least=0)  # 0: every tensor
     paths = expand_inputs(arguments, order)
     with open_sides(paths, read) as opened:
         points = [_point(path, side) for path, side in zip(paths, opened, strict=True)]

@@ -6,6 +6,7 @@ import json
 import math
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -202,6 +203,43 @@ def test_against_a_saved_report_uses_stored_norms(tmp_path):
     assert same.summary["unchanged"] == 20
 
 
+@pytest.mark.parametrize("include_int", [False, True])
+def test_a_report_saved_with_include_int_keeps_integers_to_their_scope(tmp_path, include_int):
+    # a report saved with --include-int marks every tensor in_total; the totals of a compare
+    # against it still leave the integer tensors out unless this compare includes them
+    report = tmp_path / "base-all.json"
+    run(
+        "inspect",
+        str(SAMPLES / "base.safetensors"),
+        "--include-int",
+        "-f",
+        "json",
+        "-o",
+        str(report),
+    )
+    arrays = load_file(str(SAMPLES / "base.safetensors"))
+    counted = [a for a in arrays.values() if include_int or a.dtype.kind == "f"]
+    assert len(counted) < len(arrays) or include_int
+    expected = math.sqrt(math.fsum(float(x) ** 2 for a in counted for x in a.ravel()))
+    result = normcli.compare(report, SAMPLES / "base.safetensors", include_int=include_int)
+    assert result.total.a_l2 == pytest.approx(expected, rel=1e-12)
+    assert result.total.b_l2 == pytest.approx(expected, rel=1e-12)
+
+
+def test_sort_by_cosine_puts_the_least_similar_first_even_orthogonal(tmp_path):
+    a = {"same": np.ones(4, np.float32), "turned": np.float32([1, 0, 0, 0])}
+    a["bent"] = np.float32([1, 1, 0, 0])
+    b = {"same": a["same"], "turned": np.float32([0, 1, 0, 0]), "bent": np.float32([1, 0, 0, 0])}
+    save_file(a, str(tmp_path / "a.safetensors"))
+    save_file(b, str(tmp_path / "b.safetensors"))
+    result = normcli.compare(tmp_path / "a.safetensors", tmp_path / "b.safetensors", sort="cosine")
+    assert [(r.name, r.cosine) for r in result.tensors] == [
+        ("turned", 0.0),
+        ("bent", pytest.approx(math.sqrt(0.5), rel=1e-12)),
+        ("same", 1.0),
+    ]
+
+
 def test_a_partial_report_is_refused(tmp_path):
     report = tmp_path / "top.json"
     run("inspect", str(SAMPLES / "base.safetensors"), "-f", "json", "--top", "3", "-o", str(report))
@@ -274,3 +312,47 @@ def test_against_a_report_the_largest_ratio_comes_first_and_new_nan_is_seen(tmp_
     # finetuned -> blowup: the NaN moved no norm, yet comes right after the scaled tensor
     nan_seen = normcli.compare(SAMPLES / "finetuned.safetensors", SAMPLES / "blowup.safetensors")
     assert [r.name for r in nan_seen.tensors[:2]] == [SCALED, POISONED]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: normcli.compare(
+                SAMPLES / "base.safetensors", SAMPLES / "blowup.safetensors", top=0
+            ),
+            "--top must be at least 1",
+        ),
+        (
+            lambda: normcli.compare(
+                SAMPLES / "base.safetensors", SAMPLES / "blowup.safetensors", top=-1
+            ),
+            "--top must be at least 1",
+        ),
+        (
+            lambda: normcli.compare(
+                SAMPLES / "base.safetensors", SAMPLES / "blowup.safetensors", group_by=0
+            ),
+            "--group-by must be at least 1",
+        ),
+        (
+            lambda: normcli.trend(
+                [SAMPLES / "base.safetensors", SAMPLES / "blowup.safetensors"], group_by=-1
+            ),
+            "--group-by must be at least 0",
+        ),
+        (
+            lambda: normcli.inspect(SAMPLES / "base.safetensors", threads=0),
+            "--threads must be at least 1",
+        ),
+        (
+            lambda: normcli.check(SAMPLES / "base.safetensors", threads=-2),
+            "--threads must be at least 1",
+        ),
+    ],
+)
+def test_the_library_refuses_the_options_the_command_line_refuses(call: Any, message: str) -> None:
+    # a --top of -1 would silently drop the last row, a --group-by of 0 group by all but the last
+    # name part: the library says so as inspect does, rather than returning a clipped result
+    with pytest.raises(normcli.NormcliError, match=message):
+        call()

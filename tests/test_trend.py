@@ -222,6 +222,22 @@ def test_a_tensor_that_leaves_zero_stands_out(tmp_path: Path) -> None:
     }
 
 
+def test_a_tensor_that_falls_to_zero_stands_out(tmp_path: Path) -> None:
+    for step, value in ((1, 1.0), (2, 1.0), (3, 0.0)):
+        save_file(
+            {"w": np.full(4, value, np.float32), "v": np.ones(4, np.float32)},
+            str(tmp_path / f"c-{step}.safetensors"),
+        )
+    result = api_trend([str(tmp_path)], group_by=0)
+    row = next(r for r in result.rows if r.name == "w")
+    assert row.jumped("l2") and row.first_jump("l2") == (2, 0.0)
+    assert row.to_dict("l2", result.points)["first_jump"] == {
+        "step": 3,
+        "label": "3",
+        "factor": 0.0,
+    }
+
+
 @st.composite
 def series(draw: st.DrawFn) -> list[np.ndarray | None]:
     """One tensor across checkpoints: some lack it, some change its shape or dtype."""

@@ -102,6 +102,8 @@ class TrendRow:
             before, after = values[t - 1], values[t]
             if before == 0 and after:
                 return t, math.inf  # from all zeros to something: no factor is large enough
+            if before and after == 0:
+                return t, 0.0  # down to all zeros: no factor is small enough
             if before and after and before > 0 and after > 0:
                 factor = after / before
                 if abs(math.log(factor)) >= math.log(JUMP_FACTOR):
