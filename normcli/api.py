@@ -12,6 +12,7 @@ from .dtypes import from_numpy
 from .errors import UnsupportedError, UsageError
 from .norms import TensorStats, merge_all
 from .readers import Checkpoint, TensorSource
+from .readers.base import OptimizerSlot
 from .results import (
     CheckResult,
     CompareResult,
@@ -19,6 +20,9 @@ from .results import (
     GroupReport,
     HeaderCounts,
     InspectResult,
+    MomentTotal,
+    OptimizerState,
+    OptimizerTensor,
     TensorReport,
     Total,
     TrendResult,
@@ -46,6 +50,7 @@ def inspect(
     input_format: str | None = None,
     key: str | None = None,
     include_int: bool = False,
+    include_optimizer: bool = False,
     filter: Sequence[str] = (),
     exclude: Sequence[str] = (),
     sort: str | None = None,
@@ -59,7 +64,9 @@ def inspect(
     """Norms of every tensor in the checkpoint at `path` (a local path, or a URL: s3://,
     gs://, az://, hf://, https://... with fsspec's `storage_options`), and of the model.
     `header_only`: names, dtypes, shapes and counts from the headers, no value read."""
-    selection = Selection(tuple(filter), tuple(exclude), include_int)
+    selection = Selection(
+        tuple(filter), tuple(exclude), include_int, include_optimizer=include_optimizer
+    )
     read = ReadSettings(input_format, key, threads, progress, _options(storage_options))
     return inspect_path(
         path, selection, read, sort=sort, top=top, group_by=group_by, header_only=header_only
@@ -115,6 +122,7 @@ def compare(
     input_format: str | None = None,
     key: str | None = None,
     include_int: bool = False,
+    include_optimizer: bool = False,
     strip_prefix: Sequence[str] = (),
     rename: Sequence[str] = (),
     filter: Sequence[str] = (),
@@ -131,7 +139,12 @@ def compare(
     from . import diff
 
     selection = Selection(
-        tuple(filter), tuple(exclude), include_int, tuple(strip_prefix), tuple(rename)
+        tuple(filter),
+        tuple(exclude),
+        include_int,
+        tuple(strip_prefix),
+        tuple(rename),
+        include_optimizer,
     )
     read = ReadSettings(input_format, key, threads, progress, _options(storage_options))
     return diff.compare(a, b, selection, read, sort=sort, top=top, group_by=group_by)
@@ -144,6 +157,7 @@ def trend(
     order: str = "name",
     group_by: int | None = None,
     include_int: bool = False,
+    include_optimizer: bool = False,
     filter: Sequence[str] = (),
     exclude: Sequence[str] = (),
     input_format: str | None = None,
@@ -159,7 +173,9 @@ def trend(
 
     if isinstance(checkpoints, (str, os.PathLike)):
         raise TypeError("trend takes a list of checkpoints (or of folders or patterns)")
-    selection = Selection(tuple(filter), tuple(exclude), include_int)
+    selection = Selection(
+        tuple(filter), tuple(exclude), include_int, include_optimizer=include_optimizer
+    )
     read = ReadSettings(input_format, key, threads, progress, _options(storage_options))
     paths = [os.fspath(c) for c in checkpoints]
     return trends.trend(paths, selection, read, metric=metric, order=order, group_by=group_by)
@@ -176,6 +192,7 @@ def check(
     input_format: str | None = None,
     key: str | None = None,
     include_int: bool = False,
+    include_optimizer: bool = False,
     filter: Sequence[str] = (),
     exclude: Sequence[str] = (),
     strip_prefix: Sequence[str] = (),
@@ -207,7 +224,12 @@ def check(
     merged = parse_config(settings, source).merged(overrides)
     reference = os.fspath(baseline) if baseline is not None else merged.baseline
     selection = Selection(
-        tuple(filter), tuple(exclude), include_int, tuple(strip_prefix), tuple(rename)
+        tuple(filter),
+        tuple(exclude),
+        include_int,
+        tuple(strip_prefix),
+        tuple(rename),
+        include_optimizer,
     )
     read = ReadSettings(input_format, key, threads, progress, _options(storage_options))
     return run_check(os.fspath(path), merged, reference, selection, read)
@@ -269,8 +291,9 @@ def _inspect_open(
             s.shape,
             s.file_bytes,
             st,
-            covered=selection.covers(s.dtype.is_floating),
+            covered=selection.covers(s.dtype.is_floating, s.optimizer is not None),
             shard=s.shard,
+            optimizer=_optimizer_tensor(s.optimizer),
         )
         for s, st in zip(sources, all_stats, strict=True)
     ]
@@ -285,6 +308,45 @@ def _inspect_open(
         total=_total(rows, covered, selection.scope),
         selected=len(rows),
         header_only=header_only,
+        optimizer=_optimizer_state(
+            [
+                r
+                for r, s in zip(rows, sources, strict=True)
+                if selection.covers(s.dtype.is_floating)
+            ],
+            len([s for s in sources if s.optimizer is not None]),
+            selection.include_optimizer,
+        ),
+    )
+
+
+def _optimizer_tensor(slot: OptimizerSlot | None) -> OptimizerTensor | None:
+    return None if slot is None else OptimizerTensor(slot.optimizer, slot.param, slot.moment)
+
+
+def _optimizer_state(
+    rows: Sequence[TensorReport], tensors: int, in_total: bool
+) -> OptimizerState | None:
+    """The figures of the optimizer's `tensors` among `rows` (those the totals would count were
+    they the model's: floating point, or all with --include-int), in all and moment by moment."""
+    state = [(r, r.optimizer) for r in rows if r.optimizer is not None]
+    if not tensors:
+        return None
+    by_moment = []
+    for moment in dict.fromkeys(slot.moment for _, slot in state):
+        same = [r for r, slot in state if slot.moment == moment]
+        by_moment.append(
+            MomentTotal(
+                moment, len(same), sum(r.nbytes for r in same), _combined([r.stats for r in same])
+            )
+        )
+    return OptimizerState(
+        optimizers=tuple(dict.fromkeys(slot.optimizer for _, slot in state)),
+        tensors=tensors,
+        in_total=in_total,
+        nbytes=sum(r.nbytes for r, _ in state),
+        stats=_combined([r.stats for r, _ in state]),
+        by_moment=tuple(by_moment),
     )
 
 
@@ -337,6 +399,7 @@ def _total(rows: Sequence[TensorReport], covered: Sequence[TensorReport], scope:
         scope=scope,
         tensors=len(covered),
         excluded=len(rows) - len(covered),
+        optimizer_excluded=sum(1 for r in rows if r.optimizer is not None and not r.covered),
         by_dtype=tuple(by_dtype),
         nonfinite_tensors=tuple(r.name for r in rows if r.stats.nan or r.stats.inf),
         largest_l2=_largest(covered, lambda s: s.l2),

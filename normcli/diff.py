@@ -29,6 +29,7 @@ from .sides import (
     by_name,
     dtype_name,
     is_floating,
+    is_optimizer,
     open_sides,
 )
 from .update import model_update, one_sided
@@ -60,6 +61,9 @@ def compare(
         except NormcliError as e:  # a pair of tensors that cannot be compared: name both files
             e.path = e.path or f"{a_side.info.path} and {b_side.info.path}"
             raise
+        optimizer = {
+            n for n in names for e in (a_named.get(n), b_named.get(n)) if e and is_optimizer(e)
+        }
     covered = [r for r in rows if r.covered]
     summary = {status: sum(r.status == status for r in rows) for status in STATUSES}
     summary["dtype_changed"] = sum(r.dtype_changed for r in rows)
@@ -85,6 +89,7 @@ def compare(
         selected=len(rows),
         available=len(every),
         nonfinite_tensors=tuple(r.name for r in rows if r.nonfinite),
+        optimizer_excluded=sum(1 for r in rows if r.name in optimizer and not r.covered),
     )
 
 
@@ -138,7 +143,10 @@ def _diff_rows(
                 a=a_fig,
                 b=b_fig,
                 pair=pair,
-                covered=selection.covers(any(is_floating(e) for e in (a, b) if e is not None)),
+                covered=selection.covers(
+                    any(is_floating(e) for e in (a, b) if e is not None),
+                    any(is_optimizer(e) for e in (a, b) if e is not None),
+                ),
             )
         )
     return rows

@@ -100,6 +100,20 @@ FORMATS: dict[str, Format] = {
             "normcli.readers.pytorch:open_pytorch",
             takes_key=True,
         ),
+        # a torch.save-like zip that holds code or constants: checked before PyTorch's
+        Format(
+            "torchscript",
+            "TorchScript",
+            (".jit",),
+            _in_module(
+                "normcli.readers.torchscript:looks_like_torchscript",
+                "head",
+                "path",
+                worth_asking=lambda head, path, size: head.startswith(ZIP_MAGIC),
+            ),
+            "normcli.readers.torchscript:open_torchscript",
+            takes_key=True,
+        ),
         Format(
             "gguf",
             "GGUF",
@@ -145,7 +159,21 @@ FORMATS: dict[str, Format] = {
 # The order content is tried in: the most specific first. A PyTorch file and a .keras file are
 # zip archives too, so they are asked before npz takes any zip; safetensors and ONNX, whose
 # first bytes are a length or a protobuf field, come last.
-DETECTION_ORDER = ("npy", "gguf", "hdf5", "keras", "pytorch", "npz", "safetensors", "onnx")
+DETECTION_ORDER = (
+    *("npy", "gguf", "hdf5", "keras", "torchscript", "pytorch"),
+    *("npz", "safetensors", "onnx"),
+)
+
+# torch.distributed.checkpoint writes a folder, not a file: recognised by its metadata file
+DCP = "dcp"
+DCP_METADATA = ".metadata"
+
+
+def is_dcp(path: str) -> bool:
+    """A torch.distributed.checkpoint folder (one holding a .metadata file), or that file."""
+    if os.path.basename(path) == DCP_METADATA:
+        return os.path.isfile(path)
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, DCP_METADATA))
 
 
 def by_content(head: bytes, path: str, size: int) -> str | None:

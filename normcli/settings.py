@@ -17,14 +17,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Selection:
-    """Which tensors a command covers (--filter/--exclude globs, --include-int) and the names
-    they are matched under across checkpoints (--strip-prefix, --rename REGEX=REPLACEMENT)."""
+    """Which tensors a command covers (--filter/--exclude globs, --include-int,
+    --include-optimizer) and the names they are matched under across checkpoints
+    (--strip-prefix, --rename REGEX=REPLACEMENT)."""
 
     filter: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     include_int: bool = False
     strip_prefix: tuple[str, ...] = ()
     rename: tuple[str, ...] = ()
+    # optimizer state (moments, step counters) in the totals, as if it were the model's
+    include_optimizer: bool = False
 
     def selects(self, name: str) -> bool:
         return name_selected(name, self.filter, self.exclude)
@@ -32,9 +35,10 @@ class Selection:
     def require_some(self, selected: int, available: int) -> None:
         require_some(selected, available, self.filter, self.exclude)
 
-    def covers(self, floating: bool) -> bool:
-        """Whether whole-model totals count a tensor of this kind."""
-        return self.include_int or floating
+    def covers(self, floating: bool, optimizer: bool = False) -> bool:
+        """Whether whole-model totals count a tensor of this kind (`optimizer`: a tensor of an
+        optimizer's state, set apart from the model's unless asked for)."""
+        return (self.include_int or floating) and (self.include_optimizer or not optimizer)
 
     @property
     def scope(self) -> Literal["all", "floating"]:

@@ -29,6 +29,8 @@ class StoredTensor:
     shape: tuple[int, ...]
     stats: TensorStats
     floating: bool
+    # a tensor of a training checkpoint's optimizer state
+    optimizer: bool = False
 
 
 Entry = TensorSource | StoredTensor
@@ -36,6 +38,10 @@ Entry = TensorSource | StoredTensor
 
 def is_floating(entry: Entry) -> bool:
     return entry.floating if isinstance(entry, StoredTensor) else entry.dtype.is_floating
+
+
+def is_optimizer(entry: Entry) -> bool:
+    return entry.optimizer if isinstance(entry, StoredTensor) else entry.optimizer is not None
 
 
 def dtype_name(entry: Entry) -> str:
@@ -105,7 +111,8 @@ def _stored_tensor(t: dict[str, Any]) -> StoredTensor:
     )
     dtype = str(t["dtype"])
     shape = tuple(_count(d) for d in t["shape"])
-    return StoredTensor(str(t["name"]), dtype, shape, stats, _floating_name(dtype))
+    optimizer = t.get("optimizer") is not None
+    return StoredTensor(str(t["name"]), dtype, shape, stats, _floating_name(dtype), optimizer)
 
 
 def _floating_name(dtype: str) -> bool:

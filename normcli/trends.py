@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from .errors import InputError, UsageError
+from .formats import DCP_METADATA
 from .norms import PairStats, TensorStats, merge_all
 from .readers import TensorSource
 from .readers.remote import is_url
@@ -18,7 +19,7 @@ from .results import Point, SetChange, TrendResult, TrendRow
 from .scan import scan_many_series
 from .select import group_name, group_names, natural_key, require_view
 from .settings import ReadSettings, Selection
-from .sides import Entry, Side, StoredTensor, is_floating, open_sides
+from .sides import Entry, Side, StoredTensor, is_floating, is_optimizer, open_sides
 from .update import model_update, one_sided
 
 METRICS = ("l2", "l1", "linf", "rms")
@@ -75,8 +76,10 @@ def expand_inputs(arguments: Sequence[str], order: str) -> list[str]:
 def _is_one_checkpoint(folder: str) -> bool:
     """A folder holding one sharded checkpoint, rather than a run's checkpoints."""
     entries = os.listdir(folder)
-    return any(e.endswith(INDEX_SUFFIX) for e in entries) or any(
-        SHARD_NAME.match(e) for e in entries
+    return (
+        DCP_METADATA in entries  # a torch.distributed.checkpoint folder
+        or any(e.endswith(INDEX_SUFFIX) for e in entries)
+        or any(SHARD_NAME.match(e) for e in entries)
     )
 
 
@@ -141,7 +144,9 @@ def trend(
         every = len(names)
         names = [n for n in names if selection.selects(n)]
         selected = len(names)
-        names = [n for n in names if selection.covers(_floating(n, sides))]
+        kinds = {n: _kind(n, sides) for n in names}
+        names = [n for n in names if selection.covers(*kinds[n])]
+        set_apart = sum(1 for f, o in kinds.values() if o and not selection.covers(f, o))
         selection.require_some(len(names), every)
         points = _with_set_changes(points, sides, names)
         live = [[_live(side.get(name)) for side in sides] for name in names]
@@ -171,7 +176,15 @@ def trend(
         rows.sort(key=lambda r: natural_key(r.name))
     total = _group("total", rows)
     return TrendResult(
-        tuple(points), tuple(rows), total, metric, depth or None, automatic, selected, every
+        tuple(points),
+        tuple(rows),
+        total,
+        metric,
+        depth or None,
+        automatic,
+        selected,
+        every,
+        optimizer_excluded=set_apart,
     )
 
 
@@ -188,12 +201,13 @@ def _names_in_order(sides: Sequence[dict[str, Entry]]) -> list[str]:
     return list(names)
 
 
-def _floating(name: str, sides: Sequence[dict[str, Entry]]) -> bool:
+def _kind(name: str, sides: Sequence[dict[str, Entry]]) -> tuple[bool, bool]:
+    """Whether the tensor is floating point, and whether it is optimizer state."""
     for side in sides:
         entry = side.get(name)
         if entry is not None:
-            return is_floating(entry)
-    return False
+            return is_floating(entry), is_optimizer(entry)
+    return False, False
 
 
 def _live(entry: Entry | None) -> TensorSource | None:

@@ -355,6 +355,7 @@ def test_json_of_every_sample_matches_schema_and_float64_reference(
         "scope": "floating",
         "tensors": len(floating),
         "excluded": len(arrays) - len(floating),
+        "optimizer_excluded": 0,
     }
     dtypes = {t["dtype"] for t in doc["tensors"]}
     assert [d["dtype"] for d in total["by_dtype"]] == sorted(dtypes)
@@ -574,9 +575,19 @@ def test_include_int_counts_the_int_tensor_in_the_total(run: Run, samples: Path)
     with_int = inspect_json(run, path, "--include-int")
     arrays = stored_arrays(path)
 
-    assert default["total"]["covers"] == {"scope": "floating", "tensors": 19, "excluded": 1}
+    assert default["total"]["covers"] == {
+        "scope": "floating",
+        "tensors": 19,
+        "excluded": 1,
+        "optimizer_excluded": 0,
+    }
     assert {t["name"]: t["in_total"] for t in default["tensors"]}[INT_TENSOR] is False
-    assert with_int["total"]["covers"] == {"scope": "all", "tensors": 20, "excluded": 0}
+    assert with_int["total"]["covers"] == {
+        "scope": "all",
+        "tensors": 20,
+        "excluded": 0,
+        "optimizer_excluded": 0,
+    }
     assert all(t["in_total"] for t in with_int["tensors"])
     assert_figures(with_int["total"], reference_stats(arrays.values()), "total with int")
     assert with_int["total"]["bytes"] == sum(a.nbytes for a in arrays.values())

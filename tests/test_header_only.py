@@ -96,3 +96,44 @@ def test_a_header_only_report_is_no_baseline(zoo: Path, run: Run, tmp_path: Path
     )
     result = run("compare", saved, zoo / "model.safetensors", code=2)
     assert "--header-only report" in result.stderr
+
+
+TRAINING = Path(__file__).resolve().parent / "fixtures" / "pytorch" / "training"
+
+
+@pytest.mark.parametrize(
+    "name", ["scripted_net.pt", "traced.pt", "dcp", "training.pt", "lightning.ckpt"]
+)
+def test_training_checkpoints_give_counts_and_optimizer_state_unread(
+    name: str, validate_json: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = normcli.inspect(TRAINING / name).to_dict()
+    from normcli.readers import base
+
+    def refuse(*args: Any) -> Any:
+        raise AssertionError("a value was read")
+
+    monkeypatch.setattr(base.TensorSource, "chunks", refuse)
+    header = normcli.inspect(TRAINING / name, header_only=True).to_dict()
+    validate_json(header, "inspect.v1")
+    assert _counts(header) == _counts(full)
+    assert header["total"]["numel"] == full["total"]["numel"] > 0
+    assert header["total"]["l2"] is None
+    if full["optimizer"] is None:
+        return
+    state, counted = header["optimizer"], full["optimizer"]
+    assert (state["tensors"], state["bytes"], state["numel"]) == (
+        counted["tensors"],
+        counted["bytes"],
+        counted["numel"],
+    )
+    assert [(m["moment"], m["numel"]) for m in state["by_moment"]] == [
+        (m["moment"], m["numel"]) for m in counted["by_moment"]
+    ]
+    assert all(m[k] is None for m in [state, *state["by_moment"]] for k in VALUE_KEYS)
+
+
+def test_the_table_shows_optimizer_state_counts_alone(run: Run) -> None:
+    out = run("inspect", TRAINING / "training.pt", "--header-only").stdout
+    assert "Optimizer state" in out and "By moment:" in out
+    assert "exp_avg_sq" in out and "L2" not in out.split("Optimizer state", 1)[1]

@@ -96,6 +96,8 @@ OTHER_READERS = [
     "normcli.readers.gguf",
     "normcli.readers.hdf5",
     "normcli.readers.numpy",
+    "normcli.readers.torchscript",
+    "normcli.readers.dcp",
 ]
 
 
@@ -121,7 +123,9 @@ def test_input_format_choices_and_detection_come_from_the_registry(
     assert detect_format(str(samples / "base.npz")) == "npz"
     unknown = tmp_path / "model.weights"
     unknown.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(NormcliError, match="normcli reads safetensors, npz, npy, PyTorch, GGUF"):
+    with pytest.raises(
+        NormcliError, match="reads safetensors, npz, npy, PyTorch, TorchScript, GGUF"
+    ):
         detect_format(str(unknown))
 
 

@@ -25,6 +25,7 @@ from tests.conftest import Run
 from tests.servers import FileServer, serve_folder
 
 PYTORCH_FIXTURES = Path(__file__).parent / "fixtures" / "pytorch"
+TRAINING = PYTORCH_FIXTURES / "training"
 
 
 def _write_gguf(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -80,6 +81,9 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.savez_compressed(root / "deflated.npz", **arrays)
     shutil.copy(PYTORCH_FIXTURES / "checkpoint.pt", root / "zip.pt")
     shutil.copy(PYTORCH_FIXTURES / "checkpoint_legacy.pt", root / "legacy.pt")
+    for name in ("scripted_net.pt", "traced.pt", "training.pt"):
+        shutil.copy(TRAINING / name, root / name)
+    shutil.copytree(TRAINING / "dcp", root / "dcp")
     _write_gguf(root / "model.gguf", {k: v for k, v in arrays.items() if v.dtype != np.float64})
     _write_onnx(root / "model.onnx", arrays, external=False)
     (root / "external").mkdir()
@@ -109,6 +113,11 @@ CHECKPOINTS = [
     "weights.h5",
     "sharded/model.safetensors.index.json",
     "sharded/",
+    "scripted_net.pt",
+    "traced.pt",
+    "training.pt",
+    # a folder over plain HTTP cannot be listed: its metadata file names it
+    "dcp/.metadata",
 ]
 
 
@@ -299,6 +308,26 @@ def test_s3_through_the_cli(zoo: Path, s3_bucket: dict[str, str], run: Run) -> N
     assert remote_json["checkpoint"].pop("path") == "s3://normcli-test/sharded/"
     local_json["checkpoint"].pop("path")
     assert remote_json == local_json
+
+
+@pytest.mark.parametrize("folder", ["dcp", "dcp/"])
+def test_a_dcp_folder_over_s3_gives_the_local_figures(
+    zoo: Path, s3_bucket: dict[str, str], folder: str
+) -> None:
+    local = figures(normcli.inspect(zoo / "dcp"))
+    assert local["checkpoint"]["shards"] == 4
+    assert figures(normcli.inspect(f"s3://normcli-test/{folder}")) == local
+
+
+def test_a_dcp_folder_over_s3_missing_a_file_names_it(s3_bucket: dict[str, str], run: Run) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.copy("normcli-test/dcp/", "normcli-test/dcp-damaged/", recursive=True)
+    fs.rm_file("normcli-test/dcp-damaged/__1_0.distcp")
+    result = run("inspect", "s3://normcli-test/dcp-damaged", code=2)
+    assert "s3://normcli-test/dcp-damaged/__1_0.distcp" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_s3_missing_key_and_bucket(s3_bucket: dict[str, str], run: Run) -> None:

@@ -88,8 +88,9 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
 def cli(debug: bool) -> None:
     """Exact L1/L2 norms of model checkpoints, per tensor and for the whole model.
 
-    Reads safetensors, npz, npy, PyTorch (without torch), GGUF, ONNX and Keras/HDF5 files where
-    they lie, in a single streaming pass, and never executes anything from a file.
+    Reads safetensors, npz, npy, PyTorch and TorchScript (without torch), torch.distributed
+    checkpoint folders, GGUF, ONNX and Keras/HDF5 files where they lie, in a single streaming
+    pass, and never executes anything from a file.
     Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 3 an internal error
     (a bug in normcli).
     """

@@ -62,6 +62,12 @@ def _glob_options(include_int_help: str) -> Callable[[F], F]:
             help="Leave out tensors whose name matches GLOB (repeatable).",
         ),
         click.option("--include-int", is_flag=True, help=include_int_help),
+        click.option(
+            "--include-optimizer",
+            is_flag=True,
+            help="Count a training checkpoint's optimizer state (Adam's moments, step "
+            "counters...) in the whole-model figures; by default it is set apart.",
+        ),
     )
 
 
@@ -84,8 +90,9 @@ _rename_options = bundle(
 
 
 def selection_options(include_int_help: str, renames: bool = False) -> Callable[[F], F]:
-    """--filter, --exclude, --include-int (and --strip-prefix, --rename where names are
-    matched across checkpoints), handed to the command as one `selection: Selection`."""
+    """--filter, --exclude, --include-int, --include-optimizer (and --strip-prefix, --rename
+    where names are matched across checkpoints), handed to the command as one `selection:
+    Selection`."""
 
     def apply(command: F) -> F:
         @functools.wraps(command)
@@ -94,11 +101,14 @@ def selection_options(include_int_help: str, renames: bool = False) -> Callable[
             filters: tuple[str, ...],
             excludes: tuple[str, ...],
             include_int: bool,
+            include_optimizer: bool,
             strip_prefix: tuple[str, ...] = (),
             rename: tuple[str, ...] = (),
             **kwargs: Any,
         ) -> Any:
-            selection = Selection(filters, excludes, include_int, strip_prefix, rename)
+            selection = Selection(
+                filters, excludes, include_int, strip_prefix, rename, include_optimizer
+            )
             return command(*args, selection=selection, **kwargs)
 
         decorated = _glob_options(include_int_help)(cast(F, with_selection))
@@ -130,8 +140,8 @@ _reading_options = bundle(
     click.option(
         "--key",
         metavar="PATH",
-        help="In a nested PyTorch checkpoint, read only this dotted sub-tree (e.g. model); "
-        "files of other formats are read whole.",
+        help="In a nested PyTorch checkpoint, a TorchScript archive or a DCP folder, read only "
+        "this dotted sub-tree (e.g. model); files of other formats are read whole.",
     ),
     click.option(
         "--threads",

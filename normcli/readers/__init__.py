@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import NormcliError, UnsupportedError, UsageError
-from ..formats import FORMATS, by_content, by_suffix, what_normcli_reads
+from ..formats import DCP, FORMATS, by_content, by_suffix, resolve, what_normcli_reads
 from . import remote, sharded
 from .base import Checkpoint, TensorSource
 from .files import open_regular, require_regular
@@ -27,7 +27,8 @@ def detect_format(path: str) -> str:
     if size == 0:
         raise UnsupportedError("file is empty", path)
     raise UnsupportedError(
-        f"unrecognised format (normcli reads {what_normcli_reads()} files; "
+        f"unrecognised format (normcli reads {what_normcli_reads()} files, and "
+        "torch.distributed.checkpoint folders; "
         "--input-format names one explicitly)",
         path,
     )
@@ -76,6 +77,9 @@ def _open_url(path: str, input_format: str | None, key: str | None) -> Checkpoin
 
 
 def _open(path: str, input_format: str | None, key: str | None) -> Checkpoint:
+    if input_format in (None, DCP) and remote.is_dcp(path):
+        checkpoint: Checkpoint = resolve("normcli.readers.dcp:open_dcp")(path, key)
+        return checkpoint
     if sharded.is_sharded(path):
         return sharded.open_sharded(path, lambda shard: _open_url(shard, input_format, key))
     if not remote.is_url(path):  # the format libraries open files by name: a FIFO would hang
@@ -83,5 +87,5 @@ def _open(path: str, input_format: str | None, key: str | None) -> Checkpoint:
     fmt = input_format or detect_format(path)
     if fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (choose from {', '.join(FORMATS)})")
-    checkpoint: Checkpoint = FORMATS[fmt].open(path, key)
-    return checkpoint
+    opened: Checkpoint = FORMATS[fmt].open(path, key)
+    return opened

@@ -13,6 +13,17 @@ from .files import ByteReader
 
 
 @dataclass(frozen=True)
+class OptimizerSlot:
+    """Where a tensor of an optimizer's state belongs: the optimizer state dict holding it (its
+    dotted name; "" when the whole file is one), the parameter (its name in the model where the
+    checkpoint tells, else its key in the state), and the moment (exp_avg, step...)."""
+
+    optimizer: str
+    param: str
+    moment: str
+
+
+@dataclass(frozen=True)
 class TensorSource:
     """One stored tensor: known shape and dtype, values not read until `chunks` is iterated."""
 
@@ -28,6 +39,8 @@ class TensorSource:
     shard: str | None = None
     # bytes in the file where they differ from the values' (quantized blocks read as float32)
     stored_nbytes: int | None = None
+    # set for a tensor of an optimizer's state (moments, step counters), None for the model's
+    optimizer: OptimizerSlot | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", readable_name(self.name))

@@ -4,22 +4,28 @@ others, so nothing from the file is ever run; tensor data is read where it lies.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
-import re
 import struct
-import zipfile
-import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from ..dtypes import DType
 from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
 from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
-from .files import ZIP_ERRORS, Data, open_data, open_regular, open_zip
+from .files import Data, open_data, open_regular
 from .pickle_limits import check_storage_reads, max_values
+from .torch_archive import (
+    ARCHIVE_PICKLE,
+    Loaded,
+    archive_prefix,
+    check_byteorder,
+    load_pickle,
+    open_zip,
+)
 from .torch_pickle import (
     TORCH_DTYPES,
     RestrictedUnpickler,
@@ -30,15 +36,14 @@ from .torch_pickle import (
     unpickle,
 )
 from .torch_views import SignFlipped, StridedReader, is_contiguous, sign_flips
-from .zipped import ENCRYPTED, CrcCheckedReader, check_inflated_size, stored_data_start
+from .training import tree_slots
+from .zipped import CrcCheckedReader
 
 FORMAT = "pytorch"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 # Shared references can make a small pickle name a deep tree; past this, refuse.
 MAX_DEPTH = 100
-
-_ARCHIVE_PICKLE = re.compile(r"[^/]+/data\.pkl")
 
 
 def looks_like_pytorch(head: bytes, path: str) -> bool:
@@ -47,8 +52,8 @@ def looks_like_pytorch(head: bytes, path: str) -> bool:
     if head.startswith(ZIP_MAGIC):
         try:
             with open_zip(path) as archive:
-                return any(_ARCHIVE_PICKLE.fullmatch(n) for n in archive.namelist())
-        except (CorruptFileError, *ZIP_ERRORS):
+                return any(ARCHIVE_PICKLE.fullmatch(n) for n in archive.namelist())
+        except CorruptFileError:
             return False
     if head[:1] != b"\x80":
         return False
@@ -62,18 +67,6 @@ def looks_like_pytorch(head: bytes, path: str) -> bool:
 # --- opening -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Loaded:
-    """The unpickled object, and where each storage's bytes begin in the file."""
-
-    root: Any
-    starts: dict[str, int]
-    # bytes of the object's pickle, which bound how many values it may name
-    pickle_bytes: int
-    # storage key -> the zip member holding it (for its CRC), in the zip format
-    members: dict[str, zipfile.ZipInfo]
-
-
 def open_pytorch(path: str, key: str | None = None) -> Checkpoint:
     """Open a torch.save checkpoint; `key` (dotted, e.g. "model" or "state_dict") reads only
     that part of it, and names its tensors from there."""
@@ -84,23 +77,24 @@ def open_pytorch(path: str, key: str | None = None) -> Checkpoint:
         raise CorruptFileError("file is empty", path)
     data = open_data(path)
     closers: list[Callable[[], None]] = [data.close]
-    try:
+    with closed_on_error(data, path):
         loaded = _load_zip(path, data) if head == ZIP_MAGIC else _load_legacy(path, data)
-        root = loaded.root if key is None else _select(loaded.root, key, path)
+        root = loaded.root if key is None else select(loaded.root, key, path)
         stem = key or _stem(path)
-        tensors, skipped = _flatten(
-            root, stem if isinstance(root, TensorStub) else "", max_values(loaded.pickle_bytes)
+        tensors, skipped = flatten(
+            root, stem if isinstance(root, TensorStub) else "", loaded.pickle_bytes
         )
-        sources = []
-        for name, tensor in tensors:
-            source, closer = _source(name, tensor, loaded, data)
-            sources.append(source)
-            if closer is not None:
-                closers.append(closer)
-        check_storage_reads(
-            (s.name, t.storage.key, t.storage.nbytes, s.nbytes)
-            for s, (_, t) in zip(sources, tensors, strict=True)
-        )
+        sources = read_tensors(tensors, loaded, data, closers)
+        slots = tree_slots(root, tensors)
+        sources = [replace(s, optimizer=slots.get(s.name)) for s in sources]
+    return Checkpoint(path, FORMAT, size, sources, closers, skipped_values=skipped)
+
+
+@contextlib.contextmanager
+def closed_on_error(data: Data, path: str) -> Iterator[None]:
+    """Closes `data` if opening fails, and names `path` in an error that names no file."""
+    try:
+        yield
     except NormcliError as e:
         data.close()
         if e.path is None:
@@ -109,7 +103,26 @@ def open_pytorch(path: str, key: str | None = None) -> Checkpoint:
     except BaseException:
         data.close()
         raise
-    return Checkpoint(path, FORMAT, size, sources, closers, skipped_values=skipped)
+
+
+def read_tensors(
+    tensors: list[tuple[str, TensorStub]],
+    loaded: Loaded,
+    data: Data,
+    closers: list[Callable[[], None]],
+) -> list[TensorSource]:
+    """The sources of rebuilt tensors; what must be closed with them is added to `closers`."""
+    sources = []
+    for name, tensor in tensors:
+        source, closer = tensor_source(name, tensor, loaded, data)
+        sources.append(source)
+        if closer is not None:
+            closers.append(closer)
+    check_storage_reads(
+        (s.name, t.storage.key, t.storage.nbytes, s.nbytes)
+        for s, (_, t) in zip(sources, tensors, strict=True)
+    )
+    return sources
 
 
 def _stem(path: str) -> str:
@@ -117,77 +130,24 @@ def _stem(path: str) -> str:
     return base.rsplit(".", 1)[0] if "." in base[1:] else base
 
 
-def _load_zip(path: str, data: Data) -> _Loaded:
+def _load_zip(path: str, data: Data) -> Loaded:
     with open_zip(path) as archive:
+        prefix = archive_prefix(archive)
         names = archive.namelist()
-        if len(set(names)) != len(names):
-            raise CorruptFileError("zip archive holds a member more than once")
-        pickles = [n for n in names if _ARCHIVE_PICKLE.fullmatch(n)]
-        if not pickles:
-            raise UnsupportedError("zip archive holds no <archive>/data.pkl: not PyTorch's")
-        if len(pickles) > 1:
-            raise CorruptFileError(f"zip archive holds {len(pickles)} <archive>/data.pkl members")
-        prefix = pickles[0][: -len("data.pkl")]
         torchscript = f"{prefix}constants.pkl" in names or any(
             n.startswith(f"{prefix}code/") for n in names
         )
-        _check_byteorder(archive, f"{prefix}byteorder", data)
-        raw = _member_bytes(archive, archive.getinfo(pickles[0]), data)
-        unpickler = RestrictedUnpickler(io.BytesIO(raw), torchscript=torchscript)
-        root = unpickle(unpickler, pickles[0])
-        starts, members = {}, {}
-        for key, (_, nbytes) in unpickler.storages.items():
-            member = f"{prefix}data/{key}"
-            where = f"storage {key!r} (member {member!r})"
-            try:
-                info = archive.getinfo(member)
-            except KeyError:
-                raise CorruptFileError(f"{where} is missing from the archive") from None
-            if info.flag_bits & ENCRYPTED:
-                raise UnsupportedError(f"{where} is encrypted")
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise UnsupportedError(f"{where} is compressed; torch.save stores members as is")
-            if info.file_size != nbytes:
-                raise CorruptFileError(
-                    f"{where} holds {info.file_size} bytes but the pickle declares {nbytes}"
-                )
-            starts[key] = stored_data_start(info, data, where, data.path)
-            members[key] = info
-    return _Loaded(root, starts, unpickler.pickle_bytes, members)
-
-
-def _check_byteorder(archive: zipfile.ZipFile, member: str, data: Data) -> None:
-    try:
-        info = archive.getinfo(member)
-    except KeyError:
-        return  # written before torch 1.10: little-endian
-    order = _member_bytes(archive, info, data)
-    if order != b"little":
-        raise UnsupportedError(
-            f"tensors stored with byte order {order!r:.20}; normcli reads little-endian ones"
+        check_byteorder(archive, f"{prefix}byteorder", data)
+        return load_pickle(
+            archive,
+            data,
+            f"{prefix}data.pkl",
+            f"{prefix}data/",
+            lambda raw: RestrictedUnpickler(raw, torchscript=torchscript),
         )
 
 
-def _member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: Data) -> bytes:
-    """A small member's bytes. Stored ones are read here rather than by zipfile: torch told
-    not to compute CRCs writes 0 for every member, which zipfile takes for damage."""
-    where = f"member {info.filename!r}"
-    if info.flag_bits & ENCRYPTED:
-        raise UnsupportedError(f"{where} is encrypted")
-    if info.compress_type == zipfile.ZIP_STORED:
-        start = stored_data_start(info, data, where, data.path)
-        raw = data[start : start + info.file_size]
-        if info.CRC and zlib.crc32(raw) != info.CRC:
-            raise CorruptFileError(f"{where}: CRC-32 mismatch (damaged data)")
-        return raw
-    check_inflated_size(info, where, None)
-    try:
-        return archive.read(info)
-    except ZIP_ERRORS as e:
-        raise CorruptFileError(f"{where} cannot be read ({e})") from e
-
-
-def _load_legacy(path: str, data: Data) -> _Loaded:
+def _load_legacy(path: str, data: Data) -> Loaded:
     """torch.save(..., _use_new_zipfile_serialization=False): pickles of the magic number, the
     protocol version, system information, the object, then the list of storage keys; then each
     storage as its element count (8 bytes, little-endian) and its bytes, in that list's order."""
@@ -206,7 +166,7 @@ def _load_legacy(path: str, data: Data) -> _Loaded:
         unpickler = RestrictedUnpickler(f, legacy=True)
         root = unpickle(unpickler, "the checkpoint's pickle")
         keys = unpickle(RestrictedUnpickler(f, legacy=True), "the storage key list")
-        # each unpickler took exactly its own pickle from the file
+        # the C unpickler reads ahead only with peek(), and gives back what it did not use
         position = f.tell()
     if not isinstance(keys, list):
         raise CorruptFileError("the storage key list is not a list")
@@ -240,7 +200,7 @@ def _load_legacy(path: str, data: Data) -> _Loaded:
         raise CorruptFileError(f"storage {missing[0]!r} is used but never written")
     if position != len(data):
         raise CorruptFileError(f"{len(data) - position} bytes after the last storage")
-    return _Loaded(root, starts, unpickler.pickle_bytes, {})
+    return Loaded(root, starts, unpickler.pickle_bytes, {})
 
 
 def _dtype(name: str) -> DType:
@@ -267,7 +227,7 @@ def _children(node: Any) -> list[tuple[str, Any]] | None:
     return None
 
 
-def _select(root: Any, key: str, path: str) -> Any:
+def select(root: Any, key: str, path: str) -> Any:
     """The value at dotted `key`; a dict key may itself hold dots ("model.layer.weight")."""
     node, rest = root, key
     while rest:
@@ -293,9 +253,11 @@ def _describe_top(root: Any) -> str:
     return "it is a single tensor" if isinstance(root, TensorStub) else "it holds no tensors"
 
 
-def _flatten(root: Any, name: str, limit: int) -> tuple[list[tuple[str, TensorStub]], int]:
+def flatten(root: Any, name: str, pickle_bytes: int) -> tuple[list[tuple[str, TensorStub]], int]:
     """Tensors under `root` by dotted name (dict keys, list and tuple indices), in pickle order,
-    and the count of other values (a structure that contains itself counts once there)."""
+    and the count of other values (a structure that contains itself counts once there). Shared
+    parts are followed each time they are named, within what a pickle of that size may name."""
+    limit = max_values(pickle_bytes)
     tensors: list[tuple[str, TensorStub]] = []
     seen_names: set[str] = set()
     skipped = visited = 0
@@ -333,8 +295,8 @@ def _flatten(root: Any, name: str, limit: int) -> tuple[list[tuple[str, TensorSt
 # --- tensors -------------------------------------------------------------------------------------
 
 
-def _source(
-    name: str, tensor: TensorStub, loaded: _Loaded, data: Data
+def tensor_source(
+    name: str, tensor: TensorStub, loaded: Loaded, data: Data
 ) -> tuple[TensorSource, Callable[[], None] | None]:
     """The TensorSource of one rebuilt tensor, its view checked against its storage."""
     where = f"tensor {name!r}"

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .. import formats
 from ..errors import InputError, NormcliError, UnsupportedError, UsageError
 
 _URL = re.compile(r"^(?P<protocol>[A-Za-z][A-Za-z0-9+.-]+)://")
@@ -315,3 +316,23 @@ def join(folder: str, name: str) -> str:
 
 def dirname(url: str) -> str:
     return url.rsplit("/", 1)[0] if "/" in url.split("://", 1)[-1] else url
+
+
+def join_path(folder: str, name: str) -> str:
+    """`name` within `folder`, a local path or a URL."""
+    return join(folder, name) if is_url(folder) else os.path.join(folder, name)
+
+
+def parent(path: str) -> str:
+    """The folder holding `path`, a local path or a URL."""
+    return dirname(path) if is_url(path) else os.path.dirname(path)
+
+
+def is_dcp(path: str) -> bool:
+    """A torch.distributed.checkpoint folder or its metadata file, local or at a URL. A folder
+    at a URL is listed to find out (not over plain HTTP, which cannot list: name its file)."""
+    if not is_url(path) or local_path(path) is not None:
+        return formats.is_dcp(local_path(path) or path)
+    if path.rstrip("/").rsplit("/", 1)[-1] == formats.DCP_METADATA:
+        return True
+    return listable(path) and is_dir(path) and formats.DCP_METADATA in list_dir(path)

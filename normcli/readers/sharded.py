@@ -41,10 +41,6 @@ def _is_dir(path: str) -> bool:
     return remote.is_dir(path) if remote.is_url(path) else os.path.isdir(path)
 
 
-def _join(folder: str, name: str) -> str:
-    return remote.join(folder, name) if remote.is_url(folder) else os.path.join(folder, name)
-
-
 def _files(folder: str) -> list[str]:
     """The names of the regular files in `folder`, sorted."""
     if remote.is_url(folder):
@@ -61,20 +57,20 @@ def open_sharded(path: str, open_one: OpenOne) -> Checkpoint:
     entries = _files(path)
     indexes = [e for e in entries if e.endswith(INDEX_SUFFIX)]
     if len(indexes) == 1:
-        return _from_index(_join(path, indexes[0]), open_one, shown=path)
+        return _from_index(remote.join_path(path, indexes[0]), open_one, shown=path)
     if len(indexes) > 1:
         raise UsageError(f"holds several index files ({', '.join(indexes)}); name one", path)
     files = [e for e in entries if e.lower().endswith(CHECKPOINT_SUFFIXES)]
     if not files:
         raise InputError("holds no checkpoint file", path)
     if len(files) == 1 and not _part_of_more(files[0]):
-        return open_one(_join(path, files[0]))
+        return open_one(remote.join_path(path, files[0]))
     shards = _shard_set(files, path)
     if shards is None:
         raise UsageError(
             f"holds several checkpoints ({', '.join(files)}); name the one to read", path
         )
-    return _combine(path, [(name, _join(path, name)) for name in shards], open_one)
+    return _combine(path, [(name, remote.join_path(path, name)) for name in shards], open_one)
 
 
 def _part_of_more(name: str) -> bool:
@@ -111,9 +107,7 @@ def _from_index(index_path: str, open_one: OpenOne, shown: str | None = None) ->
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
         raise CorruptFileError("index has no weight_map of tensor names to shard files", index_path)
-    folder = (
-        remote.dirname(index_path) if remote.is_url(index_path) else os.path.dirname(index_path)
-    )
+    folder = remote.parent(index_path)
     shards = list(dict.fromkeys(weight_map.values()))
     # a shard missing from a folder that cannot be listed is a 404 when it is opened
     present = set(_files(folder or ".")) if remote.listable(index_path) else None
@@ -123,7 +117,9 @@ def _from_index(index_path: str, open_one: OpenOne, shown: str | None = None) ->
         if present is not None and shard not in present:
             raise CorruptFileError(f"index names shard {shard!r}, which does not exist", index_path)
     checkpoint = _combine(
-        shown or index_path, [(shard, _join(folder, shard)) for shard in shards], open_one
+        shown or index_path,
+        [(shard, remote.join_path(folder, shard)) for shard in shards],
+        open_one,
     )
     try:
         _check_against_map(checkpoint, weight_map, index_path)

@@ -327,7 +327,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module.startswith("__torch__") or self.torchscript:
             raise UnsupportedError(
                 f"TorchScript archive: data.pkl rebuilds TorchScript objects ({full}), which "
-                "normcli never loads; save the weights with torch.save(model.state_dict())"
+                "a torch.save checkpoint never holds; read it with --input-format torchscript"
             )
         kind = f" ({_REFUSED_KINDS[full]})" if full in _REFUSED_KINDS else ""
         raise UnsupportedError(

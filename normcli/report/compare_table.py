@@ -80,6 +80,11 @@ def _render_one(result: CompareResult, console: Console) -> None:
     console.print(Text.assemble(("Tensors: ", "bold"), ", ".join(parts)))
     total = result.total
     scope = "floating-point tensors" if result.scope == "floating" else "all tensors"
+    if result.optimizer_excluded:
+        scope += (
+            f"; {result.optimizer_excluded} optimizer-state tensors set apart, "
+            "--include-optimizer adds them"
+        )
     console.print(
         Text.assemble(
             (total_label(result.selected, result.available), "bold"),

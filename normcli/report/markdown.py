@@ -101,6 +101,18 @@ def render_inspect(results: Sequence[InspectResult]) -> str:
             f"({scope}: {total.tensors}): {fmt_int(s.numel)} elements, {figures}",
             "",
         ]
+        state = result.optimizer
+        if state is not None:
+            o = state.stats
+            lines += [
+                f"**Optimizer state** ({state.tensors} tensors, "
+                + ("counted in the whole model" if state.in_total else "not in the whole model")
+                + f"): L1 {fmt_float(o.l1, 10)}, L2 {fmt_float(o.l2, 10)}, "
+                + ", ".join(
+                    f"{_code(m.moment)} L2 {fmt_float(m.stats.l2)}" for m in state.by_moment
+                ),
+                "",
+            ]
     return "\n".join(lines)
 
 

@@ -9,7 +9,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..results import GroupReport, InspectResult, TensorStats
+from ..results import GroupReport, InspectResult, OptimizerState, TensorStats, Total
 from .names import TailName
 from .text import (
     fmt_bytes,
@@ -155,7 +155,7 @@ def _tensor_table(result: InspectResult, hidden: frozenset[str]) -> Table:
         note, style = (
             _notes(row.stats, row.name == total.largest_l2, row.name == total.largest_linf)
             if row.covered
-            else ("not in total", "dim")
+            else ("optimizer, not in total" if row.optimizer else "not in total", "dim")
         )
         table.add(
             [
@@ -215,18 +215,43 @@ def _render_total(result: InspectResult, console: Console) -> None:
     total = result.total
     stats = total.stats
     kind = "floating-point " if total.scope == "floating" else ""
-    left_out = (
-        f" ({_plural(total.excluded, 'integer/bool tensor')} left out; --include-int adds them)"
-        if total.excluded
-        else ""
-    )
+    integers = total.excluded - total.optimizer_excluded
+    reasons = [
+        f"{_plural(integers, 'integer/bool tensor')} left out; --include-int adds them"
+        if integers
+        else "",
+        f"{_plural(total.optimizer_excluded, 'optimizer-state tensor')} set apart; "
+        "--include-optimizer adds them"
+        if total.optimizer_excluded
+        else "",
+    ]
+    left_out = "; ".join(r for r in reasons if r)
+    left_out = f" ({left_out})" if left_out else ""
     label = total_label(result.selected, result.checkpoint.tensors)
     console.print(
         Text.assemble((label, "bold"), f": {_plural(total.tensors, kind + 'tensor')}{left_out}")
     )
-    if result.header_only:
-        _render_counts(result, console)
-        return
+    values = not result.header_only
+    if values:
+        _render_values(total, console)
+    else:
+        console.print(
+            f"  elements {fmt_int(stats.numel)}  bytes {fmt_bytes(total.nbytes)}  "
+            "(headers only: no value was read)"
+        )
+    _print_breakdown(
+        console,
+        "By dtype:",
+        [(d.dtype, d.tensors, d.nbytes, d.stats) for d in total.by_dtype],
+        values=values,
+    )
+    if result.optimizer is not None:
+        _render_optimizer(result.optimizer, console, values=values)
+
+
+def _render_values(total: Total, console: Console) -> None:
+    """The whole model's figures of its values."""
+    stats = total.stats
     nonfinite = NONFINITE if stats.nan or stats.inf else ""
     console.print(
         Text.assemble(
@@ -240,44 +265,63 @@ def _render_total(result: InspectResult, console: Console) -> None:
         f"  L1 {fmt_float(stats.l1, 10)}  L2 {fmt_float(stats.l2, 10)}  "
         f"Linf {fmt_float(stats.linf, 10)}  RMS {fmt_float(stats.rms, 10)}"
     )
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column()
-    for justify in ("right", "right", "right", "left", "left", "left"):
-        grid.add_column(justify=justify)
-    for d in total.by_dtype:
-        bad = d.stats.nan or d.stats.inf
-        grid.add_row(
-            d.dtype,
-            _plural(d.tensors, "tensor"),
-            f"{fmt_int(d.stats.numel)} elements",
-            fmt_bytes(d.nbytes),
-            f"L2 {fmt_float(d.stats.l2)}",
-            f"Linf {fmt_float(d.stats.linf)}",
-            Text(f"NaN {d.stats.nan}  Inf {d.stats.inf}", NONFINITE) if bad else "",
-        )
-    if total.by_dtype:
-        console.print(Text("By dtype:", "bold"))
-        console.print(grid)
 
 
-def _render_counts(result: InspectResult, console: Console) -> None:
-    """The whole model's counts, from the headers alone."""
-    total = result.total
+def _render_optimizer(state: OptimizerState, console: Console, values: bool) -> None:
+    where = ", ".join(repr(printable(o)) if o else "the whole file" for o in state.optimizers)
+    counted = "counted in the whole model" if state.in_total else "not in the whole model"
     console.print(
-        f"  elements {fmt_int(total.stats.numel)}  bytes {fmt_bytes(total.nbytes)}  "
-        "(headers only: no value was read)"
+        Text.assemble(
+            ("Optimizer state", "bold"),
+            f": {_plural(state.tensors, 'tensor')}"
+            + (f" in {where}" if where else "")
+            + f", {counted}",
+        )
     )
+    stats = state.stats
+    figures = (
+        f"L1 {fmt_float(stats.l1, 10)}  L2 {fmt_float(stats.l2, 10)}  "
+        f"Linf {fmt_float(stats.linf, 10)}"
+        if values
+        else "(headers only)"
+    )
+    console.print(f"  elements {fmt_int(stats.numel)}  bytes {fmt_bytes(state.nbytes)}  {figures}")
+    _print_breakdown(
+        console,
+        "By moment:",
+        [(printable(m.moment), m.tensors, m.nbytes, m.stats) for m in state.by_moment],
+        values=values,
+    )
+
+
+def _print_breakdown(
+    console: Console,
+    title: str,
+    lines: Sequence[tuple[str, int, int, TensorStats]],
+    values: bool = True,
+) -> None:
+    """Totals line by line (by dtype, by moment): tensors, elements, bytes, and unless only
+    headers were read, L2 and Linf."""
+    if not lines:
+        return
     grid = Table.grid(padding=(0, 2))
     grid.add_column()
     for _ in range(3):
         grid.add_column(justify="right")
-    for d in total.by_dtype:
+    for _ in range(3 if values else 0):
+        grid.add_column(justify="left")
+    for label, tensors, nbytes, stats in lines:
+        counts = (label, _plural(tensors, "tensor"), f"{fmt_int(stats.numel)} elements")
+        if not values:
+            grid.add_row(*counts, fmt_bytes(nbytes))
+            continue
+        bad = stats.nan or stats.inf
         grid.add_row(
-            d.dtype,
-            _plural(d.tensors, "tensor"),
-            f"{fmt_int(d.stats.numel)} elements",
-            fmt_bytes(d.nbytes),
+            *counts,
+            fmt_bytes(nbytes),
+            f"L2 {fmt_float(stats.l2)}",
+            f"Linf {fmt_float(stats.linf)}",
+            Text(f"NaN {stats.nan}  Inf {stats.inf}", NONFINITE) if bad else "",
         )
-    if total.by_dtype:
-        console.print(Text("By dtype:", "bold"))
-        console.print(grid)
+    console.print(Text(title, "bold"))
+    console.print(grid)

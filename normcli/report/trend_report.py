@@ -150,6 +150,12 @@ def render_table(results: Sequence[TrendResult], console: Console) -> None:
         fit_table(console, functools.partial(_table, result), OPTIONAL)
         steps = "  ".join(printable(p.label) for p in result.points)
         console.print(Text(f"checkpoints: {steps}", "dim"))
+        if result.optimizer_excluded:
+            console.print(
+                f"({result.optimizer_excluded} optimizer-state tensors set apart; "
+                "--include-optimizer adds them)",
+                style="dim",
+            )
         for line in run_notes(result):
             console.print(Text(line, STANDOUT))
 

@@ -27,6 +27,7 @@ from .inspect import (
     TensorReport,
     Total,
 )
+from .optimizer import MomentTotal, OptimizerState, OptimizerTensor
 from .trend import JUMP_FACTOR, TREND_SCHEMA, Point, SetChange, TrendResult, TrendRow
 
 __all__ = [
@@ -48,6 +49,9 @@ __all__ = [
     "GroupReport",
     "HeaderCounts",
     "InspectResult",
+    "MomentTotal",
+    "OptimizerState",
+    "OptimizerTensor",
     "PairStats",
     "Point",
     "Rule",

@@ -166,6 +166,8 @@ class CompareResult:
     available: int
     # every selected tensor holding NaN or Inf on either side, whatever --top hid
     nonfinite_tensors: tuple[str, ...] = ()
+    # tensors of optimizer state left out of the total (without --include-optimizer)
+    optimizer_excluded: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,4 +181,5 @@ class CompareResult:
             "total": {**self.total.to_dict(), "scope": self.scope},
             "summary": dict(self.summary),
             "nonfinite_tensors": list(self.nonfinite_tensors),
+            "optimizer_excluded": self.optimizer_excluded,
         }

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..norms import TensorStats
 from .common import Figures, HeaderCounts, stats_dict
+from .optimizer import OptimizerState, OptimizerTensor
 
 INSPECT_SCHEMA = "normcli/inspect/v1"
 
@@ -22,6 +23,8 @@ class TensorReport(Figures):
     covered: bool = True
     # the file holding it, in a sharded checkpoint
     shard: str | None = None
+    # where it belongs, for a tensor of an optimizer's state
+    optimizer: OptimizerTensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -32,6 +35,7 @@ class TensorReport(Figures):
             **stats_dict(self.stats),
             "in_total": self.covered,
             "shard": self.shard,
+            "optimizer": None if self.optimizer is None else self.optimizer.to_dict(),
         }
 
 
@@ -86,12 +90,19 @@ class Total(Figures):
     # the covered tensors with the largest L2 and Linf, whatever --top hides
     largest_l2: str | None = None
     largest_linf: str | None = None
+    # optimizer-state tensors left out (the rest of `excluded` are integer/bool tensors)
+    optimizer_excluded: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **stats_dict(self.stats),
             "bytes": self.nbytes,
-            "covers": {"scope": self.scope, "tensors": self.tensors, "excluded": self.excluded},
+            "covers": {
+                "scope": self.scope,
+                "tensors": self.tensors,
+                "excluded": self.excluded,
+                "optimizer_excluded": self.optimizer_excluded,
+            },
             "by_dtype": [d.to_dict() for d in self.by_dtype],
             "nonfinite_tensors": (
                 None if isinstance(self.stats, HeaderCounts) else list(self.nonfinite_tensors)
@@ -138,6 +149,8 @@ class InspectResult:
     selected: int
     # read from the headers alone (--header-only): counts, and no figure of the values
     header_only: bool = False
+    # the optimizer state among them, in a training checkpoint
+    optimizer: OptimizerState | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,4 +161,5 @@ class InspectResult:
             "tensors": [t.to_dict() for t in self.tensors],
             "groups": None if self.groups is None else [g.to_dict() for g in self.groups],
             "total": self.total.to_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.to_dict(),
         }

@@ -158,6 +158,8 @@ class TrendResult:
     # tensor names that --filter/--exclude kept, of all the checkpoints hold
     selected: int = 0
     available: int = 0
+    # tensors of optimizer state left out (without --include-optimizer)
+    optimizer_excluded: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -169,6 +171,7 @@ class TrendResult:
             "checkpoints": [p.to_dict() for p in self.points],
             "rows": [r.to_dict(self.metric, self.points) for r in self.rows],
             "total": self.total.to_dict(self.metric, self.points),
+            "optimizer_excluded": self.optimizer_excluded,
         }
 
 
