@@ -69,7 +69,7 @@ def read_pickle(stream: IO[bytes], left: int, what: str) -> bytes:
                     "(a hostile or damaged pickle)"
                 )
             if opcode is _FRAME and type(arg) is int and arg > left - (stream.tell() - start):
-                raise CorruptFileError(f"{what} declares a frame past the end of the file")
+                raise CorruptFileError(f"{what} is truncated: a frame runs past its end")
             if opcode is _MARK:
                 depth += 1
                 if depth > MAX_MARK_DEPTH:
