@@ -166,6 +166,7 @@ _BY_KIND: dict[str, list[Mutation]] = {
     "safetensors": [json_number, json_number, json_number],
     "npy": [npy_header, npy_header],
     "pytorch": [pickle_edit, pickle_edit, pickle_edit],
+    "torchscript": [pickle_edit, pickle_edit, pickle_edit],
     "gguf": [set_field, set_field, set_field],
     "index": [json_edit] * 6,
     "report": [json_edit] * 6,

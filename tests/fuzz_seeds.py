@@ -94,6 +94,14 @@ def _pytorch_seeds() -> list[Seed]:
     return seeds
 
 
+def _torchscript_seed() -> Seed:
+    """torch.jit.save's archive: a data.pkl of __torch__ objects, code, constants."""
+    data = (FIXTURES / "pytorch" / "scripted.pt").read_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    return _with_zip_structure(Seed("torchscript", ".pt", data, members=members), [])
+
+
 def _pickle_structure(data: bytes) -> tuple[list[int], list[tuple[int, int]]]:
     """Opcode positions, and the binary integer arguments, of the pickles at the start of
     `data` (a legacy file holds five in a row, then raw storages)."""
@@ -292,4 +300,5 @@ def seeds() -> dict[str, list[Seed]]:
     hdf5 = _hdf5_seeds()
     out["hdf5"], out["keras"] = hdf5[:1], hdf5[1:]
     out["index"], out["report"] = [_index_seed()], [_report_seed()]
+    out["torchscript"] = [_torchscript_seed()]
     return out

@@ -17,7 +17,19 @@ import pytest
 CASES = int(os.environ.get("NORMCLI_FUZZ_CASES", "250"))
 # fixed, so a failure here fails again on the next run; `make fuzz` draws new ones
 SEED_NUMBER = 17
-KINDS = ["safetensors", "npy", "npz", "pytorch", "gguf", "onnx", "hdf5", "keras", "index", "report"]
+KINDS = [
+    "safetensors",
+    "npy",
+    "npz",
+    "pytorch",
+    "gguf",
+    "onnx",
+    "hdf5",
+    "keras",
+    "index",
+    "report",
+    "torchscript",
+]
 _OPTIONAL = {"gguf": "gguf", "onnx": "onnx", "hdf5": "h5py", "keras": "h5py"}
 
 
