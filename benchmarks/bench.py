@@ -1,8 +1,10 @@
-"""`make bench`: normcli against the limits of this machine and against the naive way, on
+"""`make bench`: first the targets (start-up, tables, 4 GiB files end to end, peak RSS; see
+targets.py), then normcli against the limits of this machine and against the naive way, on
 generated safetensors files (2 GiB float32, 2 GiB bfloat16, 1 GiB float16; BENCH_LARGE=1 adds a
-10 GiB bfloat16 one). Every figure is measured in this run; nothing is compared to constants.
-compare reads each file beside a twin whose values all moved by 1%, as a training step would
-move them (the 10 GiB file has no twin: the two would not fit the page cache together).
+10 GiB bfloat16 one); BENCH_TARGETS=1 stops after the targets. Every figure is measured in this
+run; nothing is compared to constants. compare reads each file beside a twin whose values all
+moved by 1%, as a training step would move them (the 10 GiB file has no twin: the two would not
+fit the page cache together).
 
 naive = the safetensors package loads the file, then numpy norms in the stored dtype (bfloat16,
 which the package's numpy loader does not know, is loaded by its bytes and widened to float32).
@@ -15,7 +17,6 @@ import json
 import mmap
 import os
 import shutil
-import statistics
 import struct
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+import targets
 
 GIB = 1 << 30
 NORMCLI = [sys.executable, "-m", "normcli"]
@@ -184,6 +186,9 @@ def main() -> None:
     threads = len(os.sched_getaffinity(0))
     print(f"normcli bench: {threads} cores, files in {folder}\n")
     try:
+        targets.report(folder, write_big, warm_mmap_rate)
+        if os.environ.get("BENCH_TARGETS"):
+            return
         for name, dtype, size in files:
             path = folder / f"{name.lower()}-{size // GIB}g.safetensors"
             stepped = path.with_name(f"{path.stem}-step{path.suffix}")
@@ -194,13 +199,31 @@ def main() -> None:
             if not large and not stepped.exists():
                 write_safetensors(stepped, name, dtype, size, step=1e-2)
             bench_file(path, None if large else stepped, name, threads)
-        print_startup()
         from bench_remote import bench_remote
 
         bench_remote(folder, folder / "f16-1g.safetensors")
     finally:
         if not os.environ.get("BENCH_DIR"):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_big(path: Path, name: str) -> None:
+    """A 4 GiB file of the targets: float32 or bfloat16."""
+    write_safetensors(path, name, np.float32 if name == "F32" else ml_dtypes.bfloat16, 4 * GIB)
+
+
+def warm_mmap_rate(path: Path) -> float:
+    """One thread's page-cache rate, measured in a process of its own: the pages it maps
+    would count in the peak RSS of every process this one starts (a child's starts at its
+    parent's)."""
+    dd_rate(path, cold=False)  # warm the page cache
+    done = subprocess.run(
+        [sys.executable, __file__, "--mmap-rate", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(done.stdout)
 
 
 def rate(gigabytes: float, seconds: float) -> float:
@@ -290,14 +313,8 @@ def bench_file(path: Path, stepped: Path | None, name: str, threads: int) -> Non
     print(f"  peak RSS    {f'{rss / 1024:6.0f} MiB' if rss >= 0 else 'n/a (no /usr/bin/time)'}\n")
 
 
-def print_startup() -> None:
-    sample = Path(__file__).parent.parent / "sample_checkpoints" / "base.safetensors"
-    version = statistics.median(timed([*NORMCLI, "--version"]) for _ in range(5))
-    inspect = statistics.median(timed([*NORMCLI, "inspect", str(sample)]) for _ in range(5))
-    print(
-        f"start-up: normcli --version {version:.3f} s; inspect of a bundled sample {inspect:.3f} s"
-    )
-
-
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--mmap-rate"]:
+        print(mmap_rates(Path(sys.argv[2]))[0])
+    else:
+        main()

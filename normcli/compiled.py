@@ -1,5 +1,8 @@
-"""The numba kernels behind kernels.py. Imported only when numba is: importing this module
-compiles them (or loads them from numba's cache).
+"""The numba kernels behind kernels.py, imported only for jobs big enough to need them. Each is
+compiled on first use, or loaded from numba's cache: beside this file, or where that folder may
+not be written (a read-only install) in the user's cache folder (numba's own choice; set
+NUMBA_CACHE_DIR to put it elsewhere). A cache written from other source or by another numba is
+ignored and overwritten, so an upgrade compiles once, then loads again.
 
 Each kernel is one fused pass over a chunk, accumulated in float64 with reassociation allowed so
 the loop runs in SIMD lanes (several partial sums: a tighter error than one running sum, about
@@ -256,12 +259,19 @@ TYPES = frozenset(
 )
 
 
-def _warm_up() -> None:
-    """The first kernel loaded starts numba's JIT, about 0.2 s: done here, with the import,
-    rather than in the first scanning thread while the others wait on the compiler's lock."""
+def cached() -> bool:
+    """Whether numba's cache holds kernels compiled from this very source by this numba: false
+    on the first run after an install or an upgrade, when they take seconds to compile."""
+    try:
+        return bool(stats._cache._cache_file._load_index())
+    except Exception:  # no cache here, or numba's internals have moved: nothing to tell
+        return True
+
+
+def warm_up() -> None:
+    """The first kernel loaded starts numba's JIT, about 0.2 s: done by the thread that loads
+    the kernels, rather than in the first scanning thread while the others wait on the
+    compiler's lock."""
     one = np.zeros(1, dtype=np.float32)
     one.flags.writeable = False
     stats(one)
-
-
-_warm_up()

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
-import ml_dtypes
 import numpy as np
 
 Kind = Literal["float", "complex", "int", "bool"]
+
+# bfloat16 is the top half of a float32, so its values need no bfloat16 type: chunks hold the raw
+# bits under this dtype of their own and are widened exactly by as_float64. It equals no numeric
+# dtype, and numpy refuses to cast it to a number, so no code can sum the bits as integers by
+# mistake. Importing ml_dtypes costs up to half a second; it is left to the narrower floats
+# (float8/6/4), which numpy cannot decode without it.
+BF16_BITS: np.dtype[np.void] = np.dtype([("bfloat16", "V2")])
 
 
 @dataclass(frozen=True)
@@ -21,9 +28,17 @@ class DType:
 
     name: str
     kind: Kind
-    element: np.dtype[np.generic]
+    # a numpy dtype, or the name of an ml_dtypes type, imported when `element` is first asked for
+    element_type: np.dtype[np.generic] | str
     bits: int
     group_elements: int = 1
+
+    @property
+    def element(self) -> np.dtype[np.generic]:
+        """The numpy dtype of decoded values."""
+        if isinstance(self.element_type, str):
+            return _ml_dtype(self.element_type)
+        return self.element_type
 
     @property
     def group_bytes(self) -> int:
@@ -59,41 +74,59 @@ class DType:
         return data.view(self.element)
 
 
-def _make(name: str, kind: Kind, element: type | str, bits: int | None = None) -> DType:
-    dtype = np.dtype(element)
-    if bits is None:
-        bits = dtype.itemsize * 8
+@functools.cache
+def _ml_dtype(name: str) -> np.dtype[np.generic]:
+    import ml_dtypes
+
+    dtype: np.dtype[np.generic] = np.dtype(getattr(ml_dtypes, name))
+    return dtype
+
+
+def _make(name: str, kind: Kind, element: np.dtype[np.generic] | str, bits: int = 8) -> DType:
+    """`element`: a numpy dtype (its size gives the bits), or an ml_dtypes name of `bits` bits."""
+    if isinstance(element, np.dtype):
+        bits = element.itemsize * 8
     group = 8 // bits if bits < 8 else 1
     if bits == 6:
         group = 4
-    return DType(name, kind, dtype, bits, group)
+    return DType(name, kind, element, bits, group)
+
+
+def as_float64(values: np.ndarray) -> np.ndarray:
+    """Decoded values as float64 (complex128 for complex ones), exactly; bfloat16 bits widened."""
+    if values.dtype == BF16_BITS:
+        wide = values.view("<u2").astype(np.uint32)
+        values = np.left_shift(wide, 16, out=wide).view(np.float32)
+    target = np.complex128 if values.dtype.kind == "c" else np.float64
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.asarray(values, dtype=target)
 
 
 SAFETENSORS_DTYPES: dict[str, DType] = {
     d.name: d
     for d in (
-        _make("F64", "float", "<f8"),
-        _make("F32", "float", "<f4"),
-        _make("F16", "float", "<f2"),
-        _make("BF16", "float", ml_dtypes.bfloat16),
-        _make("F8_E4M3", "float", ml_dtypes.float8_e4m3fn),
-        _make("F8_E5M2", "float", ml_dtypes.float8_e5m2),
-        _make("F8_E8M0", "float", ml_dtypes.float8_e8m0fnu),
-        _make("F8_E4M3FNUZ", "float", ml_dtypes.float8_e4m3fnuz),
-        _make("F8_E5M2FNUZ", "float", ml_dtypes.float8_e5m2fnuz),
-        _make("F6_E2M3", "float", ml_dtypes.float6_e2m3fn, bits=6),
-        _make("F6_E3M2", "float", ml_dtypes.float6_e3m2fn, bits=6),
-        _make("F4", "float", ml_dtypes.float4_e2m1fn, bits=4),
-        _make("C64", "complex", "<c8"),
-        _make("I64", "int", "<i8"),
-        _make("I32", "int", "<i4"),
-        _make("I16", "int", "<i2"),
-        _make("I8", "int", "i1"),
-        _make("U64", "int", "<u8"),
-        _make("U32", "int", "<u4"),
-        _make("U16", "int", "<u2"),
-        _make("U8", "int", "u1"),
-        _make("BOOL", "bool", "?"),
+        _make("F64", "float", np.dtype("<f8")),
+        _make("F32", "float", np.dtype("<f4")),
+        _make("F16", "float", np.dtype("<f2")),
+        _make("BF16", "float", BF16_BITS),
+        _make("F8_E4M3", "float", "float8_e4m3fn"),
+        _make("F8_E5M2", "float", "float8_e5m2"),
+        _make("F8_E8M0", "float", "float8_e8m0fnu"),
+        _make("F8_E4M3FNUZ", "float", "float8_e4m3fnuz"),
+        _make("F8_E5M2FNUZ", "float", "float8_e5m2fnuz"),
+        _make("F6_E2M3", "float", "float6_e2m3fn", bits=6),
+        _make("F6_E3M2", "float", "float6_e3m2fn", bits=6),
+        _make("F4", "float", "float4_e2m1fn", bits=4),
+        _make("C64", "complex", np.dtype("<c8")),
+        _make("I64", "int", np.dtype("<i8")),
+        _make("I32", "int", np.dtype("<i4")),
+        _make("I16", "int", np.dtype("<i2")),
+        _make("I8", "int", np.dtype("i1")),
+        _make("U64", "int", np.dtype("<u8")),
+        _make("U32", "int", np.dtype("<u4")),
+        _make("U16", "int", np.dtype("<u2")),
+        _make("U8", "int", np.dtype("u1")),
+        _make("BOOL", "bool", np.dtype("?")),
     )
 }
 
@@ -103,8 +136,15 @@ _NUMPY_PREFIX = {"float": "F", "complex": "C", "int": "I", "bool": "BOOL"}
 
 def from_numpy(dtype: np.dtype[np.generic]) -> DType | None:
     """The DType of a numpy array's elements (any byte order), or None if it holds no numbers."""
+    if dtype == BF16_BITS or (dtype.kind == "V" and dtype.name == "bfloat16"):
+        return SAFETENSORS_DTYPES["BF16"]  # the same bits, whichever type holds them
     for known in SAFETENSORS_DTYPES.values():
-        if dtype.newbyteorder("<") == known.element.newbyteorder("<"):
+        # an ml_dtypes type is met only where ml_dtypes is imported already: named, not loaded
+        if isinstance(known.element_type, str):
+            same = dtype.kind == "V" and dtype.name == known.element_type
+        else:
+            same = dtype.newbyteorder("<") == known.element_type.newbyteorder("<")
+        if same:
             # in memory, numpy keeps even a 4- or 6-bit element in a byte of its own
             return DType(known.name, known.kind, dtype, max(known.bits, 8))
     kind = _NUMPY_KINDS.get(dtype.kind)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
+from .dtypes import BF16_BITS, as_float64
 from .norms import SQUARES_FIT, PairStats, TensorStats
 
 
@@ -40,14 +40,19 @@ def wanted() -> str:
     return choice if choice in ("numpy", "numba") else "auto"
 
 
-def load() -> Kernels | None:
-    """The compiled kernels, or None where numba cannot be imported."""
+def load(compiling: Callable[[], None] | None = None) -> Kernels | None:
+    """The compiled kernels, or None where numba cannot be imported. `compiling` is called
+    first when they must be compiled rather than loaded from numba's cache (a pause of seconds,
+    on the first run after an install or upgrade)."""
     global _compiled, _tried
     with _lock:
         if not _tried:
             try:
                 from . import compiled
 
+                if compiling is not None and not compiled.cached():
+                    compiling()
+                compiled.warm_up()
                 _compiled = compiled
                 _read_through_maps()
             except Exception:  # numba missing, or unable to compile or cache here: numpy it is
@@ -71,28 +76,30 @@ def _read_through_maps() -> None:
 _F32 = np.dtype("<f4")
 _F64 = np.dtype("<f8")
 _F16 = np.dtype("<f2")
-_BF16 = np.dtype(ml_dtypes.bfloat16)
 _LAYOUT: dict[np.dtype[Any], tuple[np.dtype[Any], type[np.unsignedinteger[Any]], int]] = {
     _F32: (np.dtype("<f4"), np.uint32, 0x7F800000),
     _F64: (np.dtype("<f8"), np.uint64, 0x7FF0000000000000),
-    _BF16: (np.dtype("<u2"), np.uint16, 0x7F80),
+    BF16_BITS: (np.dtype("<u2"), np.uint16, 0x7F80),
     _F16: (np.dtype("<i2"), np.uint16, 0x7C00),
 }
+
+
+def _stored(values: np.ndarray) -> np.ndarray:
+    """bfloat16 values of an ml_dtypes type (handed to the API) as the bits the readers give."""
+    return values.view(BF16_BITS) if values.dtype.name == "bfloat16" else values
 
 
 def _kernel_view(values: np.ndarray) -> np.ndarray | None:
     """The chunk as the read-only view the kernels take, or None where they do not apply."""
     layout = _LAYOUT.get(values.dtype)
-    if (
-        layout is None
-        or not values.size
-        or not (values.flags.c_contiguous and values.flags.aligned)
-    ):
+    if layout is None or not values.size or not values.flags.c_contiguous:
         return None
     assert _compiled
     if layout[0] not in _compiled.TYPES or layout[0] in _failed:
         return None
     view = values.view(layout[0])
+    if not view.flags.aligned:
+        return None
     view.flags.writeable = False
     return view
 
@@ -103,13 +110,14 @@ def _linf(bits: int, dtype: np.dtype[Any]) -> float | None:
     _, uint, infinity = _LAYOUT[dtype]
     if bits >= infinity:
         return None
-    linf = float(np.array([bits], dtype=uint).view(dtype)[0])
+    linf = float(as_float64(np.array([bits], dtype=uint).view(dtype))[0])
     return linf if not linf or SQUARES_FIT[0] < linf < SQUARES_FIT[1] else None
 
 
 def reduce_compiled(values: np.ndarray) -> TensorStats | None:
     """Statistics of a chunk, or None when the compiled path does not apply (another dtype, a
     non-finite value, squares out of float64's range)."""
+    values = _stored(values)
     view = _kernel_view(values)
     if view is None:
         return None
@@ -129,6 +137,7 @@ def reduce_compiled(values: np.ndarray) -> TensorStats | None:
 def reduce_pair_compiled(a_values: np.ndarray, b_values: np.ndarray) -> PairStats | None:
     """A and B of one aligned chunk in one pass, or None where the compiled path does not apply
     (the same cases as reduce_compiled)."""
+    a_values, b_values = _stored(a_values), _stored(b_values)
     a, b = _kernel_view(a_values), _kernel_view(b_values)
     if a is None or b is None:
         return None

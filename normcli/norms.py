@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dtypes import as_float64
+
 
 @dataclass(frozen=True)
 class TensorStats:
@@ -106,16 +108,9 @@ def merge_all(parts: list[TensorStats] | tuple[TensorStats, ...]) -> TensorStats
 SQUARES_FIT = (2.0**-500, 2.0**500)
 
 
-def _as_float64(values: np.ndarray) -> np.ndarray:
-    """Upcast to float64 (complex128 for complex input); every stored float converts exactly."""
-    target = np.complex128 if values.dtype.kind == "c" else np.float64
-    with np.errstate(invalid="ignore", over="ignore"):
-        return np.asarray(values, dtype=target)
-
-
 def reduce_chunk(values: np.ndarray) -> TensorStats:
     """Statistics of one chunk of stored values (any numeric dtype, any shape)."""
-    x = _as_float64(values).reshape(-1)
+    x = as_float64(values).reshape(-1)
     if x.size == 0:
         return TensorStats.of_complex() if x.dtype.kind == "c" else TensorStats()
     # float64 sums of huge finite values may overflow to inf, which is then the honest answer
@@ -211,10 +206,8 @@ def reduce_pair(a_values: np.ndarray, b_values: np.ndarray) -> PairStats:
     if a_values.dtype == b_values.dtype:
         identical = bool(np.array_equal(_bits(a_values), _bits(b_values)))
     else:
-        identical = bool(
-            np.array_equal(_as_float64(a_values), _as_float64(b_values), equal_nan=True)
-        )
-    a, b = _as_float64(a_values).reshape(-1), _as_float64(b_values).reshape(-1)
+        identical = bool(np.array_equal(as_float64(a_values), as_float64(b_values), equal_nan=True))
+    a, b = as_float64(a_values).reshape(-1), as_float64(b_values).reshape(-1)
     if a.dtype != b.dtype:  # one side complex: compare both as complex
         a, b = a.astype(np.complex128), b.astype(np.complex128)
     if a_stats.nan or a_stats.inf or b_stats.nan or b_stats.inf:

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import llvmlite.binding
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, types  # type: ignore[attr-defined]  # carray is public, unlisted
@@ -34,42 +35,10 @@ intrinsic: Callable[[Callable[..., Any]], Any] = numba_intrinsic
 SIGBUS = 7 if sys.platform == "linux" else 0
 _SA_SIGINFO, _SA_RESTART = 4, 0x10000000
 _PROT_READ, _MAP_PRIVATE_ANONYMOUS_FIXED = 1, 0x02 | 0x20 | 0x10
-
-_handler: Any = None  # the compiled handler, which must outlive every fault
 # the address ranges [start, end) of normcli's own maps, as pairs; (0, 0) is a free slot. A fault
 # anywhere else (another library's map, in a program using normcli's API) is not normcli's to
 # paper over: the handler then restores the default action, and the fault ends the process.
 MAX_MAPS = 4096
-_maps = (ctypes.c_uint64 * (2 * MAX_MAPS))()
-# the faults in each slot's map since the slot was taken: C integers the handler adds to. Counted
-# per map, not per process, so that scans running at once (threads of a program using the API)
-# each see their own files' faults, and a map that faulted stays known as such for its life
-_faults = (ctypes.c_int64 * MAX_MAPS)()
-_slots_lock = threading.Lock()
-
-
-def register(start: int, length: int) -> int | None:
-    """Let the handler answer for [start, start + length); the slot to unregister, or None
-    when every slot is taken (the caller then reads without a map)."""
-    with _slots_lock:
-        for slot in range(MAX_MAPS):
-            if _maps[2 * slot + 1] == 0:
-                _faults[slot] = 0
-                _maps[2 * slot] = start
-                _maps[2 * slot + 1] = start + length
-                return slot
-    return None
-
-
-def unregister(slot: int) -> None:
-    with _slots_lock:
-        _maps[2 * slot + 1] = 0
-        _maps[2 * slot] = 0
-
-
-def faults(slot: int) -> int:
-    """How many pages of the map in `slot` could not be read (and read as zeros)."""
-    return int(_faults[slot])
 
 
 class _Sigaction(ctypes.Structure):
@@ -83,7 +52,55 @@ class _Sigaction(ctypes.Structure):
     )
 
 
-_previous = _Sigaction()  # the action in place before ours, for the faults that are not ours
+class _State(ctypes.Structure):
+    """All the handler knows, in one block of C memory: the page size, the maps' ranges, the
+    faults in each slot's map since the slot was taken, and the action in place before ours
+    (for the faults that are not ours). Faults are counted per map, not per process, so that
+    scans running at once (threads of a program using the API) each see their own files'
+    faults, and a map that faulted stays known as such for its life."""
+
+    _fields_ = (
+        ("page_size", ctypes.c_uint64),
+        ("maps", ctypes.c_uint64 * (2 * MAX_MAPS)),
+        ("faults", ctypes.c_int64 * MAX_MAPS),
+        ("previous", _Sigaction),
+    )
+
+
+# The compiled handler finds the state by this symbol name, resolved when its code is loaded,
+# rather than by an address written into the code: the code is then the same in every process,
+# and numba's cache keeps it (compiling it took 0.1-0.3 s of every big job's start).
+_SYMBOL = "normcli_sigbus_state"
+_MAPS_AT, _FAULTS_AT = _State.maps.offset, _State.faults.offset
+_PREVIOUS_AT = _State.previous.offset
+_state = _State(page_size=mmap.PAGESIZE)
+_handler: Any = None  # the compiled handler, which must outlive every fault
+_slots_lock = threading.Lock()
+
+
+def register(start: int, length: int) -> int | None:
+    """Let the handler answer for [start, start + length); the slot to unregister, or None
+    when every slot is taken (the caller then reads without a map)."""
+    maps = _state.maps
+    with _slots_lock:
+        for slot in range(MAX_MAPS):
+            if maps[2 * slot + 1] == 0:
+                _state.faults[slot] = 0
+                maps[2 * slot] = start
+                maps[2 * slot + 1] = start + length
+                return slot
+    return None
+
+
+def unregister(slot: int) -> None:
+    with _slots_lock:
+        _state.maps[2 * slot + 1] = 0
+        _state.maps[2 * slot] = 0
+
+
+def faults(slot: int) -> int:
+    """How many pages of the map in `slot` could not be read (and read as zeros)."""
+    return int(_state.faults[slot])
 
 
 @intrinsic
@@ -92,6 +109,51 @@ def _pointer(typingctx: Any, address: Any) -> Any:
         return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
 
     return types.voidptr(address), codegen
+
+
+@intrinsic
+def _state_address(typingctx: Any) -> Any:
+    """The address of the state, as an integer: the symbol, declared in the compiled code."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        module = builder.module
+        try:
+            state = module.get_global(_SYMBOL)
+        except KeyError:
+            state = ir.GlobalVariable(module, ir.IntType(8), name=_SYMBOL)
+            state.linkage = "external"
+        return builder.ptrtoint(state, ir.IntType(64))
+
+    return types.uint64(), codegen
+
+
+# the C library's functions, linked by name; addresses are passed as integers: the same
+# registers as pointers, and simple to type in numba
+_map_zeros: Any = types.ExternalFunction(
+    "mmap",
+    types.uint64(types.uint64, types.uint64, types.int32, types.int32, types.int32, types.int64),
+)
+_sigaction: Any = types.ExternalFunction(
+    "sigaction", types.int32(types.int32, types.uint64, types.uint64)
+)
+
+
+def _on_sigbus(signal: Any, info: Any, context: Any) -> None:
+    # siginfo_t on 64-bit Linux: si_signo, si_errno, si_code and padding, then si_addr
+    address = carray(info, 3, dtype=np.uint64)[2]
+    state = _state_address()
+    page_size = carray(_pointer(state), 1, dtype=np.uint64)[0]
+    ranges = carray(_pointer(state + _MAPS_AT), 2 * MAX_MAPS, dtype=np.uint64)
+    counts = carray(_pointer(state + _FAULTS_AT), MAX_MAPS, dtype=np.int64)
+    for slot in range(MAX_MAPS):
+        if ranges[2 * slot] <= address < ranges[2 * slot + 1]:
+            page = address - address % page_size
+            _map_zeros(page, page_size, _PROT_READ, _MAP_PRIVATE_ANONYMOUS_FIXED, -1, 0)
+            counts[slot] += 1
+            return
+    # not ours: the handler there before (the default: the end of the process) takes the
+    # fault, raised again on return
+    _sigaction(SIGBUS, state + _PREVIOUS_AT, 0)
 
 
 def install() -> bool:
@@ -107,50 +169,18 @@ def install() -> bool:
         return True
     if not SIGBUS or ctypes.sizeof(ctypes.c_void_p) != 8:
         return False
+    llvmlite.binding.add_symbol(_SYMBOL, ctypes.addressof(_state))
+    signature = types.void(types.int32, types.voidptr, types.voidptr)
+    try:
+        handler = cfunc(signature, cache=True)(_on_sigbus)
+    except RuntimeError:  # no folder numba may cache in: compiled in this process
+        handler = cfunc(signature)(_on_sigbus)
     libc = ctypes.CDLL(None, use_errno=True)
-    map_zeros = libc.mmap
-    # an address as an integer: the same registers as a pointer, and simple to type in numba
-    map_zeros.restype = ctypes.c_size_t
-    map_zeros.argtypes = (
-        ctypes.c_size_t,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_long,
-    )
-    restore = libc.sigaction  # with addresses as integers, as for mmap
-    restore.restype = ctypes.c_int
-    restore.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t)
-    previous = ctypes.addressof(_previous)
-    page_size, counter, maps = mmap.PAGESIZE, ctypes.addressof(_faults), ctypes.addressof(_maps)
-
-    # not cached: the addresses of the counters, the table and the C library differ from one
-    # process to the next
-    @cfunc(types.void(types.int32, types.voidptr, types.voidptr))
-    def on_sigbus(signal: Any, info: Any, context: Any) -> None:
-        # siginfo_t on 64-bit Linux: si_signo, si_errno, si_code and padding, then si_addr
-        address = carray(info, 3, dtype=np.uint64)[2]
-        ranges = carray(_pointer(maps), 2 * MAX_MAPS, dtype=np.uint64)
-        for slot in range(MAX_MAPS):
-            if ranges[2 * slot] <= address < ranges[2 * slot + 1]:
-                map_zeros(
-                    address - address % page_size,
-                    page_size,
-                    _PROT_READ,
-                    _MAP_PRIVATE_ANONYMOUS_FIXED,
-                    -1,
-                    0,
-                )
-                counts = carray(_pointer(counter), MAX_MAPS, dtype=np.int64)
-                counts[slot] += 1
-                return
-        # not ours: the handler there before (the default: the end of the process) takes the
-        # fault, raised again on return
-        restore(SIGBUS, previous, 0)
-
-    action = _Sigaction(handler=on_sigbus.address, flags=_SA_SIGINFO | _SA_RESTART)
-    if restore(SIGBUS, ctypes.addressof(action), previous) != 0:
+    libc.sigaction.restype = ctypes.c_int
+    libc.sigaction.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+    action = _Sigaction(handler=handler.address, flags=_SA_SIGINFO | _SA_RESTART)
+    previous = ctypes.addressof(_state) + _PREVIOUS_AT
+    if libc.sigaction(SIGBUS, ctypes.addressof(action), previous) != 0:
         return False
-    _handler = on_sigbus
+    _handler = handler
     return True

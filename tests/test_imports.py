@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,58 @@ def test_every_extra_the_registry_names_is_declared() -> None:
     named = {f.extra for f in FORMATS.values() if f.extra is not None}
     assert named == {"gguf", "onnx", "h5"}
     assert named <= set(extras)
+
+
+def small_safetensors(path: Path, dtypes: list[str]) -> Path:
+    """One tensor of four elements per dtype, every byte 0x3C (a finite value in each)."""
+    header: dict[str, object] = {}
+    offset = 0
+    for name in dtypes:
+        size = 4 * {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "F8_E4M3": 1}[name]
+        header[name] = {"dtype": name, "shape": [4], "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"\x3c" * offset)
+    return path
+
+
+def test_everyday_dtypes_are_read_without_ml_dtypes_or_numba(tmp_path: Path) -> None:
+    # ml_dtypes takes up to half a second to import: float32, float16, bfloat16 and integers,
+    # which fill nearly every checkpoint, need none of it; nor does a small job need numba
+    path = small_safetensors(tmp_path / "t.safetensors", ["F32", "F16", "BF16", "I64"])
+    statement = f"import normcli\nassert normcli.inspect({str(path)!r}).total.stats.l1 > 0"
+    assert loaded_after(statement, ["ml_dtypes", "numba", "click", "rich"]) == []
+
+
+def test_a_float8_tensor_brings_ml_dtypes_in(tmp_path: Path) -> None:
+    # guards the test above against passing because nothing would ever import ml_dtypes
+    path = small_safetensors(tmp_path / "t.safetensors", ["F32", "F8_E4M3"])
+    statement = f"import normcli\nassert normcli.inspect({str(path)!r}).total.stats.l1 > 0"
+    assert loaded_after(statement, ["ml_dtypes", "numba"]) == ["ml_dtypes"]
+
+
+def cli_run(*args: str) -> str:
+    """A statement running the command line in-process, its output set aside."""
+    return (
+        "import contextlib, io\n"
+        "from normcli.cli import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        f"        cli.main({list(args)!r})\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code in (0, None), e.code\n"
+    )
+
+
+def test_text_output_of_a_small_file_needs_no_rich_numba_or_ml_dtypes(samples: Path) -> None:
+    # rich is for drawing tables, numba for big jobs, ml_dtypes for float8/6/4
+    path = str(samples / "base.safetensors")
+    for output in ("json", "csv", "md"):
+        statement = cli_run("inspect", path, "-f", output)
+        assert loaded_after(statement, ["rich", "numba", "ml_dtypes"]) == [], output
+
+
+def test_a_table_brings_rich_in(samples: Path) -> None:
+    # guards the test above against passing because the command did nothing
+    statement = cli_run("inspect", str(samples / "base.safetensors"))
+    assert loaded_after(statement, ["rich", "numba"]) == ["rich"]

@@ -121,7 +121,7 @@ def test_small_jobs_use_numpy_and_big_or_forced_ones_the_kernels(
 ) -> None:
     monkeypatch.setenv("NORMCLI_KERNELS", "auto")
     assert scan.choose_kernels(1 << 20)[0] is reduce_chunk
-    big = scan.choose_kernels(scan.COMPILED_MIN_BYTES)[0]
+    big = scan.choose_kernels(scan.COMPILED_MIN_ELEMENTS)[0]
     assert big is not reduce_chunk
     values = np.array([1.5, -2.0], np.float32)
     assert big(values) == reduce_chunk(values)
@@ -234,3 +234,23 @@ def test_no_sigbus_handler_means_no_maps_but_the_kernels_all_the_same() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
     )
     assert (done.returncode, done.stdout.split()) == (0, ["True", "True"]), done.stderr
+
+
+def test_a_progress_that_can_tell_of_compiling_is_handed_to_the_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Bar:
+        def start(self, total_bytes: int) -> None: ...
+
+        def advance(self, done_bytes: int) -> None: ...
+
+        def compiling(self) -> None: ...
+
+    told: list[object] = []
+    monkeypatch.setattr(kernels, "load", lambda compiling=None: told.append(compiling))
+    monkeypatch.setenv("NORMCLI_KERNELS", "auto")
+    bar = Bar()
+    scan.choose_kernels(scan.COMPILED_MIN_ELEMENTS, bar)
+    scan.choose_kernels(scan.COMPILED_MIN_ELEMENTS, None)
+    scan.choose_kernels(scan.COMPILED_MIN_ELEMENTS - 1, bar)  # numpy's: nothing to load
+    assert told == [bar.compiling, None]

@@ -83,7 +83,7 @@ def test_the_progress_bar_label_is_plain_text(monkeypatch: pytest.MonkeyPatch) -
     out = io.StringIO()
     terminal = Console(file=out, force_terminal=True, width=160, color_system=None)
     label = "inspect [bold]x[/bold] [link=http://example.com]y[/link]\x1b]8;;http://e\x07z\x9b"
-    bar = console_module.ProgressBar(terminal, label)
+    bar = console_module.ProgressBar(label, terminal)
     bar.start(100)
     bar.advance(50)
     bar.stop()

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from normcli.dtypes import as_float64
 from normcli.errors import CorruptFileError, NormcliError, UnsupportedError, UsageError
 from normcli.readers import pytorch, torch_pickle, torch_views
 from normcli.readers.base import TensorSource
@@ -54,10 +55,7 @@ NAMES = {
 
 def values(source: TensorSource, chunk: int = 1 << 16) -> np.ndarray:
     """All of a tensor's values in C order, as float64 (complex128)."""
-    parts = [
-        np.array(c, dtype=np.complex128 if c.dtype.kind == "c" else np.float64)
-        for c in source.chunks(chunk)
-    ]
+    parts = [as_float64(c) for c in source.chunks(chunk)]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 

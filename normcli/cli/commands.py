@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -47,9 +47,9 @@ def _progress(enabled: bool, label: str) -> Iterator[Any]:
     if not enabled:
         yield None
         return
-    from ..report.console import ProgressBar, error_console
+    from ..report.console import ProgressBar
 
-    bar = ProgressBar(error_console(), label)
+    bar = ProgressBar(label)
     try:
         yield bar
     finally:
@@ -68,10 +68,12 @@ def _render(
     output: str | None,
     inputs: Sequence[str],
     plot: str | None = None,
-    draw: Callable[[Any, str], bytes] | None = None,
+    draw: str | None = None,
 ) -> None:
+    """Render the results; `draw` names the function of report.plots that draws --plot (the
+    module is imported only then)."""
     from ..output import check_targets, report_file, write_bytes
-    from ..report.console import output_console
+    from ..report.console import Output
 
     check_targets([(plot if draw is not None else None, "--plot"), (output, "-o")], inputs)
     if plot is not None and draw is not None:
@@ -79,12 +81,14 @@ def _render(
             from ..errors import UsageError
 
             raise UsageError("--plot draws one checkpoint at a time")
-        write_bytes(plot, draw(results[0], plot), inputs, "--plot")
+        from ..report import plots
+
+        write_bytes(plot, getattr(plots, draw)(results[0], plot), inputs, "--plot")
     if output is None:
-        renderers[output_format](results, output_console(None))
+        renderers[output_format](results, Output())
         return
     with report_file(output, inputs) as file:
-        renderers[output_format](results, output_console(file))
+        renderers[output_format](results, Output(file))
 
 
 @click.command(epilog=INSPECT_EXAMPLES)
@@ -121,7 +125,6 @@ def inspect(
     from ..api import inspect_path
     from ..errors import UsageError
     from ..report import INSPECT_RENDERERS
-    from ..report.plots import plot_inspect
 
     if header_only and plot:
         raise UsageError("--plot draws the values' figures, which --header-only does not read")
@@ -139,7 +142,7 @@ def inspect(
                     header_only=header_only,
                 )
             )
-    _render(INSPECT_RENDERERS, output_format, results, output, checkpoints, plot, plot_inspect)
+    _render(INSPECT_RENDERERS, output_format, results, output, checkpoints, plot, "plot_inspect")
 
 
 @click.command(epilog=COMPARE_EXAMPLES)
@@ -173,12 +176,11 @@ def compare(
     (then only the stored norms are compared). Exits 0 whatever the differences."""
     from .. import diff
     from ..report import COMPARE_RENDERERS
-    from ..report.plots import plot_compare
 
     with _progress(progress, _label("compare", a, b)) as bar:
         read = replace(read, progress=bar)
         result = diff.compare(a, b, selection, read, sort=sort, top=top, group_by=group_by)
-    _render(COMPARE_RENDERERS, output_format, [result], output, (a, b), plot, plot_compare)
+    _render(COMPARE_RENDERERS, output_format, [result], output, (a, b), plot, "plot_compare")
 
 
 TREND_EXAMPLES = """
@@ -235,14 +237,13 @@ def trend(
     checkpoints, glob patterns, or saved `inspect -f json` reports."""
     from .. import trends
     from ..report import TREND_RENDERERS
-    from ..report.plots import plot_trend
 
     with _progress(progress, "trend") as bar:
         read = replace(read, progress=bar)
         result = trends.trend(
             checkpoints, selection, read, metric=metric, order=order, group_by=group_by
         )
-    _render(TREND_RENDERERS, output_format, [result], output, checkpoints, plot, plot_trend)
+    _render(TREND_RENDERERS, output_format, [result], output, checkpoints, plot, "plot_trend")
 
 
 CHECK_EXAMPLES = """

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich import box
-from rich.console import Console, RenderableType
-from rich.table import Table
+from rich.console import Console
 from rich.text import Text
 
 from ..results import Aggregate, CompareResult, TensorDiff
+from .fast_table import Cell, FastTable
 from .names import TailName
 from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line, skipped_line
 from .text import NOT_COMPUTED, covers, fmt_float, printable, status_text, total_label
@@ -129,8 +128,8 @@ def _counts(a: int | None, b: int | None) -> Text:
     return Text(text, NONFINITE if (a or b) else "")
 
 
-def _new_table(first: str, hidden: frozenset[str]) -> tuple[Table, list[bool]]:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+def _new_table(first: str, hidden: frozenset[str]) -> tuple[FastTable, list[bool]]:
+    table = FastTable()
     table.add_column(first)
     keep = [True]
     for column in COLUMNS:
@@ -142,11 +141,11 @@ def _new_table(first: str, hidden: frozenset[str]) -> tuple[Table, list[bool]]:
     return table, keep
 
 
-def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> Table:
+def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> FastTable:
     table, keep = _new_table("tensor", hidden)
     for row in rows:
         pair = row.pair
-        cells: list[RenderableType] = [
+        cells: list[Cell] = [
             TailName(row.name),
             Text(status_text(row), STATUS_STYLE[row.status]),
             _dtype(row),
@@ -167,11 +166,11 @@ def _tensor_table(rows: Sequence[TensorDiff], hidden: frozenset[str]) -> Table:
     return table
 
 
-def _group_table(groups: Sequence[Aggregate], hidden: frozenset[str]) -> Table:
+def _group_table(groups: Sequence[Aggregate], hidden: frozenset[str]) -> FastTable:
     table, keep = _new_table("group", hidden | {"status", "dtype"})
     for group in groups:
         pair = group.pair
-        cells: list[RenderableType] = [
+        cells: list[Cell] = [
             TailName(group.name),
             "",
             "",

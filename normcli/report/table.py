@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from rich import box
-from rich.console import Console, RenderableType
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..results import GroupReport, InspectResult, OptimizerState, TensorStats, Total
+from .fast_table import Cell, FastTable
 from .names import TailName
 from .text import (
     fmt_bytes,
@@ -75,7 +75,7 @@ GROUP_OPTIONAL_COLUMNS = ("mean", "zeros", "numel", "RMS", "L1")
 
 def fit_table(
     console: Console,
-    build: Callable[[frozenset[str]], Table],
+    build: Callable[[frozenset[str]], Table | FastTable],
     optional: Sequence[str] = OPTIONAL_COLUMNS,
     never: frozenset[str] = frozenset(),
 ) -> None:
@@ -120,7 +120,7 @@ class _Rows:
     """A table whose hidden columns are left out both of the header and of every row."""
 
     def __init__(self, first: str, extra: Sequence[str], hidden: frozenset[str]) -> None:
-        self.table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        self.table = FastTable()
         self.keep = [c not in hidden for c in (first, *extra, *STAT_COLUMNS, "")]
         self.table.add_column(first)
         for column in extra:
@@ -133,7 +133,7 @@ class _Rows:
                 self.table.add_column(column, justify="right", no_wrap=True)
         self.table.add_column("", no_wrap=True)
 
-    def add(self, cells: Sequence[RenderableType], style: str | None) -> None:
+    def add(self, cells: Sequence[Cell], style: str | None) -> None:
         self.table.add_row(
             *(c for c, keep in zip(cells, self.keep, strict=True) if keep), style=style
         )
@@ -147,7 +147,7 @@ def _notes(stats: TensorStats, max_l2: bool, max_linf: bool) -> tuple[str, str]:
     return ", ".join(marks), STANDOUT if marks else ""
 
 
-def _tensor_table(result: InspectResult, hidden: frozenset[str]) -> Table:
+def _tensor_table(result: InspectResult, hidden: frozenset[str]) -> FastTable:
     sharded = result.checkpoint.shards > 1
     table = _Rows("tensor", ["dtype", "shape", *(["shard"] if sharded else [])], hidden)
     total = result.total
@@ -171,7 +171,7 @@ def _tensor_table(result: InspectResult, hidden: frozenset[str]) -> Table:
     return table.table
 
 
-def _group_table(groups: Sequence[GroupReport], hidden: frozenset[str]) -> Table:
+def _group_table(groups: Sequence[GroupReport], hidden: frozenset[str]) -> FastTable:
     table = _Rows("group", ["tensors"], hidden)
     top_l2 = max((g.stats.l2 for g in groups), default=0.0)
     top_linf = max((g.stats.linf for g in groups), default=0.0)
