@@ -61,12 +61,16 @@ def is_report(path: str) -> bool:
     return head[:1] in (b"{", b"[")
 
 
-def load_report(path: str) -> tuple[CheckpointInfo, list[StoredTensor]]:
-    """A JSON document written by `normcli inspect -f json`, as the figures of one checkpoint."""
+def load_report(path: str, command: str = "compare") -> tuple[CheckpointInfo, list[StoredTensor]]:
+    """A JSON document written by `normcli inspect -f json`, as the figures of one checkpoint;
+    `command`, the one running, is named where the document cannot serve it."""
     doc = load_json(path, "report")
     if isinstance(doc, list):
+        reports = "1 report" if len(doc) == 1 else f"{len(doc)} reports"
         raise UsageError(
-            f"holds {len(doc)} reports; compare needs a report of one checkpoint", path
+            f"holds a list of {reports} (as inspect of several checkpoints writes); "
+            f"{command} needs the report of one checkpoint, not a list",
+            path,
         )
     if not isinstance(doc, dict) or doc.get("schema") != INSPECT_SCHEMA:
         raise CorruptFileError(
@@ -86,8 +90,12 @@ def load_report(path: str) -> tuple[CheckpointInfo, list[StoredTensor]]:
             )
         tensors = [_stored_tensor(t) for t in doc["tensors"]]
         # named by the report itself: the checkpoint it describes may be long gone
-        checkpoint = CheckpointInfo(path, "report", _count(info["bytes"]), len(tensors))
-    except (KeyError, TypeError, ValueError, ArithmeticError) as e:
+        globs = doc.get("selection") or {}
+        selection = (tuple(globs.get("filter", ())), tuple(globs.get("exclude", ())))
+        checkpoint = CheckpointInfo(
+            path, "report", _count(info["bytes"]), len(tensors), selection=selection
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as e:
         raise CorruptFileError(f"report is missing or has a malformed field: {e}", path) from e
     return checkpoint, tensors
 
@@ -174,13 +182,15 @@ class Side:
     entries: tuple[Entry, ...]
 
 
-def open_side(path: str | os.PathLike[str], read: ReadSettings, stack: ExitStack) -> Side:
+def open_side(
+    path: str | os.PathLike[str], read: ReadSettings, stack: ExitStack, command: str = "compare"
+) -> Side:
     """A checkpoint (closed when `stack` closes) or a saved inspect report: where compare,
-    check and trend turn an argument into tensors."""
+    check and trend (`command`, named in messages) turn an argument into tensors."""
     path = os.fspath(path)
     if is_report(path):
         with remote.storage_options(dict(read.storage_options)):
-            info, stored = load_report(path)
+            info, stored = load_report(path, command)
         return Side(info, tuple(stored))
     checkpoint = stack.enter_context(open_checkpoint_side(path, read))
     return Side(checkpoint_info(checkpoint), tuple(checkpoint.tensors))
@@ -193,7 +203,9 @@ def open_checkpoint_side(path: str | os.PathLike[str], read: ReadSettings) -> Ch
 
 
 @contextmanager
-def open_sides(paths: Sequence[str | os.PathLike[str]], read: ReadSettings) -> Iterator[list[Side]]:
-    """Every side of a command opened, and every checkpoint among them closed on the way out."""
+def open_sides(
+    paths: Sequence[str | os.PathLike[str]], read: ReadSettings, command: str = "compare"
+) -> Iterator[list[Side]]:
+    """Every side of `command` opened, and every checkpoint among them closed on the way out."""
     with ExitStack() as stack:
-        yield [open_side(path, read, stack) for path in paths]
+        yield [open_side(path, read, stack, command) for path in paths]

@@ -116,10 +116,10 @@ def render_table(results: Sequence[CheckResult], console: Console) -> None:
         if result.config:
             console.print(Text(f"settings from {printable(result.config)}", "dim"))
         if result.skipped_rules:
+            hint = "" if result.baseline else " (--baseline, or `baseline` in the settings)"
             console.print(
                 Text(
-                    f"not judged without a baseline: {', '.join(result.skipped_rules)} "
-                    "(--baseline, or `baseline` in the settings)",
+                    f"not judged {result.skipped_reason}: {', '.join(result.skipped_rules)}{hint}",
                     "yellow",
                 )
             )
@@ -140,7 +140,7 @@ def render_github(results: Sequence[CheckResult]) -> str:
     lines = []
     for result in results:
         for v in result.violations:
-            where = v.tensor if v.tensor is not None else "whole model"
+            where = v.tensor if v.tensor is not None else _whole(result)
             lines.append(
                 f"::error file={_escape_property(result.checkpoint)},"
                 f"title={_escape_property(f'normcli {v.code} {v.rule}')}::"

@@ -34,7 +34,9 @@ def row_note(row: TrendRow, metric: str) -> str:
         return "non-finite!"
     jump = row.first_jump(metric)
     notes = ["jumped"] if jump is not None and not row.set_changed(jump[0]) else []
-    if any(row.set_changed(t) for t in range(len(row.present))):
+    if row.tensors == 1 and any(row.reshaped):
+        notes.append("reshaped")  # its update is one of shapes, which no element-wise figure has
+    elif any(row.set_changed(t) for t in range(len(row.present))):
         notes.append("tensors changed")
     return ", ".join(notes)
 
