@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import UsageError
+from .errors import NormcliError, UsageError
 from .norms import PairStats, TensorStats, merge_all
 from .readers import TensorSource
 from .results import (
@@ -69,7 +69,11 @@ def compare(
             if selection.selects(n) and all(name_selected(n, *globs) for globs in saved)
         ]
         selection.require_some(len(names), len(every))
-        rows = _diff_rows(names, a_named, b_named, selection, read)
+        try:
+            rows = _diff_rows(names, a_named, b_named, selection, read)
+        except NormcliError as e:  # a pair of tensors that cannot be compared: name both files
+            e.path = e.path or f"{a_side.info.path} and {b_side.info.path}"
+            raise
         optimizer = {
             n for n in names for e in (a_named.get(n), b_named.get(n)) if e and is_optimizer(e)
         }

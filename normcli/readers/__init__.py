@@ -11,7 +11,7 @@ from ..errors import NormcliError, UnsupportedError, UsageError
 from ..formats import DCP, FORMATS, by_content, by_suffix, resolve, what_normcli_reads
 from . import remote, sharded
 from .base import Checkpoint, TensorSource
-from .files import open_regular
+from .files import open_regular, require_regular
 
 __all__ = ["FORMATS", "Checkpoint", "TensorSource", "detect_format", "open_checkpoint"]
 
@@ -82,6 +82,8 @@ def _open(path: str, input_format: str | None, key: str | None) -> Checkpoint:
         return checkpoint
     if sharded.is_sharded(path):
         return sharded.open_sharded(path, lambda shard: _open_url(shard, input_format, key))
+    if not remote.is_url(path):  # the format libraries open files by name: a FIFO would hang
+        require_regular(path)
     fmt = input_format or detect_format(path)
     if fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (choose from {', '.join(FORMATS)})")

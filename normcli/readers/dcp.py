@@ -151,7 +151,7 @@ def _chunk_archive(data: Data, chunk: Chunk, what: str) -> tuple[TensorStub, Loa
         loaded = load_pickle(
             archive, data, f"{prefix}data.pkl", f"{prefix}data/", RestrictedUnpickler
         )
-    tensors, _ = flatten(loaded.root, "")
+    tensors, _ = flatten(loaded.root, "", loaded.pickle_bytes)
     if not isinstance(loaded.root, TensorStub) or len(tensors) != 1:
         raise CorruptFileError(f"{what} holds something other than one tensor")
     return loaded.root, loaded

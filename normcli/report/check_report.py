@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
@@ -125,7 +126,9 @@ def render_table(results: Sequence[CheckResult], console: Console) -> None:
 
 
 def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """A workflow command's message, escaped as GitHub documents (so a name cannot end the line
+    and start a command of its own), with every other control character made visible."""
+    return printable(text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A"))
 
 
 def _escape_property(text: str) -> str:
@@ -218,10 +221,12 @@ def print_verdicts(results: Sequence[CheckResult]) -> None:
     from .console import error_console
 
     errors = error_console()
-    for result in results:
-        errors.print(
-            Text(verdict(result)),
-            style="green" if result.passed else "bold red",
-            highlight=False,
-            soft_wrap=True,
-        )
+    # the verdict repeats what the exit code says: a stderr that cannot take it changes nothing
+    with contextlib.suppress(OSError):
+        for result in results:
+            errors.print(
+                Text(verdict(result)),
+                style="green" if result.passed else "bold red",
+                highlight=False,
+                soft_wrap=True,
+            )

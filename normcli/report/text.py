@@ -14,6 +14,17 @@ def printable(name: str) -> str:
     return "".join(c if c.isprintable() else "\N{REPLACEMENT CHARACTER}" for c in name)
 
 
+# what a spreadsheet takes for the start of a formula (=HYPERLINK(...) runs when opened)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(text: str) -> str:
+    """Untrusted text for a CSV cell: printable, and never read as a formula (OWASP's way: a
+    leading apostrophe). Numbers are written as numbers, never through here."""
+    text = printable(text)
+    return f"'{text}" if text.startswith(_FORMULA_START) else text
+
+
 def fmt_float(value: float | None, digits: int = 6) -> str:
     if value is None:
         return "-"

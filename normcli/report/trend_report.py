@@ -15,7 +15,7 @@ from rich.text import Text
 from ..results import TrendResult, TrendRow
 from .names import TailName
 from .table import NONFINITE, STANDOUT, fit_table
-from .text import fmt_float, printable, sparkline, total_label
+from .text import fmt_float, printable, sparkline, spreadsheet_cell, total_label
 
 METRIC_NAMES = {"l2": "L2", "l1": "L1", "linf": "Linf", "rms": "RMS"}
 
@@ -222,9 +222,9 @@ def render_csv(results: Sequence[TrendResult]) -> str:
                 stats = row.stats[t]
                 cells = [
                     "total" if row is result.total else kind,
-                    printable(row.name),
+                    spreadsheet_cell(row.name),
                     row.tensors,
-                    printable(point.path),
+                    spreadsheet_cell(point.path),
                     point.step,
                     result.metric,
                     values[t],
