@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SAMPLES := sample_checkpoints
 
-.PHONY: run test lint bench samples clean
+.PHONY: run test lint bench samples clean fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,10 @@ clean:
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench.py
+
+
+# a long mutation-fuzzing run over every format (the suite runs a few hundred cases of each);
+# cases that break a rule are kept in fuzz-findings/. FUZZ_CASES per format, FUZZ_SEED to replay.
+FUZZ_CASES ?= 3000
+fuzz: $(VENV)/.installed
+	$(BIN)/python tests/fuzzing.py $(FUZZ_CASES) $(FUZZ_SEED)

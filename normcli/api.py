@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -308,7 +309,9 @@ def _inspect_open(
     if group_by is not None:
         groups = _sorted_rows(_groups(covered, group_by), sort, top)
     return InspectResult(
-        checkpoint=checkpoint_info(checkpoint),
+        checkpoint=replace(
+            checkpoint_info(checkpoint), selection=(selection.filter, selection.exclude)
+        ),
         tensors=_sorted_rows(rows, sort, top if group_by is None else None),
         groups=groups,
         total=_total(rows, covered, selection.scope),

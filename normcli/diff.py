@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .errors import NormcliError, UsageError
 from .norms import PairStats, TensorStats, merge_all
 from .readers import TensorSource
 from .results import (
@@ -20,10 +21,11 @@ from .results import (
     stats_dict,
 )
 from .scan import scan_all
-from .select import group_names, natural_key, require_view
+from .select import group_names, name_selected, natural_key, require_view
 from .settings import ReadSettings, Selection
 from .sides import (
     Entry,
+    Side,
     StoredTensor,
     by_name,
     dtype_name,
@@ -34,6 +36,8 @@ from .sides import (
 from .update import model_update, one_sided
 
 SORT_KEYS = ("rel", "diff", "ratio", "cosine", "name", "l2")
+# figures of B−A, which need the values of both sides
+ELEMENT_WISE_SORTS = ("rel", "diff", "cosine")
 
 
 def compare(
@@ -45,17 +49,31 @@ def compare(
     sort: str | None = None,
     top: int | None = None,
     group_by: int | None = None,
+    command: str = "compare",
 ) -> CompareResult:
-    """What changed between checkpoint (or saved report) A and B."""
+    """What changed between checkpoint (or saved report) A and B; `command` is the one running,
+    as its messages name it."""
     require_view(sort, SORT_KEYS, top, group_by)
     normalize = selection.normalizer()
-    with open_sides([a_path, b_path], read) as (a_side, b_side):
+    with open_sides([a_path, b_path], read, command) as (a_side, b_side):
+        _require_sortable(sort, (a_side, b_side))
         a_named = by_name(a_side.entries, normalize, a_side.info.path)
         b_named = by_name(b_side.entries, normalize, b_side.info.path)
         every = _union_order(a_named, b_named)
-        names = [n for n in every if selection.selects(n)]
+        # a report saved with --filter/--exclude knows nothing of the other tensors: they are
+        # not compared, rather than all 'added' or 'removed'
+        saved = [s.info.selection for s in (a_side, b_side) if any(s.info.selection)]
+        names = [
+            n
+            for n in every
+            if selection.selects(n) and all(name_selected(n, *globs) for globs in saved)
+        ]
         selection.require_some(len(names), len(every))
-        rows = _diff_rows(names, a_named, b_named, selection, read)
+        try:
+            rows = _diff_rows(names, a_named, b_named, selection, read)
+        except NormcliError as e:  # a pair of tensors that cannot be compared: name both files
+            e.path = e.path or f"{a_side.info.path} and {b_side.info.path}"
+            raise
         optimizer = {
             n for n in names for e in (a_named.get(n), b_named.get(n)) if e and is_optimizer(e)
         }
@@ -190,6 +208,17 @@ def _update_part(row: TensorDiff) -> PairStats | None:
     if row.pair is not None or row.status not in ONE_SIDED:
         return row.pair
     return one_sided(*(None if s is None else s.stats for s in (row.a, row.b)))
+
+
+def _require_sortable(sort: str | None, sides: Sequence[Side]) -> None:
+    """Sorting by a figure of B−A against a saved report would keep file order unannounced."""
+    reports = [s.info.path for s in sides if s.info.format == "report"]
+    if sort in ELEMENT_WISE_SORTS and reports:
+        raise UsageError(
+            f"--sort {sort} needs the values of both sides, and a saved report holds norms, not "
+            "values (--sort ratio, l2 or name work against it)",
+            reports[0],
+        )
 
 
 def _sort_value(sort: str) -> Callable[[TensorDiff | Aggregate], float | None]:

@@ -76,10 +76,11 @@ def squares_of_l2(l2: float) -> tuple[float, int]:
 
 def _fsum(values: list[float]) -> float:
     """math.fsum, which raises where finite parts add up past the float64 range: that sum is
-    infinite (or, parts of both signs overflowing, has no value)."""
+    infinite (or, parts of both signs overflowing, has no value); and raises on infinite parts of
+    both signs (overflowed sums of chunks), whose sum has no value either."""
     try:
         return math.fsum(values)
-    except OverflowError:
+    except (OverflowError, ValueError):
         with np.errstate(over="ignore", invalid="ignore"):
             return float(np.sum(values))
 
@@ -154,16 +155,21 @@ def l2_ratio(top: TensorStats, bottom: TensorStats) -> float | None:
     """‖top‖₂/‖bottom‖₂: the ratio ‖B‖₂/‖A‖₂ and the relative update ‖B−A‖₂/‖A‖₂ alike.
 
     A zero bottom under a non-zero top has grown without bound (inf, which breaks any limit);
-    zero over zero has no value (None), as nothing moved and nothing can be divided."""
+    zero over zero has no value (None), as nothing moved and nothing can be divided. Divided
+    as scaled sums, so norms past float64's range (or subnormal) still give the right ratio."""
     if bottom.sumsq:
-        return top.l2 / bottom.l2
+        quotient = math.sqrt(top.sumsq) / math.sqrt(bottom.sumsq)
+        return _ldexp(quotient, top.scale - bottom.scale)
     return math.inf if top.sumsq else None
 
 
 @dataclass(frozen=True)
 class PairStats:
     """Two same-shaped tensors A and B element by element: each side's statistics, the update
-    B−A over the elements finite on both sides, and the inner product ⟨A,B⟩ over those too."""
+    B−A over the elements finite on both sides, and the inner product ⟨A,B⟩ over those too.
+
+    `dot` is ⟨A·2^-a.scale, B·2^-b.scale⟩, scaled as the sums of squares are: the inner product
+    of values past 1e154 leaves float64's range, and cosine needs it whatever the magnitudes."""
 
     a: TensorStats
     b: TensorStats
@@ -186,16 +192,22 @@ class PairStats:
             return None
         if self.identical:
             return 1.0
+        # the scales of dot and of the two norms cancel; every factor is a finite float64
+        cosine = self.dot / (math.sqrt(self.a.sumsq) * math.sqrt(self.b.sumsq))
+        if math.isnan(cosine):  # min(1, nan) would read as 1, a pass for --min-cosine
+            return None
         # rounding can push |cos| a hair past 1 for parallel tensors
-        return max(-1.0, min(1.0, self.dot / (self.a.l2 * self.b.l2)))
+        return max(-1.0, min(1.0, cosine))
 
 
 def merge_pairs(parts: list[PairStats] | tuple[PairStats, ...]) -> PairStats:
+    a, b = merge_all([p.a for p in parts]), merge_all([p.b for p in parts])
+    shift = a.scale + b.scale
     return PairStats(
-        a=merge_all([p.a for p in parts]),
-        b=merge_all([p.b for p in parts]),
+        a=a,
+        b=b,
         diff=merge_all([p.diff for p in parts]),
-        dot=_fsum([p.dot for p in parts]),
+        dot=_fsum([_ldexp(p.dot, p.a.scale + p.b.scale - shift) for p in parts]),
         identical=all(p.identical for p in parts),
     )
 
@@ -213,15 +225,44 @@ def reduce_pair(a_values: np.ndarray, b_values: np.ndarray) -> PairStats:
     if a_stats.nan or a_stats.inf or b_stats.nan or b_stats.inf:
         both_finite = np.isfinite(a) & np.isfinite(b)
         a, b = a[both_finite], b[both_finite]
-    with np.errstate(over="ignore", invalid="ignore"):
-        diff = b - a
-    diff_stats = reduce_chunk(diff)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if a.dtype.kind == "c" or b.dtype.kind == "c":
-            dot = float(np.multiply(np.conj(a), b).real.sum())
-        else:
-            dot = float(np.multiply(a, b).sum())
+    diff_stats = _reduce_difference(a, b, max(a_stats.linf, b_stats.linf))
+    a, b = _scaled(a, -a_stats.scale), _scaled(b, -b_stats.scale)
+    if a.dtype.kind == "c":
+        dot = float(np.multiply(np.conj(a), b).real.sum())
+    else:
+        dot = float(np.multiply(a, b).sum())
     return PairStats(a_stats, b_stats, diff_stats, dot, identical)
+
+
+def _reduce_difference(a: np.ndarray, b: np.ndarray, largest: float) -> TensorStats:
+    """Statistics of B−A. Past 2**1023 a difference of finite values can overflow to Inf, which
+    would count as non-finite and leave the norm: there B/2−A/2 is reduced (exact for all but
+    subnormal values, whose rounding cannot reach the result) and the figures doubled."""
+    if largest < 2.0**1023:
+        return reduce_chunk(b - a)
+    half = reduce_chunk(_scaled(b, -1) - _scaled(a, -1))
+    # Python floats past the range become inf, the honest L1 or max|B−A| there
+    total = None if half.total is None else 2 * half.total
+    return TensorStats(
+        half.numel,
+        2 * half.l1,
+        half.sumsq,
+        2 * half.linf,
+        total,
+        half.zeros,
+        half.nan,
+        half.inf,
+        half.scale + 1,
+    )
+
+
+def _scaled(x: np.ndarray, exponent: int) -> np.ndarray:
+    """x·2^exponent, exact but where it reaches subnormal numbers."""
+    if not exponent:
+        return x
+    if x.dtype.kind == "c":
+        return np.asarray(np.ldexp(x.real, exponent) + 1j * np.ldexp(x.imag, exponent))
+    return np.asarray(np.ldexp(x, exponent))
 
 
 def _bits(values: np.ndarray) -> np.ndarray:

@@ -16,15 +16,47 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 from .errors import InputError, UsageError
+from .inputs import read_by_this_run
 
 
 def refuse_inputs(path: str, inputs: Sequence[str], flag: str) -> None:
-    """A UsageError when `path` is one of the files the run reads."""
-    if not os.path.exists(path):
-        return
-    for source in inputs:
-        if os.path.exists(source) and os.path.samefile(path, source):
-            raise UsageError(f"{flag} would overwrite an input file", path)
+    """A UsageError naming both when `path` is a file the run reads: one it opened (the same
+    file, links followed, whether it came from a folder, an index, a glob, a baseline or a
+    settings file) or one named on the command line."""
+    read = read_by_this_run(path)
+    if read is None and os.path.exists(path):
+        read = next((s for s in inputs if os.path.exists(s) and os.path.samefile(path, s)), None)
+    if read is not None:
+        raise UsageError(f"{flag} would overwrite an input file ({read})", path)
+
+
+def check_targets(targets: Sequence[tuple[str | None, str]], inputs: Sequence[str]) -> None:
+    """Every output a run is about to write, as (path or None, flag), checked before any is
+    written: none is an input, and each can be written where it is. A run that cannot write
+    one of them then leaves every existing output as it was."""
+    for path, flag in targets:
+        if path is not None:
+            refuse_inputs(path, inputs, flag)
+            _check_writable(path, flag)
+
+
+def _check_writable(path: str, flag: str) -> None:
+    try:
+        status: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        status = None
+    except OSError as e:
+        raise InputError(f"cannot write {flag}: {e.strerror or e}", path) from e
+    if status is not None and stat.S_ISDIR(status.st_mode):
+        raise InputError(f"cannot write {flag}: it is a folder", path)
+    if status is not None and not stat.S_ISREG(status.st_mode):
+        return  # a FIFO or a device, written directly: its own writes will say
+    folder = os.path.dirname(os.path.realpath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"cannot write {flag}: there is no folder {folder}", path)
+    # a new file, or one replacing the old, is made in the folder
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {flag}: the folder {folder} is not writable", path)
 
 
 @contextlib.contextmanager
@@ -92,8 +124,9 @@ def write_bytes(path: str, data: bytes, inputs: Sequence[str], flag: str) -> Non
         raise InputError(f"cannot write: {e.strerror or e}", path) from e
 
 
-def append_text(path: str, text: str) -> None:
+def append_text(path: str, text: str, inputs: Sequence[str], flag: str) -> None:
     """Added at the end (the GitHub step summary, which other steps write to as well)."""
+    refuse_inputs(path, inputs, flag)
     try:
         with open(path, "a", encoding="utf-8") as f:
             f.write(text)

@@ -3,7 +3,6 @@ open_side is the one place an argument becomes tensors (remote URLs plug in here
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -15,7 +14,7 @@ from typing import Any
 from .errors import CorruptFileError, UsageError
 from .norms import TensorStats, squares_of_l2
 from .readers import Checkpoint, TensorSource, open_checkpoint, remote
-from .readers.files import open_regular
+from .readers.files import load_json, open_regular
 from .readers.sharded import INDEX_SUFFIX, is_sharded
 from .results import INSPECT_SCHEMA, CheckpointInfo
 from .settings import ReadSettings
@@ -62,16 +61,16 @@ def is_report(path: str) -> bool:
     return head[:1] in (b"{", b"[")
 
 
-def load_report(path: str) -> tuple[CheckpointInfo, list[StoredTensor]]:
-    """A JSON document written by `normcli inspect -f json`, as the figures of one checkpoint."""
-    with open_regular(path) as f:
-        try:
-            doc = json.load(f)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CorruptFileError(f"not a valid JSON report: {e}", path) from e
+def load_report(path: str, command: str = "compare") -> tuple[CheckpointInfo, list[StoredTensor]]:
+    """A JSON document written by `normcli inspect -f json`, as the figures of one checkpoint;
+    `command`, the one running, is named where the document cannot serve it."""
+    doc = load_json(path, "report")
     if isinstance(doc, list):
+        reports = "1 report" if len(doc) == 1 else f"{len(doc)} reports"
         raise UsageError(
-            f"holds {len(doc)} reports; compare needs a report of one checkpoint", path
+            f"holds a list of {reports} (as inspect of several checkpoints writes); "
+            f"{command} needs the report of one checkpoint, not a list",
+            path,
         )
     if not isinstance(doc, dict) or doc.get("schema") != INSPECT_SCHEMA:
         raise CorruptFileError(
@@ -91,30 +90,35 @@ def load_report(path: str) -> tuple[CheckpointInfo, list[StoredTensor]]:
             )
         tensors = [_stored_tensor(t) for t in doc["tensors"]]
         # named by the report itself: the checkpoint it describes may be long gone
-        checkpoint = CheckpointInfo(path, "report", int(info["bytes"]), len(tensors))
-    except (KeyError, TypeError, ValueError) as e:
+        globs = doc.get("selection") or {}
+        selection = (tuple(globs.get("filter", ())), tuple(globs.get("exclude", ())))
+        checkpoint = CheckpointInfo(
+            path, "report", _count(info["bytes"]), len(tensors), selection=selection
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as e:
         raise CorruptFileError(f"report is missing or has a malformed field: {e}", path) from e
     return checkpoint, tensors
 
 
 def _stored_tensor(t: dict[str, Any]) -> StoredTensor:
-    l2, finite = t["l2"], t["numel"] - t["nan"] - t["inf"]
-    mean = t["mean"]
+    numel, nan, inf = _count(t["numel"]), _count(t["nan"]), _count(t["inf"])
+    l1, l2, linf = (_figure(t[key], 0.0) for key in ("l1", "l2", "linf"))
+    mean = _figure(t["mean"])
     # null norms: L1 and L2 overflowed float64; Linf, the max of no finite value at all
-    sumsq, scale = squares_of_l2(float(l2)) if l2 is not None else (math.inf, 0)
+    sumsq, scale = squares_of_l2(l2) if l2 is not None else (math.inf, 0)
     stats = TensorStats(
-        numel=int(t["numel"]),
-        l1=float(t["l1"]) if t["l1"] is not None else math.inf,
+        numel=numel,
+        l1=l1 if l1 is not None else math.inf,
         sumsq=sumsq,
         scale=scale,
-        linf=float(t["linf"]) if t["linf"] is not None else 0.0,
-        total=None if mean is None else float(mean) * finite,
-        zeros=int(t["zeros"]),
-        nan=int(t["nan"]),
-        inf=int(t["inf"]),
+        linf=linf if linf is not None else 0.0,
+        total=None if mean is None else mean * (numel - nan - inf),
+        zeros=_count(t["zeros"]),
+        nan=nan,
+        inf=inf,
     )
     dtype = str(t["dtype"])
-    shape = tuple(int(d) for d in t["shape"])
+    shape = tuple(_count(d) for d in t["shape"])
     optimizer = t.get("optimizer") is not None
     return StoredTensor(str(t["name"]), dtype, shape, stats, _floating_name(dtype), optimizer)
 
@@ -124,6 +128,21 @@ def _floating_name(dtype: str) -> bool:
     integer and bool types I<bits>, U<bits> or BOOL. A report's in_total would not do: saved with
     --include-int, it is true for integer tensors too."""
     return not (dtype == "BOOL" or re.fullmatch(r"[IU]\d+", dtype))
+
+
+def _count(value: Any) -> int:
+    """A count or a dimension as a report stores it: a whole number that fits an int64."""
+    if type(value) is not int or not 0 <= value < 2**63:
+        raise ValueError(f"{value!r:.40} is not a count")
+    return value
+
+
+def _figure(value: Any, least: float = -math.inf) -> float | None:
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not least <= value < math.inf:
+        raise ValueError(f"{value!r:.40} is not a finite number of at least {least}")
+    return float(value)
 
 
 def by_name(
@@ -163,13 +182,15 @@ class Side:
     entries: tuple[Entry, ...]
 
 
-def open_side(path: str | os.PathLike[str], read: ReadSettings, stack: ExitStack) -> Side:
+def open_side(
+    path: str | os.PathLike[str], read: ReadSettings, stack: ExitStack, command: str = "compare"
+) -> Side:
     """A checkpoint (closed when `stack` closes) or a saved inspect report: where compare,
-    check and trend turn an argument into tensors."""
+    check and trend (`command`, named in messages) turn an argument into tensors."""
     path = os.fspath(path)
     if is_report(path):
         with remote.storage_options(dict(read.storage_options)):
-            info, stored = load_report(path)
+            info, stored = load_report(path, command)
         return Side(info, tuple(stored))
     checkpoint = stack.enter_context(open_checkpoint_side(path, read))
     return Side(checkpoint_info(checkpoint), tuple(checkpoint.tensors))
@@ -182,7 +203,9 @@ def open_checkpoint_side(path: str | os.PathLike[str], read: ReadSettings) -> Ch
 
 
 @contextmanager
-def open_sides(paths: Sequence[str | os.PathLike[str]], read: ReadSettings) -> Iterator[list[Side]]:
-    """Every side of a command opened, and every checkpoint among them closed on the way out."""
+def open_sides(
+    paths: Sequence[str | os.PathLike[str]], read: ReadSettings, command: str = "compare"
+) -> Iterator[list[Side]]:
+    """Every side of `command` opened, and every checkpoint among them closed on the way out."""
     with ExitStack() as stack:
-        yield [open_side(path, read, stack) for path in paths]
+        yield [open_side(path, read, stack, command) for path in paths]

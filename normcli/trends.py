@@ -4,6 +4,7 @@ through them, with the update between consecutive checkpoints; every file is rea
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 from collections.abc import Sequence
@@ -137,7 +138,7 @@ def trend(
         raise UsageError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
     require_view(None, (), None, group_by, least=0)  # 0: every tensor
     paths = expand_inputs(arguments, order)
-    with open_sides(paths, read) as opened:
+    with open_sides(paths, read, "trend") as opened:
         points = [_point(path, side) for path, side in zip(paths, opened, strict=True)]
         sides = [{e.name: e for e in side.entries} for side in opened]
         names = _names_in_order(sides)
@@ -163,6 +164,7 @@ def trend(
                 tuple(updates),
                 _moves(merged, updates, shapes),
                 tuple(int(s is not None) for s in shapes),
+                _reshaped(shapes),
             )
         )
     automatic = group_by is None and len(rows) > AUTO_GROUPS
@@ -249,6 +251,7 @@ def _group(name: str, rows: Sequence[TrendRow]) -> TrendRow:
         tuple(updates[:width]),
         tuple(updates[:width]),
         tuple(sum(r.present[t] for r in rows) for t in range(width)),
+        tuple(sum(r.reshaped[t] for r in rows) for t in range(width)),
     )
 
 
@@ -264,6 +267,17 @@ def _moves(
         kept = shapes[t - 1] is not None and shapes[t - 1] == shapes[t]
         moves.append(updates[t] if kept else one_sided(stats[t - 1], stats[t]))
     return tuple(moves)
+
+
+def _reshaped(shapes: Sequence[tuple[int, ...] | None]) -> tuple[int, ...]:
+    """1 where the tensor is present in another shape than at the checkpoint before."""
+    return (
+        0,
+        *(
+            int(before is not None and after is not None and before != after)
+            for before, after in itertools.pairwise(shapes)
+        ),
+    )
 
 
 def _shape(entry: Entry | None) -> tuple[int, ...] | None:

@@ -621,6 +621,23 @@ def test_require_same_tensors_names_added_removed_and_reshaped(
     assert outcome(doc, "require-same-tensors")["violations"] == 0
 
 
+@pytest.mark.parametrize("ref", ["base", "report:base"])
+def test_require_same_tensors_judges_integer_tensors_only_with_include_int(
+    run: Run, tmp_path: Path, ref: str
+) -> None:
+    """Tensor rules cover floating-point tensors unless --include-int, N015 as well."""
+    tensors = safetensors.numpy.load_file(str(sample("base")))
+    del tensors[INT_TENSOR]
+    tensors["model.token_type_ids"] = np.zeros(4, dtype=np.int64)
+    path = save(tmp_path / "ids.safetensors", tensors)
+    baseline = baseline_of(run, tmp_path, ref)
+    args = ("--baseline", baseline, "--require-same-tensors")
+    doc = check_json(run, path, *args, code=0)
+    assert outcome(doc, "require-same-tensors")["violations"] == 0
+    doc = check_json(run, path, *args, "--include-int", code=1)
+    assert found(doc) == {("N015", INT_TENSOR), ("N015", "model.token_type_ids")}
+
+
 # --- a value exactly at the limit passes ---------------------------------------------------------
 
 
@@ -923,6 +940,78 @@ def test_a_rule_needing_values_against_a_saved_report_exits_2_saying_why(
     report = saved_report(run, sample("base"), tmp_path / "base.json")
     result = check(run, sample("blowup"), "--baseline", report, f"--{rule}", "0.5", code=2)
     assert_one_error_line(result, rule, "checkpoint baseline", "report", str(report))
+
+
+def test_the_files_rules_needing_values_are_not_judged_against_a_saved_report(
+    run: Run, tmp_path: Path
+) -> None:
+    """One settings file for a baseline checkpoint and a saved report: against the report the
+    rules that need values are listed as not judged, with the reason; the rest still gate."""
+    report = saved_report(run, sample("base"), tmp_path / "base.json")
+    (tmp_path / "normcli.toml").write_text(
+        "[check]\nmax-rel-update = 0.5\nmin-cosine = 0.99\nmax-l2-ratio = 1e6\n"
+        '[[check.rules]]\ntensors = "*"\nmax-tensor-rel-update = 0.5\n'
+    )
+    skipped = ["max-rel-update", "min-cosine", "max-tensor-rel-update"]
+    doc = check_json(run, sample("blowup"), "--baseline", report, "--allow-nonfinite", code=0)
+    assert doc["checked"]["skipped_rules"] == skipped
+    assert (
+        doc["checked"]["skipped_reason"] == "against a saved report, which holds norms, not values"
+    )
+    assert [r["rule"] for r in doc["checked"]["rules"]] == ["max-l2-ratio"]
+    text = check(run, sample("blowup"), "--baseline", report, "--allow-nonfinite", code=0).stdout
+    assert (
+        f"not judged against a saved report, which holds norms, not values: {', '.join(skipped)}"
+        in " ".join(text.split())
+    )
+    # judged against the checkpoint itself, the same file fails the blown-up model
+    doc = check_json(
+        run, sample("blowup"), "--baseline", sample("base"), "--allow-nonfinite", code=1
+    )
+    assert doc["checked"]["skipped_rules"] == [] and doc["checked"]["skipped_reason"] is None
+    # given on the command line, the rule is asked for explicitly: still an error
+    result = check(run, sample("blowup"), "--baseline", report, "--min-cosine", "0.9", code=2)
+    assert_one_error_line(result, "min-cosine", "checkpoint baseline", str(report))
+
+
+def test_a_saved_report_is_checked_by_its_stored_norms(run: Run, tmp_path: Path) -> None:
+    """N001-N006 need only norms and counts, which a saved report holds: checking the report
+    finds what checking its checkpoint finds."""
+    report = saved_report(run, sample("blowup"), tmp_path / "blowup.json")
+    rules = ("--max-l2", "300", "--max-l1", "2e4", "--max-tensor-l2", "10")
+    rules += ("--max-tensor-linf", "1", "--max-tensor-rms", "0.5", "--exclude", "lm_head.*")
+    from_report = check_json(run, report, *rules, code=1)
+    from_checkpoint = check_json(run, sample("blowup"), *rules, code=1)
+    assert found(from_report) == found(from_checkpoint)
+    assert {v["code"] for v in from_report["violations"]} >= {"N001", "N002", "N004", "N005"}
+    for got, want in zip(from_report["violations"], from_checkpoint["violations"], strict=True):
+        assert got["value"] == pytest.approx(want["value"], rel=1e-12)
+    tensors = safetensors.numpy.load_file(str(sample("blowup")))
+    squares = [
+        float(x) ** 2
+        for name, t in tensors.items()
+        if t.dtype.kind == "f" and not name.startswith("lm_head.")
+        for x in t.astype(np.float64).ravel()
+        if math.isfinite(x)
+    ]
+    l2 = [v["value"] for v in from_report["violations"] if v["code"] == "N002"]
+    assert close(l2[0], math.sqrt(math.fsum(squares)))
+    assert from_report["checked"]["available"] == 20 and from_report["checked"]["tensors"] == 19
+
+
+def test_a_list_of_reports_is_refused_naming_the_command_running(run: Run, tmp_path: Path) -> None:
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps([json.loads((saved_report(run, sample("base"), one)).read_text())]))
+    two = tmp_path / "two.json"
+    run("inspect", sample("base"), sample("finetuned"), "-f", "json", "-o", two)
+    result = run("compare", one, sample("base"), code=2)
+    assert_one_error_line(result, str(one), "a list of 1 report ", "compare needs")
+    result = check(run, sample("base"), "--baseline", two, "--max-l2-ratio", "2", code=2)
+    assert_one_error_line(result, str(two), "a list of 2 reports", "check --baseline needs")
+    result = run("trend", sample("base"), two, code=2)
+    assert_one_error_line(result, str(two), "a list of 2 reports", "trend needs")
+    result = check(run, two, "--max-l2", "1", code=2)
+    assert_one_error_line(result, str(two), "a list of 2 reports", "check needs")
 
 
 @pytest.mark.parametrize(

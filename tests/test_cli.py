@@ -1004,3 +1004,19 @@ def test_an_os_error_is_one_line_and_debug_shows_where(
     assert result.stderr == "normcli: error: model.safetensors: Input/output error\n"
     debugged = run("--debug", "inspect", sample, code=None)
     assert isinstance(debugged.exception, OSError)  # raised through, with its traceback
+
+
+def test_an_all_nan_tensor_has_no_linf_in_any_output(run: Run, tmp_path: Path) -> None:
+    """max|x| over no finite value has none: JSON null, "-" in the table and Markdown (not 0)."""
+    path = write_safetensors(
+        tmp_path / "nan.safetensors",
+        {"model.nan": np.full(3, np.nan, dtype=np.float32), "model.ok": np.ones(2, np.float32)},
+    )
+    doc = inspect_json(run, path)
+    assert [t["linf"] for t in doc["tensors"]] == [None, 1.0]
+    cells = table_rows(run("inspect", path).stdout)["model.nan"].split()
+    assert cells[3:7] == ["3", "0", "0", "-"]  # numel, L1, L2, Linf
+    lone = write_safetensors(tmp_path / "lone.safetensors", {"model.nan": np.full(3, np.nan)})
+    text = run("inspect", lone).stdout
+    assert "Linf -" in text and "Linf 0" not in text
+    assert "| - |" in run("inspect", lone, "-f", "md").stdout

@@ -356,3 +356,18 @@ def test_the_library_refuses_the_options_the_command_line_refuses(call: Any, mes
     # name part: the library says so as inspect does, rather than returning a clipped result
     with pytest.raises(normcli.NormcliError, match=message):
         call()
+
+
+@pytest.mark.parametrize("sort", ["rel", "diff", "cosine"])
+def test_sorting_by_a_figure_of_the_update_against_a_saved_report_is_refused(tmp_path, sort):
+    report = tmp_path / "base.json"
+    run("inspect", str(SAMPLES / "base.safetensors"), "-f", "json", "-o", str(report))
+    for a, b in (
+        (report, SAMPLES / "blowup.safetensors"),
+        (SAMPLES / "blowup.safetensors", report),
+    ):
+        code, out, err = run("compare", str(a), str(b), "--sort", sort)
+        assert code == 2 and out == "" and len(err.splitlines()) == 1
+        assert f"--sort {sort} needs the values" in err and str(report) in err
+    code, out, _ = run("compare", str(report), str(SAMPLES / "blowup.safetensors"), "--sort", "l2")
+    assert code == 0 and out.index(SCALED) < out.index(CAST)

@@ -285,3 +285,27 @@ def test_a_series_gives_each_checkpoint_and_update_as_if_read_alone(
             assert update is not None
             step = values.astype(np.float64) - previous.astype(np.float64)
             assert update.diff.sumsq == pytest.approx(math.fsum(step * step), rel=1e-12, abs=1e-300)
+
+
+def test_a_reshaped_tensor_is_noted_on_its_row_and_its_group(tmp_path: Path, run: Run) -> None:
+    """A reshape changes the tensor set as an addition or a removal does: its row says so, and
+    its group's 'tensors changed' counts it, though every tensor is present throughout."""
+    w = np.arange(12, dtype=np.float32)
+    shapes = ((3, 4), (4, 3), (4, 3))
+    for step, shape in enumerate(shapes, start=1):
+        save_file(
+            {"model.w": w.reshape(shape), "model.v": np.ones(4, np.float32) * step},
+            str(tmp_path / f"c-{step}.safetensors"),
+        )
+    result = api_trend([str(tmp_path)], group_by=0)
+    row = next(r for r in result.rows if r.name == "model.w")
+    assert row.present == (1, 1, 1) and row.reshaped == (0, 1, 0)
+    assert row.set_changed(1) and not row.set_changed(2)
+    assert result.points[1].change is not None and result.points[1].change.reshaped == 1
+    table = run("trend", tmp_path, "--group-by", "0", env={"COLUMNS": "200"}).stdout
+    line = next(line for line in table.splitlines() if line.startswith("model.w "))
+    assert line.rstrip().endswith("reshaped")
+    grouped = run("trend", tmp_path, "--group-by", "1", env={"COLUMNS": "200"}).stdout
+    line = next(line for line in grouped.splitlines() if line.startswith("model "))
+    assert "tensors changed" in line
+    assert "tensor set changed at 2: 1 reshaped" in grouped

@@ -302,6 +302,12 @@ def test_check_leaves_out_what_the_selection_leaves_out(
     table = run("check", b, "--filter", "model.*", "--max-l2", "0.1", code=1).stdout
     assert "(selected tensors)" in table and "selected tensors' L2" in table
     assert "(whole model)" in run("check", b, "--max-l2", "0.1", "--allow-nonfinite", code=1).stdout
+    # every output of the finding names the selection in the same words
+    github = run("check", b, "--filter", "model.*", "--max-l2", "0.1", "-f", "github", code=1)
+    error = next(line for line in github.stdout.splitlines() if line.startswith("::error"))
+    assert error.split("::")[2].startswith("(selected tensors): selected tensors' L2")
+    md = run("check", b, "--filter", "model.*", "--max-l2", "0.1", "-f", "md", code=1).stdout
+    assert "`(selected tensors)`" in md
     # renames apply to both sides before the selection, as in compare
     renamed = ("--rename", "^optimizer=opt", "--exclude", "opt.*")
     run("check", b, *drift, *renamed)
@@ -345,9 +351,12 @@ def test_tables_say_when_the_totals_cover_a_selection(grown: tuple[Path, Path], 
         in run("inspect", b, "--filter", "new.*").stdout
     )
     compared = run("compare", a, b, "--exclude", "new.*").stdout
-    assert "Selected (5 of 45 tensors) (floating-point tensors)" in compared
+    assert "Selected (5 of 45 tensors, floating-point):" in compared
     assert "Whole model" not in compared
-    assert "Whole model (floating-point tensors)" in run("compare", a, b).stdout
+    assert "Whole model (floating-point tensors):" in run("compare", a, b).stdout
+    assert "Whole model (all tensors):" in run("compare", a, b, "--include-int").stdout
+    included = run("compare", a, b, "--exclude", "new.*", "--include-int").stdout
+    assert "Selected (5 of 45 tensors, integer ones included):" in included
     md = run("compare", a, b, "-f", "md", "--filter", "model.*").stdout
     assert "**Selected (4 of 45 tensors)**" in md
     followed = run("trend", a, b, "--filter", "model.*").stdout
@@ -504,3 +513,48 @@ def test_trend_says_where_a_saved_report_leaves_no_update(
     assert doc["total"]["values"][1] is not None  # what a report holds is still shown
     text = run("trend", folder).stdout
     assert "no update into or out of 200: a saved report holds norms, not values" in text
+
+
+def test_the_status_counts_say_which_removed_tensors_the_totals_leave_out(
+    tmp_path: Path, run: Run
+) -> None:
+    """`Tensors: ... 2 removed` counts every tensor; the totals' `over ...` line only those in
+    scope: the first line says which of its tensors the totals leave out, and why."""
+    a = {"w": weights(4, 4), "gone": weights(3), "position_ids": np.arange(8, dtype=np.int64)}
+    save_file(a, str(tmp_path / "a.safetensors"))
+    save_file({"w": weights(4, 4, scale=2.0)}, str(tmp_path / "b.safetensors"))
+    paths = (tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    text = " ".join(run("compare", *paths).stdout.split())
+    assert "0 added, 2 removed, 0 shape changed (1 added, removed or reshaped tensor is " in text
+    assert "integer/bool, outside the totals; --include-int adds them)" in text
+    assert "over 1 matched, 1 removed tensors" in text
+    markdown = run("compare", *paths, "-f", "md").stdout
+    assert "1 added, removed or reshaped tensor is integer/bool" in markdown
+    full = " ".join(run("compare", *paths, "--include-int").stdout.split())
+    assert "outside the totals" not in full and "over 1 matched, 2 removed tensors" in full
+
+
+def test_a_report_saved_with_a_selection_is_compared_over_that_selection(
+    tmp_path: Path, run: Run
+) -> None:
+    """The report records its --filter/--exclude; as a baseline it compares only the tensors
+    those select, and says so, instead of turning every other tensor into 'added'."""
+    state = {"w": weights(4, 4), "extra.a": weights(3), "extra.b": weights(2)}
+    save_file(state, str(tmp_path / "a.safetensors"))
+    save_file({**state, "w": state["w"] * 2}, str(tmp_path / "b.safetensors"))
+    report = tmp_path / "a.json"
+    run("inspect", tmp_path / "a.safetensors", "--exclude", "extra*", "-f", "json", "-o", report)
+    doc = json.loads(report.read_text())
+    validate_json(doc, "inspect.v1")
+    assert doc["selection"] == {"filter": [], "exclude": ["extra*"]}
+    compared = json.loads(run("compare", report, tmp_path / "b.safetensors", "-f", "json").stdout)
+    assert [t["name"] for t in compared["tensors"]] == ["w"]
+    assert compared["summary"]["added"] == 0
+    ref = math.sqrt(math.fsum(float(x) ** 2 for x in (state["w"] * 2).astype(np.float64).ravel()))
+    assert compared["total"]["b"]["l2"] == pytest.approx(ref, rel=1e-12)
+    text = run("compare", report, tmp_path / "b.safetensors").stdout
+    assert "A is a report saved with --exclude 'extra*': only the tensors those select" in text
+    gate = ("--baseline", report, "--require-same-tensors", "-f", "json")
+    assert json.loads(run("check", tmp_path / "b.safetensors", *gate).stdout)["passed"]
+    full = json.loads(run("inspect", tmp_path / "a.safetensors", "-f", "json").stdout)
+    assert full["selection"] == {"filter": [], "exclude": []}

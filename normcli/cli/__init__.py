@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import click
 
 from .. import __version__
+from ..inputs import recording_reads
 from . import commands
 from .exits import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK
 
@@ -32,7 +34,8 @@ class NormcliGroup(click.Group):
         from ..errors import NormcliError
 
         try:
-            code = super().main(argv, prog_name or "normcli", standalone_mode=False, **extra)
+            with recording_reads():  # what the run reads, so that no output replaces it
+                code = super().main(argv, prog_name or "normcli", standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as e:
             # no command at all: the help is the answer, not an error wrapped around it
             click.echo(e.ctx.get_help() if e.ctx is not None else e.format_message(), err=True)
@@ -72,7 +75,10 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     # paths and tensor names come from users and files: escape anything that could break the
     # one-line contract or drive the terminal
     safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-    click.echo(f"normcli: error: {safe}", err=True)
+    # stderr itself may fail (a full device): the exit code still says what happened, and 1
+    # must keep meaning "a rule was violated"
+    with contextlib.suppress(OSError):
+        click.echo(f"normcli: error: {safe}", err=True)
     return code
 
 
@@ -97,7 +103,19 @@ for command in (commands.inspect, commands.compare, commands.trend, commands.che
 def main() -> None:
     _allow_open_files()
     sys.excepthook = _redacted_traceback
+    _stop_on_sigterm()
     cli.main()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a cancelled CI job, `timeout`) ends a run as Ctrl-C does: through the cleanups
+    that keep an output being written from being left half-done, instead of at once."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        signal.signal(signal.SIGTERM, stop)
 
 
 def _allow_open_files() -> None:

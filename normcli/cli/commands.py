@@ -72,9 +72,10 @@ def _render(
 ) -> None:
     """Render the results; `draw` names the function of report.plots that draws --plot (the
     module is imported only then)."""
-    from ..output import report_file, write_bytes
+    from ..output import check_targets, report_file, write_bytes
     from ..report.console import Output
 
+    check_targets([(plot if draw is not None else None, "--plot"), (output, "-o")], inputs)
     if plot is not None and draw is not None:
         if len(results) != 1:
             from ..errors import UsageError
@@ -333,7 +334,7 @@ def check(
     past a limit, or drift from a baseline. Exit 0 when every rule passes, 2 when an input or
     the settings cannot be judged."""
     from .. import gate
-    from ..output import append_text, write_text
+    from ..output import append_text, check_targets, write_text
     from ..report import CHECK_RENDERERS
     from ..report.check_report import print_verdicts, render_junit, render_markdown
 
@@ -346,12 +347,14 @@ def check(
             results.append(
                 gate.run_check(path, config, baseline, selection, replace(read, progress=bar))
             )
+    summary = os.environ.get("GITHUB_STEP_SUMMARY") if output_format == "github" else None
+    outputs = [(output, "-o"), (junit, "--junit"), (summary or None, "GITHUB_STEP_SUMMARY")]
+    check_targets(outputs, inputs)
     _render(CHECK_RENDERERS, output_format, results, output, inputs)
     if junit:
         write_text(junit, render_junit(results), inputs, "--junit")
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if output_format == "github" and summary:
-        append_text(summary, render_markdown(results))
+    if summary:
+        append_text(summary, render_markdown(results), inputs, "GITHUB_STEP_SUMMARY")
     print_verdicts(results)
     if not all(result.passed for result in results):
         click.get_current_context().exit(EXIT_VIOLATION)

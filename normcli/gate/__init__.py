@@ -13,11 +13,16 @@ from typing import Any
 from ..api import inspect_path
 from ..diff import compare
 from ..errors import UsageError
+from ..norms import merge_all
 from ..results import RULES, CheckResult, CompareResult, TensorStats
 from ..settings import ReadSettings, Selection
-from ..sides import is_report
+from ..sides import StoredTensor, is_report, open_sides
 from .config import CheckConfig, Scope, find_config, parse_config
 from .rules import Judged, evaluate, from_inspect, outcome, unread_tensors
+
+# why rules of the settings file were not judged
+NO_BASELINE = "without a baseline"
+REPORT_BASELINE = "against a saved report, which holds norms, not values"
 
 __all__ = ["CheckConfig", "Scope", "find_config", "load_config", "parse_config", "run_check"]
 
@@ -40,7 +45,7 @@ def run_check(
     """Scan `path` (against `baseline`, a checkpoint or a saved report) and judge every rule."""
     if baseline is None and (selection.strip_prefix or selection.rename):
         raise UsageError("--strip-prefix and --rename match names to a baseline: give --baseline")
-    config, skipped = _rules_for(config, baseline)
+    config, skipped, reason = _rules_for(config, baseline)
     tensors, total, comparison, unread, available = _scan(path, baseline, selection, read)
     seen = sum(t.stats is not None for t in tensors)
     # figures over a selection are not the whole model's, and the findings say so
@@ -60,28 +65,35 @@ def run_check(
         config.source,
         tuple(skipped),
         available,
+        reason,
     )
 
 
-def _rules_for(config: CheckConfig, baseline: str | None) -> tuple[CheckConfig, list[str]]:
-    """The rules that can be judged with this baseline (or none), and those of the file that
-    wait for one; a drift rule asked for on the command line without its baseline is an error."""
+def _rules_for(
+    config: CheckConfig, baseline: str | None
+) -> tuple[CheckConfig, list[str], str | None]:
+    """The rules that can be judged with this baseline (or none), those of the file that cannot
+    and why; a rule asked for on the command line that this baseline cannot judge is an error.
+    So one settings file serves a pre-commit run (no baseline), a CI run against a small saved
+    report, and one against the old checkpoint."""
     if baseline is None and config.needs_baseline:
         asked = [k for k in config.needs_baseline if k in config.from_command_line]
         if asked:
             raise UsageError(f"{', '.join(asked)} need{_s(asked)} --baseline")
-        # the file's drift rules wait for a baseline: a pre-commit run without one judges the rest
         skipped = config.needs_baseline
-        return config.without(skipped), skipped
+        return config.without(skipped), skipped, NO_BASELINE
     if baseline is not None and is_report(baseline):
         needs_values = [k for k in config.needs_baseline if RULES[k].needs == "checkpoint baseline"]
-        if needs_values:
+        asked = [k for k in needs_values if k in config.from_command_line]
+        if asked:
             raise UsageError(
-                f"{', '.join(needs_values)} need{_s(needs_values)} a "
-                "checkpoint baseline, not a saved report (a report has norms, not values)",
+                f"{', '.join(asked)} need{_s(asked)} a checkpoint baseline, not a saved report "
+                "(a report holds norms, not values)",
                 baseline,
             )
-    return config, []
+        if needs_values:
+            return config.without(needs_values), needs_values, REPORT_BASELINE
+    return config, [], None
 
 
 def _s(keys: list[str]) -> str:
@@ -94,12 +106,30 @@ def _scan(
     """The tensors as the rules see them, the whole-model figures, the comparison with the
     baseline if there is one, the tensors that could not be read, and how many tensors the
     checkpoint holds before any selection."""
+    if baseline is None and is_report(path):
+        return _from_report(path, selection, read)
     if baseline is None:
         inspected = inspect_path(path, selection, read)
         info = inspected.checkpoint
         total = inspected.total.stats
         return from_inspect(inspected), total, None, info.skipped_tensors, info.tensors
-    comparison = compare(baseline, path, selection, read)
+    comparison = compare(baseline, path, selection, read, command="check --baseline")
     tensors = [Judged(r.name, r.b.stats if r.b else None, r.covered, r) for r in comparison.tensors]
     b = comparison.b
     return tensors, comparison.total.b, comparison, b.skipped_tensors, b.tensors
+
+
+def _from_report(
+    path: str, selection: Selection, read: ReadSettings
+) -> tuple[list[Judged], TensorStats, None, tuple[tuple[str, str], ...], int]:
+    """A saved inspect report checked as its checkpoint would be: the rules without a baseline
+    need only the norms and counts it holds."""
+    with open_sides([path], read, "check") as (side,):
+        stored = [e for e in side.entries if isinstance(e, StoredTensor)]
+    chosen = [e for e in stored if selection.selects(e.name)]
+    selection.require_some(len(chosen), len(stored))
+    tensors = [
+        Judged(e.name, e.stats, selection.covers(e.floating, e.optimizer), None) for e in chosen
+    ]
+    total = merge_all([t.stats for t in tensors if t.covered and t.stats is not None])
+    return tensors, total, None, (), len(stored)

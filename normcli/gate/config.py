@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
+from ..readers.files import open_regular
 from ..results import RULES
 
 if sys.version_info >= (3, 11):
@@ -138,14 +139,16 @@ def _section(doc: dict[str, Any], keys: tuple[str, ...], path: str) -> Any:
 
 def _read_toml(path: str) -> dict[str, Any]:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             doc: dict[str, Any] = tomllib.load(f)
             return doc
-    except FileNotFoundError as e:
-        raise UsageError("config file not found", path) from e
+    except InputError as e:
+        raise UsageError(f"config file: {e.message}", path) from e
     except OSError as e:
         raise UsageError(f"cannot read config file: {e.strerror or e}", path) from e
-    except tomllib.TOMLDecodeError as e:
+    except RecursionError as e:
+        raise UsageError("config file nests too deeply", path) from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"config file is not valid TOML: {e}", path) from e
 
 

@@ -127,12 +127,13 @@ def tensor_limit(key: str, config: CheckConfig, tensors: Sequence[Judged]) -> li
 
 
 def same_tensors(comparison: CompareResult) -> list[Violation]:
-    """N015: no tensor added, removed, reshaped or of another dtype against the baseline."""
+    """N015: no tensor added, removed, reshaped or of another dtype against the baseline; of
+    the tensors in scope, as for every tensor rule (integer ones only with --include-int)."""
     code = RULES["require-same-tensors"].code
     return [
         Violation(code, "require-same-tensors", r.name, None, None, _not_same(r))
         for r in comparison.tensors
-        if r.status in ONE_SIDED or r.dtype_changed
+        if r.covered and (r.status in ONE_SIDED or r.dtype_changed)
     ]
 
 

@@ -12,7 +12,7 @@ from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageErro
 from ..formats import DCP, FORMATS, by_content, by_suffix, resolve, what_normcli_reads
 from . import remote, sharded
 from .base import Checkpoint, Origin, TensorSource
-from .files import open_regular
+from .files import open_regular, require_regular
 
 __all__ = [
     "FORMATS",
@@ -91,6 +91,8 @@ def _open(path: str, input_format: str | None, key: str | None) -> Checkpoint:
         return _located(resolve("normcli.readers.dcp:open_dcp")(path, key), path, DCP, key)
     if sharded.is_sharded(path):
         return sharded.open_sharded(path, lambda shard: _open_url(shard, input_format, key))
+    if not remote.is_url(path):  # the format libraries open files by name: a FIFO would hang
+        require_regular(path)
     fmt = input_format or detect_format(path)
     if fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (choose from {', '.join(FORMATS)})")

@@ -59,6 +59,9 @@ class TensorSource:
     # how another process finds this tensor again (None: in memory, nowhere else to find it)
     origin: Origin | None = field(default=None, compare=False)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", readable_name(self.name))
+
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
@@ -86,6 +89,25 @@ class TensorSource:
             stop = min(g + step, end)
             raw = self.read_bytes(g * group_bytes, stop * group_bytes, buffer)
             yield self.dtype.decode(raw)
+
+
+def readable_name(name: str | bytes) -> str:
+    """A name from a file as text every output can carry: bytes that are not UTF-8 (which
+    pickle and HDF5 pass on, as bytes or as lone surrogates) become \\xNN escapes."""
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "backslashreplace")
+    if name.isascii():
+        return name
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:  # bytes a decoder kept as U+DC80..U+DCFF (surrogateescape) are those bytes again
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 @dataclass

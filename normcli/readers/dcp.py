@@ -20,7 +20,7 @@ from ..formats import DCP, DCP_METADATA, ZIP_MAGIC
 from . import remote
 from .base import Checkpoint, TensorSource
 from .dcp_metadata import Chunk, TensorEntry, read_metadata
-from .files import Data, open_data, open_regular
+from .files import Data, DataSlice, open_data, open_regular
 from .pytorch import flatten, tensor_source
 from .torch_archive import Loaded, archive_prefix, check_byteorder, load_pickle, open_zip
 from .torch_pickle import RestrictedUnpickler, TensorStub
@@ -139,7 +139,7 @@ def _piece(
 def _chunk_archive(data: Data, chunk: Chunk, what: str) -> tuple[TensorStub, Loaded]:
     if data[chunk.offset : chunk.offset + len(ZIP_MAGIC)] != ZIP_MAGIC:
         raise UnsupportedError(f"{what} is not a torch.save archive (another serialization?)")
-    window = io.BufferedReader(_Slice(data, chunk.offset, chunk.length))
+    window = io.BufferedReader(DataSlice(data, chunk.offset, chunk.length))
     with open_zip(window, f"{what} is not") as archive:
         for info in archive.infolist():
             if info.compress_type != zipfile.ZIP_STORED:
@@ -151,37 +151,10 @@ def _chunk_archive(data: Data, chunk: Chunk, what: str) -> tuple[TensorStub, Loa
         loaded = load_pickle(
             archive, data, f"{prefix}data.pkl", f"{prefix}data/", RestrictedUnpickler
         )
-    tensors, _ = flatten(loaded.root, "")
+    tensors, _ = flatten(loaded.root, "", loaded.pickle_bytes)
     if not isinstance(loaded.root, TensorStub) or len(tensors) != 1:
         raise CorruptFileError(f"{what} holds something other than one tensor")
     return loaded.root, loaded
-
-
-class _Slice(io.RawIOBase):
-    """Bytes [start, start + length) of a file, as a file of their own (for zipfile)."""
-
-    def __init__(self, data: Data, start: int, length: int) -> None:
-        self.data, self.start, self.length, self.position = data, start, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.length}[whence]
-        self.position = max(0, base + offset)
-        return self.position
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        wanted = min(len(buffer), max(0, self.length - self.position))
-        got = self.data.readinto(memoryview(buffer).cast("B")[:wanted], self.start + self.position)
-        self.position += got
-        return got
 
 
 class _Grid:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib
+import io
+import json
+import math
 import mmap
 import os
+import stat
 import sys
 import threading
 import weakref
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
@@ -18,6 +23,7 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 
 from ..errors import CorruptFileError, InputError, UnsupportedError
+from ..inputs import note_read
 from . import remote
 
 # Reads the raw bytes [start, stop) of one tensor's data, into `out` (at least that long) when
@@ -42,6 +48,46 @@ class Data(Protocol):
     def close(self) -> None: ...
 
 
+class DataSlice(io.RawIOBase):
+    """Bytes [start, start + length) of a file's Data (the whole file by default) as a seekable
+    binary file object, for the libraries that read one (zipfile, h5py, onnx, the unpickler).
+    `owned`: closing the slice closes the Data too."""
+
+    def __init__(
+        self, data: Data, start: int = 0, length: int | None = None, owned: bool = False
+    ) -> None:
+        super().__init__()
+        self.data, self.start, self.owned, self.position = data, start, owned, 0
+        self.length = data.size - start if length is None else length
+        self.name = data.path
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        origin = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.length}[whence]
+        self.position = max(0, origin + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        wanted = max(0, min(len(view), self.length - self.position))
+        got = self.data.readinto(view[:wanted], self.start + self.position)
+        self.position += got
+        return got
+
+    def close(self) -> None:
+        if not self.closed and self.owned:
+            self.data.close()
+        super().close()
+
+
 def open_data(path: str) -> Data:
     """The file at `path` (a local path or a URL), for reading tensor data in place."""
     if remote.is_url(path) and remote.local_path(path) is None:
@@ -57,13 +103,34 @@ def reading_remote() -> bool:
     return opened is not None and bool(opened.any_open())
 
 
+# what zipfile raises on a damaged archive: NotImplementedError for a "version needed to
+# extract" or a compression method it does not know
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    NotImplementedError,
+    OSError,
+    EOFError,
+    ValueError,
+)
+
+
 def open_zip(path: str) -> zipfile.ZipFile:
-    """A zip archive (its directory read, members not): closing it closes what it opened."""
+    """A zip archive (its directory read, members not): closing it closes what it opened. A
+    damaged one is a CorruptFileError."""
     if not remote.is_url(path) or remote.local_path(path) is not None:
-        return zipfile.ZipFile(remote.local_path(path) or path)
+        local = remote.local_path(path) or path
+        try:
+            return zipfile.ZipFile(local)
+        except ZIP_ERRORS as e:
+            raise CorruptFileError(f"not a readable zip archive: {e}", path) from e
     stream = open_regular(path)
     try:
         archive = _OwningZipFile(stream)
+    except ZIP_ERRORS as e:
+        stream.close()
+        raise CorruptFileError(f"not a readable zip archive: {e}", path) from e
     except BaseException:
         stream.close()
         raise
@@ -82,7 +149,9 @@ class _OwningZipFile(zipfile.ZipFile):
 
 
 def open_regular(path: str) -> BinaryIO:
-    """Open a regular file (or a URL) for binary reading, or say plainly why it cannot be."""
+    """Open a regular file for binary reading, or say plainly why it cannot be. A FIFO or a
+    device is refused before anything waits on it: opening one for reading could block forever
+    or read without end."""
     if remote.is_url(path):
         local = remote.local_path(path)
         if local is None:
@@ -93,13 +162,64 @@ def open_regular(path: str) -> BinaryIO:
     if os.path.isdir(path):
         raise InputError("is a directory, not a checkpoint file", path)
     try:
-        return open(path, "rb")
+        # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError as e:
         raise InputError("no such file", path) from e
     except PermissionError as e:
         raise InputError("permission denied", path) from e
     except OSError as e:
         raise InputError(f"cannot open: {e.strerror or e}", path) from e
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise InputError(f"is {_kind(status.st_mode)}, not a regular file", path)
+        note_read(status, path)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def require_regular(path: str) -> None:
+    """Refuse `path` unless it is a regular file, for the libraries that open files by name."""
+    open_regular(path).close()
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a file"
+
+
+def load_json(path: str, what: str) -> Any:
+    """A JSON document written by a program (a report, an index), read strictly: NaN, Infinity
+    and numbers past float64 are refused, and so is nesting deeper than any such file needs."""
+    with open_regular(path) as f:
+        raw = f.read()
+    try:
+        return json.loads(raw, parse_constant=refuse_constant, parse_float=finite_float)
+    except RecursionError as e:
+        raise CorruptFileError(f"{what} nests too deeply to be valid", path) from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"{what} is not valid JSON: {e}", path) from e
+
+
+def refuse_constant(token: str) -> None:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"number {token} is out of range")
+    return value
 
 
 # MADV_POPULATE_READ (Linux 5.14): maps a whole range at once, instead of a fault per page

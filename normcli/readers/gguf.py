@@ -163,11 +163,14 @@ class _Header:
                 if value_type != _UINT32 or value is None or value <= 0 or value & (value - 1):
                     raise self.fail("general.alignment must be a power of two (uint32)")
                 alignment = value
-        infos = [self.tensor_info() for _ in range(tensor_count)]
-        names = [info.name for info in infos]
-        if len(set(names)) != len(names):
-            twice = next(n for n in names if names.count(n) > 1)
-            raise self.fail(f"tensor {twice!r} is described twice (duplicated name)")
+        infos: list[_Info] = []
+        names: set[str] = set()
+        for _ in range(tensor_count):
+            info = self.tensor_info()
+            if info.name in names:
+                raise self.fail(f"tensor {info.name!r} is described twice (duplicated name)")
+            names.add(info.name)
+            infos.append(info)
         data_start = self.pos + (-self.pos % alignment)
         return infos, data_start, self.order
 

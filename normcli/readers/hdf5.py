@@ -5,9 +5,9 @@ config, no Lambda layer, nothing is deserialized."""
 from __future__ import annotations
 
 import functools
-import io
 import math
-import struct
+import shutil
+import tempfile
 import weakref
 import zipfile
 from collections.abc import Callable
@@ -18,13 +18,18 @@ import numpy as np
 from ..dtypes import SAFETENSORS_DTYPES, DType, from_numpy
 from ..errors import CorruptFileError, NormcliError, UnsupportedError
 from ..formats import ZIP_MAGIC
-from .base import Checkpoint, TensorSource
-from .files import Data, import_optional, open_data, open_regular, open_zip
+from .base import Checkpoint, TensorSource, readable_name
+from .files import ZIP_ERRORS, Data, DataSlice, import_optional, open_data, open_regular, open_zip
 from .remote import is_url
+from .zipped import ENCRYPTED, check_inflated_size, stored_data_start
+
+# Each dataset's chunk cache (h5py's default is 1 MiB): a compressed chunk larger than the cache
+# is inflated again for every read that touches it, so time would grow with its size squared.
+CHUNK_CACHE_BYTES = 16 << 20
+_CACHE = {"rdcc_nbytes": CHUNK_CACHE_BYTES, "rdcc_w0": 1.0}
 
 # where a Keras v3 archive keeps its weights
 KERAS_WEIGHTS = "model.weights.h5"
-_LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 ByteRead = Callable[[int, int, np.ndarray], np.ndarray]
 
@@ -57,14 +62,14 @@ def open_hdf5(path: str) -> Checkpoint:
 def _open_plain(h5py: Any, data: Data, path: str, closers: list[Callable[[], None]]) -> Any:
     if not is_url(path):
         # no file lock: a read needs none, and some network file systems refuse one
-        h5 = _open_h5(path, functools.partial(h5py.File, path, "r", locking=False))
+        h5 = _open_h5(path, functools.partial(h5py.File, path, "r", locking=False, **_CACHE))
         closers.append(h5.close)
         return h5
-    return _open_file_object(h5py, _Window(data, 0, data.size), path, closers)
+    return _open_file_object(h5py, DataSlice(data), path, closers)
 
 
 def _open_file_object(h5py: Any, member: Any, path: str, closers: list[Callable[[], None]]) -> Any:
-    h5 = _open_h5(path, functools.partial(h5py.File, member, "r", locking=False))
+    h5 = _open_h5(path, functools.partial(h5py.File, member, "r", locking=False, **_CACHE))
     # HDF5 over a Python file object must be closed before the interpreter exits, or it
     # crashes there: the finalizer closes it at exit if the checkpoint was never closed
     closers.append(weakref.finalize(member, _close_all, h5, member))
@@ -83,10 +88,7 @@ def _open_keras_weights(
 ) -> tuple[Any, int | None, int]:
     """The archive's weights file, opened where it lies: a stored member is read in place
     (and its contiguous datasets straight from the zip); a compressed one through zipfile."""
-    try:
-        archive = open_zip(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
-        raise CorruptFileError(f"not a readable zip archive: {e}", path) from e
+    archive = open_zip(path)
     closers.append(archive.close)
     names = archive.namelist()
     if KERAS_WEIGHTS not in names:
@@ -103,67 +105,39 @@ def _open_keras_weights(
         )
     info = archive.getinfo(KERAS_WEIGHTS)
     where = f"member {KERAS_WEIGHTS!r}"
-    if info.flag_bits & 0x1:
+    if info.flag_bits & ENCRYPTED:
         raise UnsupportedError(f"{where} is encrypted", path)
     if info.compress_type == zipfile.ZIP_STORED:
-        start = _stored_start(info, data, where, path)
-        member: Any = _Window(data, start, info.file_size)
+        start = stored_data_start(info, data, where, path)
+        member: Any = DataSlice(data, start, info.file_size)
         base: int | None = start
     else:
-        try:
-            member = archive.open(info)
-        except (zipfile.BadZipFile, NotImplementedError, OSError) as e:
-            raise CorruptFileError(f"{where}: cannot be read ({e})", path) from e
+        member = _inflated(archive, info, where, path)
         closers.append(member.close)
         base = None
     return _open_file_object(h5py, member, path, closers), base, info.file_size
 
 
+def _inflated(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, path: str) -> Any:
+    """A compressed member inflated once into a temporary file: h5py seeks back and forth, and
+    every backward seek in a zip stream inflates it again from the start."""
+    check_inflated_size(info, where, path)
+    member = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the checkpoint)
+    try:
+        with archive.open(info) as source:
+            shutil.copyfileobj(source, member, 1 << 20)
+    except ZIP_ERRORS as e:
+        member.close()
+        raise CorruptFileError(f"{where}: cannot be read ({e})", path) from e
+    except BaseException:
+        member.close()
+        raise
+    return member
+
+
 def _close_all(*things: Any) -> None:
     for thing in things:
         thing.close()
-
-
-def _stored_start(info: zipfile.ZipInfo, data: Data, where: str, path: str) -> int:
-    header = bytes(data[info.header_offset : info.header_offset + _LOCAL_HEADER.size])
-    if len(header) < _LOCAL_HEADER.size:
-        raise CorruptFileError(f"{where}: local header lies past the end of the file", path)
-    magic, name_len, extra_len = _LOCAL_HEADER.unpack(header)
-    if magic != ZIP_MAGIC:
-        raise CorruptFileError(f"{where}: local header is damaged", path)
-    start: int = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-    if start + info.file_size > len(data):
-        raise CorruptFileError(f"{where}: data runs past the end of the file (truncated)", path)
-    return start
-
-
-class _Window(io.RawIOBase):
-    """Bytes [start, start + size) of a file, as the seekable file object h5py reads."""
-
-    def __init__(self, data: Data, start: int, size: int) -> None:
-        super().__init__()
-        self.data, self.start, self.size, self.position = data, start, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        origin = {0: 0, 1: self.position, 2: self.size}[whence]
-        self.position = max(0, origin + offset)
-        return self.position
-
-    def tell(self) -> int:
-        return self.position
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        wanted = max(0, min(len(view), self.size - self.position))
-        got = self.data.readinto(view[:wanted], self.start + self.position)
-        self.position += got
-        return got
 
 
 class _Raw:
@@ -190,7 +164,7 @@ def _datasets(
         for name, dataset in found:
             made = _source(h5py, name, dataset, h5, raw, path)
             if isinstance(made, str):
-                skipped.append((name, made))
+                skipped.append((readable_name(name), made))
             else:
                 sources.append(made)
     except NormcliError:
@@ -232,6 +206,12 @@ def _source(
         return f"dtype {dataset.dtype}: not numbers"
     shape = tuple(int(d) for d in dataset.shape)
     nbytes = math.prod(shape) * dtype.bits // 8
+    chunk_bytes = math.prod(dataset.chunks or ()) * dataset.dtype.itemsize
+    if dataset.chunks and chunk_bytes > CHUNK_CACHE_BYTES and _filtered(dataset):
+        return (
+            f"compressed in chunks of {chunk_bytes} bytes, more than normcli's "
+            f"{CHUNK_CACHE_BYTES >> 20} MiB chunk cache: every read would inflate a whole chunk"
+        )
     offset = _contiguous_offset(h5py, dataset, nbytes)
     if raw is not None and offset is not None and _raw_matches(h5py, dataset, dtype):
         if raw.start + offset + nbytes > raw.end:
@@ -266,15 +246,23 @@ def _raw_matches(h5py: Any, dataset: Any, dtype: DType) -> bool:
     return dtype is SAFETENSORS_DTYPES["BF16"]
 
 
+def _filtered(dataset: Any) -> bool:
+    return bool(dataset.id.get_create_plist().get_nfilters())
+
+
 def _sliced_reader(h5: Any, name: str, shape: tuple[int, ...], dtype: DType, path: str) -> ByteRead:
     """Reads elements through h5py (chunked, compressed or converted data), one hyperslab per
     run of whole rows, so only a chunk's worth is in memory."""
     itemsize = dtype.element.itemsize
+    # held open between reads: a dataset's chunk cache lasts only as long as a handle on it
+    held: list[Any] = []
 
     def read(start: int, stop: int, out: np.ndarray) -> np.ndarray:
         at = 0
         try:
-            dataset = h5[name]
+            if not held:
+                held.append(h5[name])
+            dataset = held[0]
             for selection in _slabs(shape, start // itemsize, stop // itemsize):
                 values = np.ascontiguousarray(dataset[selection]).reshape(-1).view(np.uint8)
                 out[at : at + values.size] = values

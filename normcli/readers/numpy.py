@@ -6,16 +6,16 @@ import collections
 import io
 import math
 import zipfile
-import zlib
 from typing import IO, Any
 
 import numpy as np
 
 from ..dtypes import DType, from_numpy
 from ..errors import CorruptFileError, UnsupportedError
+from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
-from .files import Data, open_data, open_regular, open_zip
-from .zipped import CrcCheckedReader, stored_data_start
+from .files import ZIP_ERRORS, Data, open_data, open_regular, open_zip
+from .zipped import ENCRYPTED, CrcCheckedReader, stored_data_start
 
 
 def _read_npy_header(f: IO[bytes], where: str, path: str) -> tuple[tuple[int, ...], bool, DType]:
@@ -79,11 +79,12 @@ def _stem(path: str) -> str:
 
 def open_npz(path: str) -> Checkpoint:
     with open_regular(path) as f:
+        head = f.read(4)
         size = f.seek(0, 2)
-    try:
-        archive = open_zip(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
-        raise CorruptFileError(f"not a readable zip archive: {e}", path) from e
+    # numpy writes a plain zip: its first member, or the end record of an empty archive, first
+    if head not in (ZIP_MAGIC, b"PK\x05\x06"):
+        raise CorruptFileError("not a zip archive: it does not start as one (damaged?)", path)
+    archive = open_zip(path)
     counts = collections.Counter(info.filename for info in archive.infolist())
     duplicates = sorted(n for n, c in counts.items() if c > 1)
     if duplicates:
@@ -122,7 +123,7 @@ def _member_source(
 ) -> TensorSource:
     name = info.filename[: -len(".npy")]
     where = f"member {info.filename!r}"
-    if info.flag_bits & 0x1:
+    if info.flag_bits & ENCRYPTED:
         raise UnsupportedError(f"{where} is encrypted", path)
     if info.compress_type == zipfile.ZIP_STORED:
         start = stored_data_start(info, buffer, where, path)
@@ -139,7 +140,7 @@ def _member_source(
             with archive.open(info) as member_file:
                 shape, fortran, dtype = _read_npy_header(member_file, where, path)
                 header_size = member_file.tell()
-        except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, OSError) as e:
+        except ZIP_ERRORS as e:
             raise CorruptFileError(f"{where}: cannot be decompressed ({e})", path) from e
         data_size = info.file_size - header_size
         source = TensorSource(
@@ -175,7 +176,7 @@ class _StreamReader:
             if self.stream is None or start != self.position:
                 self._restart(start)
             data: bytes = self.stream.read(stop - start)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        except ZIP_ERRORS as e:
             self.close()
             raise CorruptFileError(f"{self.where}: damaged compressed data ({e})", self.path) from e
         if len(data) != stop - start:

@@ -17,6 +17,7 @@ from ..errors import CorruptFileError, NormcliError, UnsupportedError, UsageErro
 from ..formats import ZIP_MAGIC
 from .base import Checkpoint, TensorSource
 from .files import Data, open_data, open_regular
+from .pickle_limits import check_storage_reads, max_values
 from .torch_archive import (
     ARCHIVE_PICKLE,
     Loaded,
@@ -41,9 +42,8 @@ from .zipped import CrcCheckedReader
 FORMAT = "pytorch"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
-# Shared references can make a small pickle name a huge tree; past these, refuse.
+# Shared references can make a small pickle name a deep tree; past this, refuse.
 MAX_DEPTH = 100
-MAX_VALUES = 10_000_000
 
 
 def looks_like_pytorch(head: bytes, path: str) -> bool:
@@ -74,14 +74,16 @@ def open_pytorch(path: str, key: str | None = None) -> Checkpoint:
         head = f.read(len(ZIP_MAGIC))
         size = f.seek(0, 2)
     if size == 0:
-        raise CorruptFileError("file is empty")
+        raise CorruptFileError("file is empty", path)
     data = open_data(path)
     closers: list[Callable[[], None]] = [data.close]
     with closed_on_error(data, path):
         loaded = _load_zip(path, data) if head == ZIP_MAGIC else _load_legacy(path, data)
         root = loaded.root if key is None else select(loaded.root, key, path)
         stem = key or _stem(path)
-        tensors, skipped = flatten(root, stem if isinstance(root, TensorStub) else "")
+        tensors, skipped = flatten(
+            root, stem if isinstance(root, TensorStub) else "", loaded.pickle_bytes
+        )
         sources = read_tensors(tensors, loaded, data, closers)
         slots = tree_slots(root, tensors)
         sources = [replace(s, optimizer=slots.get(s.name)) for s in sources]
@@ -116,6 +118,10 @@ def read_tensors(
         sources.append(source)
         if closer is not None:
             closers.append(closer)
+    check_storage_reads(
+        (s.name, t.storage.key, t.storage.nbytes, s.nbytes)
+        for s, (_, t) in zip(sources, tensors, strict=True)
+    )
     return sources
 
 
@@ -194,7 +200,7 @@ def _load_legacy(path: str, data: Data) -> Loaded:
         raise CorruptFileError(f"storage {missing[0]!r} is used but never written")
     if position != len(data):
         raise CorruptFileError(f"{len(data) - position} bytes after the last storage")
-    return Loaded(root, starts, {})
+    return Loaded(root, starts, unpickler.pickle_bytes, {})
 
 
 def _dtype(name: str) -> DType:
@@ -247,9 +253,11 @@ def _describe_top(root: Any) -> str:
     return "it is a single tensor" if isinstance(root, TensorStub) else "it holds no tensors"
 
 
-def flatten(root: Any, name: str) -> tuple[list[tuple[str, TensorStub]], int]:
+def flatten(root: Any, name: str, pickle_bytes: int) -> tuple[list[tuple[str, TensorStub]], int]:
     """Tensors under `root` by dotted name (dict keys, list and tuple indices), in pickle order,
-    and the count of other values (a structure that contains itself counts once there)."""
+    and the count of other values (a structure that contains itself counts once there). Shared
+    parts are followed each time they are named, within what a pickle of that size may name."""
+    limit = max_values(pickle_bytes)
     tensors: list[tuple[str, TensorStub]] = []
     seen_names: set[str] = set()
     skipped = visited = 0
@@ -258,8 +266,11 @@ def flatten(root: Any, name: str) -> tuple[list[tuple[str, TensorStub]], int]:
     def walk(node: Any, name: str, depth: int) -> None:
         nonlocal skipped, visited
         visited += 1
-        if visited > MAX_VALUES:
-            raise UnsupportedError(f"the checkpoint's object holds more than {MAX_VALUES} values")
+        if visited > limit:
+            raise UnsupportedError(
+                f"the checkpoint's object names more than {limit} values (shared parts counted "
+                "each time they are named): far more than its pickle holds"
+            )
         if isinstance(node, TensorStub):
             if name in seen_names:
                 raise UnsupportedError(f"two tensors have the same name {name!r}")

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import CorruptFileError, InputError, NormcliError
 from . import remote
+from .files import DataSlice
 from .remote import RemoteSpec
 
 T = TypeVar("T")
@@ -406,41 +407,6 @@ def _release(size: int) -> None:
         _held_bytes -= size
 
 
-class RemoteStream(io.RawIOBase):
-    """A remote file as a seekable binary file object, for the libraries that read one
-    (zipfile, h5py, onnx, the unpickler): each read is a range of the file."""
-
-    def __init__(self, data: RemoteFile) -> None:
-        super().__init__()
-        self.data, self.position = data, 0
-        self.name = data.path
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        origin = {0: 0, 1: self.position, 2: self.data.size}[whence]
-        self.position = max(0, origin + offset)
-        return self.position
-
-    def tell(self) -> int:
-        return self.position
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        got = self.data.readinto(view, self.position)
-        self.position += got
-        return got
-
-    def close(self) -> None:
-        if not self.closed:
-            self.data.close()
-        super().close()
-
-
 def open_stream(spec: RemoteSpec) -> io.BufferedReader:
     """A buffered file object over the remote file (closing it closes the file)."""
-    return io.BufferedReader(RemoteStream(RemoteFile(spec)), buffer_size=HEAD_BYTES)
+    return io.BufferedReader(DataSlice(RemoteFile(spec), owned=True), buffer_size=HEAD_BYTES)

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
-import math
+import re
 import struct
 from typing import Any
 
 from ..dtypes import SAFETENSORS_DTYPES
 from ..errors import CorruptFileError
 from .base import Checkpoint, TensorSource
-from .files import open_data, open_regular
+from .files import finite_float, open_data, open_regular, refuse_constant
 
 # The reference implementation refuses larger headers; so do we.
 MAX_HEADER_BYTES = 100_000_000
 # Sizes are u64 in the reference implementation: anything larger overflowed there.
 U64_LIMIT = 2**64
+# headers from this size on are checked for their lists before they are parsed
+LARGE_HEADER_BYTES = 1 << 20
+SPARE_BYTES = 64
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 def looks_like(head: bytes, size: int) -> bool:
@@ -68,6 +72,35 @@ def open_safetensors(path: str) -> Checkpoint:
     return Checkpoint(path, "safetensors", size, tensors, [data.close])
 
 
+class _Objects:
+    """The hook that builds each JSON object of a header as it is parsed. Objects that are not
+    tensor entries (__metadata__, values of keys the format ignores) are few: past one per
+    SPARE_BYTES of header the parse stops, before a header of millions of `{}` is built whole
+    (each costs some 200 bytes of Python objects)."""
+
+    def __init__(self, header_bytes: int) -> None:
+        self.left = 16 + header_bytes // SPARE_BYTES
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        if not any(key == "dtype" for key, _ in pairs):
+            self.left -= 1
+            if self.left < 0:
+                raise ValueError("far more objects than tensor entries")
+        return _strict_object(pairs)
+
+
+def _check_lists(raw: bytes) -> None:
+    """A tensor entry holds two lists; others are few (one per SPARE_BYTES). Checked, outside
+    the header's strings, before a large header is parsed: lists have no hook, and a header
+    of `[],[],...` costs fifty times its size in Python objects."""
+    if len(raw) < LARGE_HEADER_BYTES:
+        return
+    bare = _STRINGS.sub(b"", raw)
+    lists, objects = bare.count(b"["), bare.count(b"{")
+    if lists > 2 * objects + 16 + len(raw) // SPARE_BYTES:
+        raise ValueError(f"{lists} lists for {objects} objects: far more than tensor entries")
+
+
 def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for key, value in pairs:
@@ -87,17 +120,6 @@ def _check_unicode(text: str) -> None:
         raise ValueError(f"string {text!r} holds a lone surrogate") from e
 
 
-def _reject_constant(token: str) -> None:
-    raise ValueError(f"{token} is not valid JSON")
-
-
-def _strict_float(token: str) -> float:
-    value = float(token)
-    if not math.isfinite(value):
-        raise ValueError(f"number {token} is out of range")
-    return value
-
-
 def _strict_int(token: str) -> int:
     # every integer the format holds is unsigned; "-0" must not pass as 0
     return -1 if token.startswith("-") else int(token)
@@ -111,11 +133,12 @@ def _parse_header(raw: bytes, path: str) -> dict[str, Any]:
             f"safetensors header is not valid UTF-8 (byte {e.start})", path
         ) from e
     try:
+        _check_lists(raw)
         header = json.loads(
             text,
-            object_pairs_hook=_strict_object,
-            parse_constant=_reject_constant,
-            parse_float=_strict_float,
+            object_pairs_hook=_Objects(len(raw)),
+            parse_constant=refuse_constant,
+            parse_float=finite_float,
             parse_int=_strict_int,
         )
     except ValueError as e:

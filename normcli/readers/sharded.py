@@ -3,7 +3,6 @@ folder of `*-NNNNN-of-NNNNN.*` shards, read as one model whose tensors name thei
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from dataclasses import replace
 from ..errors import CorruptFileError, InputError, UsageError
 from . import remote
 from .base import Checkpoint, TensorSource
-from .files import open_regular
+from .files import load_json
 
 INDEX_SUFFIX = ".index.json"
 # the files a folder may hold that are checkpoints (shards among them)
@@ -102,11 +101,7 @@ def _shard_set(files: list[str], folder: str) -> list[str] | None:
 
 
 def _from_index(index_path: str, open_one: OpenOne, shown: str | None = None) -> Checkpoint:
-    with open_regular(index_path) as f:
-        try:
-            index = json.load(f)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CorruptFileError(f"index is not valid JSON: {e}", index_path) from e
+    index = load_json(index_path, "index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()

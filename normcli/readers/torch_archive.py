@@ -16,7 +16,7 @@ from ..errors import CorruptFileError, UnsupportedError
 from . import files
 from .files import Data
 from .torch_pickle import RestrictedUnpickler, unpickle
-from .zipped import stored_data_start
+from .zipped import ENCRYPTED, check_inflated_size, stored_data_start
 
 ARCHIVE_PICKLE = re.compile(r"[^/]+/data\.pkl")
 
@@ -27,6 +27,8 @@ class Loaded:
 
     root: Any
     starts: dict[str, int]
+    # bytes of the object's pickle, which bound how many values it may name
+    pickle_bytes: int
     # storage key -> the zip member holding it (for its CRC), in the zip format
     members: dict[str, zipfile.ZipInfo]
 
@@ -36,7 +38,7 @@ def open_zip(file: str | IO[bytes], what: str = "") -> zipfile.ZipFile:
     it cannot be."""
     try:
         return files.open_zip(file) if isinstance(file, str) else zipfile.ZipFile(file)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+    except files.ZIP_ERRORS as e:
         raise CorruptFileError(f"{what or 'not'} a readable zip archive: {e}") from e
 
 
@@ -72,7 +74,7 @@ def load_pickle(
             info = archive.getinfo(name)
         except KeyError:
             raise CorruptFileError(f"{where} is missing from the archive") from None
-        if info.flag_bits & 0x1:
+        if info.flag_bits & ENCRYPTED:
             raise UnsupportedError(f"{where} is encrypted")
         if info.compress_type != zipfile.ZIP_STORED:
             raise UnsupportedError(f"{where} is compressed; torch.save stores members as is")
@@ -82,7 +84,7 @@ def load_pickle(
             )
         starts[key] = stored_data_start(info, data, where, data.path)
         members[key] = info
-    return Loaded(root, starts, members)
+    return Loaded(root, starts, loader.pickle_bytes, members)
 
 
 def check_byteorder(archive: zipfile.ZipFile, member: str, data: Data) -> None:
@@ -101,7 +103,7 @@ def member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: Data) ->
     """A small member's bytes. Stored ones are read here rather than by zipfile: torch told
     not to compute CRCs writes 0 for every member, which zipfile takes for damage."""
     where = f"member {info.filename!r}"
-    if info.flag_bits & 0x1:
+    if info.flag_bits & ENCRYPTED:
         raise UnsupportedError(f"{where} is encrypted")
     if info.compress_type == zipfile.ZIP_STORED:
         start = stored_data_start(info, data, where, data.path)
@@ -109,7 +111,8 @@ def member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, data: Data) ->
         if info.CRC and zlib.crc32(raw) != info.CRC:
             raise CorruptFileError(f"{where}: CRC-32 mismatch (damaged data)")
         return raw
+    check_inflated_size(info, where, None)
     try:
         return archive.read(info)
-    except (zipfile.BadZipFile, zlib.error, NotImplementedError, OSError, EOFError) as e:
+    except files.ZIP_ERRORS as e:
         raise CorruptFileError(f"{where} cannot be read ({e})") from e

@@ -3,6 +3,7 @@ inert stand-in; storages become references to the file's bytes. Nothing from the
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Callable
 from typing import IO, Any
@@ -11,6 +12,7 @@ import numpy as np
 
 from ..dtypes import SAFETENSORS_DTYPES, DType, from_numpy
 from ..errors import CorruptFileError, NormcliError, UnsupportedError
+from .pickle_limits import read_pickle
 
 _C128 = from_numpy(np.dtype("<c16"))
 # torch dtypes by the name they are pickled under (torch.float32 -> GLOBAL 'torch float32')
@@ -308,7 +310,11 @@ class RestrictedUnpickler(pickle.Unpickler):
     global is refused by name before anything could run. Storages are recorded, not read."""
 
     def __init__(self, file: IO[bytes], legacy: bool = False, torchscript: bool = False) -> None:
-        super().__init__(file, encoding="utf-8")
+        # the next pickle in `file`, walked before the C unpickler sees it (which allocates
+        # whatever its opcodes declare); `file` is left just after it, as load() would leave it
+        raw = read_pickle(file, _left(file), "the pickle")
+        super().__init__(io.BytesIO(raw), encoding="utf-8")
+        self.pickle_bytes = len(raw)
         self.legacy, self.torchscript = legacy, torchscript
         # storage key -> (torch dtype of its elements, bytes), from its first reference
         self.storages: dict[str, tuple[str, int]] = {}
@@ -367,6 +373,13 @@ class RestrictedUnpickler(pickle.Unpickler):
         if offset + size > nbytes:
             raise CorruptFileError(f"storage {key!r}: a view runs past its end")
         return StorageStub(key, dtype_name, offset, size)
+
+
+def _left(file: IO[bytes]) -> int:
+    here = file.tell()
+    end = file.seek(0, 2)
+    file.seek(here)
+    return end - here
 
 
 def pickled_text(value: Any) -> str:

@@ -118,10 +118,11 @@ def open_torchscript(path: str, key: str | None = None) -> Checkpoint:
                     archive, data, f"{prefix}constants.pkl", f"{prefix}constants/", ScriptUnpickler
                 )
         root = modules.root if key is None else select(modules.root, key, path)
-        tensors, skipped = flatten(root, (key or "") if isinstance(root, TensorStub) else "")
+        stem = (key or "") if isinstance(root, TensorStub) else ""
+        tensors, skipped = flatten(root, stem, modules.pickle_bytes)
         sources = read_tensors(tensors, modules, data, closers)
         if constants is not None and key is None:
-            named, _ = flatten(_constant_names(constants.root), "")
+            named, _ = flatten(_constant_names(constants.root), "", constants.pickle_bytes)
             sources += read_tensors(named, constants, data, closers)
     return Checkpoint(path, FORMAT, size, sources, closers, skipped_values=skipped)
 

@@ -13,6 +13,22 @@ from ..errors import CorruptFileError
 from ..formats import ZIP_MAGIC
 from .files import Data
 
+# general-purpose flag bits 0 (encrypted) and 6 (strong encryption): either way, not readable
+ENCRYPTED = 0x1 | 0x40
+# deflate produces at most 1032 bytes from one: a member declaring more is damaged or hostile
+MAX_DEFLATE_RATIO = 1032
+
+
+def check_inflated_size(info: zipfile.ZipInfo, where: str, path: str | None) -> None:
+    """Refuse a compressed member that declares more bytes than deflate can make of its own."""
+    if info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
+        raise CorruptFileError(
+            f"{where} declares {info.file_size} bytes from {info.compress_size} compressed: "
+            "more than deflate can produce",
+            path,
+        )
+
+
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 
@@ -24,7 +40,19 @@ def stored_data_start(info: zipfile.ZipInfo, buffer: Data, where: str, path: str
     magic, name_len, extra_len = _LOCAL_HEADER.unpack(header)
     if magic != ZIP_MAGIC:
         raise CorruptFileError(f"{where}: local header is damaged", path)
-    start: int = offset + _LOCAL_HEADER.size + name_len + extra_len
+    name_at = offset + _LOCAL_HEADER.size
+    encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+    if buffer[name_at : name_at + name_len] != info.orig_filename.encode(encoding, "replace"):
+        raise CorruptFileError(
+            f"{where}: the local header names another member (a damaged archive)", path
+        )
+    if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        raise CorruptFileError(
+            f"{where}: stored, but its sizes differ ({info.compress_size} and "
+            f"{info.file_size} bytes): a damaged archive",
+            path,
+        )
+    start: int = name_at + name_len + extra_len
     if start + info.file_size > len(buffer):
         raise CorruptFileError(f"{where}: data runs past the end of the file (truncated)", path)
     return start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
@@ -115,17 +116,19 @@ def render_table(results: Sequence[CheckResult], console: Console) -> None:
         if result.config:
             console.print(Text(f"settings from {printable(result.config)}", "dim"))
         if result.skipped_rules:
+            hint = "" if result.baseline else " (--baseline, or `baseline` in the settings)"
             console.print(
                 Text(
-                    f"not judged without a baseline: {', '.join(result.skipped_rules)} "
-                    "(--baseline, or `baseline` in the settings)",
+                    f"not judged {result.skipped_reason}: {', '.join(result.skipped_rules)}{hint}",
                     "yellow",
                 )
             )
 
 
 def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """A workflow command's message, escaped as GitHub documents (so a name cannot end the line
+    and start a command of its own), with every other control character made visible."""
+    return printable(text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A"))
 
 
 def _escape_property(text: str) -> str:
@@ -137,7 +140,7 @@ def render_github(results: Sequence[CheckResult]) -> str:
     lines = []
     for result in results:
         for v in result.violations:
-            where = v.tensor if v.tensor is not None else "whole model"
+            where = v.tensor if v.tensor is not None else _whole(result)
             lines.append(
                 f"::error file={_escape_property(result.checkpoint)},"
                 f"title={_escape_property(f'normcli {v.code} {v.rule}')}::"
@@ -218,10 +221,12 @@ def print_verdicts(results: Sequence[CheckResult]) -> None:
     from .console import error_console
 
     errors = error_console()
-    for result in results:
-        errors.print(
-            Text(verdict(result)),
-            style="green" if result.passed else "bold red",
-            highlight=False,
-            soft_wrap=True,
-        )
+    # the verdict repeats what the exit code says: a stderr that cannot take it changes nothing
+    with contextlib.suppress(OSError):
+        for result in results:
+            errors.print(
+                Text(verdict(result)),
+                style="green" if result.passed else "bold red",
+                highlight=False,
+                soft_wrap=True,
+            )

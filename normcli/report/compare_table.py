@@ -11,7 +11,16 @@ from ..results import Aggregate, CompareResult, TensorDiff
 from .fast_table import Cell, FastTable
 from .names import TailName
 from .table import NONFINITE, STANDOUT, fit_table, nonfinite_line, skipped_line
-from .text import NOT_COMPUTED, covers, fmt_float, printable, status_text, total_label
+from .text import (
+    NOT_COMPUTED,
+    covers,
+    fmt_float,
+    outside_totals,
+    printable,
+    saved_selection_line,
+    scoped_total_label,
+    status_text,
+)
 
 STATUS_STYLE = {
     "changed": "",
@@ -56,7 +65,9 @@ def _render_one(result: CompareResult, console: Console) -> None:
             f"  ({result.b.format}, {result.b.tensors} tensors)",
         )
     )
-    for side in (result.a, result.b):
+    for letter, side in (("A", result.a), ("B", result.b)):
+        if any(side.selection):
+            console.print(Text(saved_selection_line(letter, side.selection), STANDOUT))
         if side.skipped_tensors:
             console.print(skipped_line(side.skipped_tensors))
     optional: tuple[str, ...] = OPTIONAL
@@ -76,18 +87,18 @@ def _render_one(result: CompareResult, console: Console) -> None:
     ]
     if s["dtype_changed"]:
         parts.append(f"{s['dtype_changed']} dtype changed")
-    console.print(Text.assemble(("Tensors: ", "bold"), ", ".join(parts)))
+    console.print(Text.assemble(("Tensors: ", "bold"), ", ".join(parts) + outside_totals(result)))
     total = result.total
-    scope = "floating-point tensors" if result.scope == "floating" else "all tensors"
+    apart = ""
     if result.optimizer_excluded:
-        scope += (
+        apart = (
             f"; {result.optimizer_excluded} optimizer-state tensors set apart, "
             "--include-optimizer adds them"
         )
     console.print(
         Text.assemble(
-            (total_label(result.selected, result.available), "bold"),
-            f" ({scope}): ",
+            (scoped_total_label(result.selected, result.available, result.scope, apart), "bold"),
+            ": ",
             f"‖A‖₂ {fmt_float(total.a.l2, 10)}  ‖B‖₂ {fmt_float(total.b.l2, 10)}  "
             f"ratio {fmt_float(total.ratio_l2)}",
         )

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
+from .text import printable
+
 # Work shorter than this finishes before a bar would help; showing one would only flicker.
 PROGRESS_DELAY_S = 1.0
 
@@ -74,7 +76,7 @@ class ProgressBar:
 
     def __init__(self, label: str, console: Console | None = None) -> None:
         self._console = console
-        self.label = label
+        self.label = printable(label)
         self.lock = threading.Lock()
         self.bar: Progress | None = None
         self.task: TaskID | None = None
@@ -109,7 +111,9 @@ class ProgressBar:
                 )
 
                 self.bar = Progress(
-                    TextColumn("{task.description}"),
+                    # the label names files: plain text, never markup (a name could hold
+                    # "[link=...]"), and no control characters that would drive the terminal
+                    TextColumn("{task.description}", markup=False),
                     BarColumn(),
                     DownloadColumn(),
                     TransferSpeedColumn(),

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..results import CompareResult, InspectResult
-from .text import printable, total_label
+from .text import spreadsheet_cell, total_label
 
 STAT_COLUMNS = [
     "bytes",
@@ -32,7 +32,7 @@ def _cell(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, str):
-        return printable(value)
+        return spreadsheet_cell(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):

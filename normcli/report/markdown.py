@@ -11,8 +11,10 @@ from .text import (
     covers,
     fmt_float,
     fmt_int,
+    fmt_linf,
     fmt_percent,
     fmt_shape,
+    outside_totals,
     printable,
     status_text,
     total_label,
@@ -39,7 +41,7 @@ def _stat_cells(s: TensorStats) -> list[str]:
         fmt_int(s.numel),
         fmt_float(s.l1),
         fmt_float(s.l2),
-        fmt_float(s.linf),
+        fmt_linf(s),
         fmt_float(s.rms),
         fmt_float(s.mean),
         fmt_percent(s.sparsity),
@@ -93,7 +95,7 @@ def render_inspect(results: Sequence[InspectResult]) -> str:
             "headers only, no value read"
             if result.header_only
             else f"L1 {fmt_float(s.l1, 10)}, L2 {fmt_float(s.l2, 10)}, "
-            f"Linf {fmt_float(s.linf, 10)}, NaN {s.nan}, Inf {s.inf}"
+            f"Linf {fmt_linf(s, 10)}, NaN {s.nan}, Inf {s.inf}"
         )
         lines += [
             "",
@@ -168,7 +170,7 @@ def render_compare(results: Sequence[CompareResult]) -> str:
         over = covers(total.matched, total.added, total.removed, total.reshaped)
         lines += [
             "",
-            f"**Tensors**: {counts}",
+            f"**Tensors**: {counts}{outside_totals(result)}",
             "",
             f"**{total_label(result.selected, result.available)}**: "
             f"‖A‖₂ {fmt_float(total.a.l2, 10)}, ‖B‖₂ {fmt_float(total.b.l2, 10)}, {update}"

@@ -15,6 +15,7 @@ from .text import (
     fmt_bytes,
     fmt_float,
     fmt_int,
+    fmt_linf,
     fmt_percent,
     fmt_shape,
     printable,
@@ -103,7 +104,7 @@ def _stat_cells(stats: TensorStats) -> list[Text | str]:
         fmt_int(stats.numel),
         fmt_float(stats.l1),
         fmt_float(stats.l2),
-        fmt_float(stats.linf),
+        fmt_linf(stats),
         fmt_float(stats.rms),
         fmt_float(stats.mean),
         f"{fmt_int(stats.zeros)} ({fmt_percent(stats.sparsity)})" if stats.zeros else "0",
@@ -263,7 +264,7 @@ def _render_values(total: Total, console: Console) -> None:
         console.print(nonfinite_line(total.nonfinite_tensors))
     console.print(
         f"  L1 {fmt_float(stats.l1, 10)}  L2 {fmt_float(stats.l2, 10)}  "
-        f"Linf {fmt_float(stats.linf, 10)}  RMS {fmt_float(stats.rms, 10)}"
+        f"Linf {fmt_linf(stats, 10)}  RMS {fmt_float(stats.rms, 10)}"
     )
 
 
@@ -280,8 +281,7 @@ def _render_optimizer(state: OptimizerState, console: Console, values: bool) -> 
     )
     stats = state.stats
     figures = (
-        f"L1 {fmt_float(stats.l1, 10)}  L2 {fmt_float(stats.l2, 10)}  "
-        f"Linf {fmt_float(stats.linf, 10)}"
+        f"L1 {fmt_float(stats.l1, 10)}  L2 {fmt_float(stats.l2, 10)}  Linf {fmt_linf(stats, 10)}"
         if values
         else "(headers only)"
     )
@@ -320,7 +320,7 @@ def _print_breakdown(
             *counts,
             fmt_bytes(nbytes),
             f"L2 {fmt_float(stats.l2)}",
-            f"Linf {fmt_float(stats.linf)}",
+            f"Linf {fmt_linf(stats)}",
             Text(f"NaN {stats.nan}  Inf {stats.inf}", NONFINITE) if bad else "",
         )
     console.print(Text(title, "bold"))

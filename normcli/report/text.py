@@ -6,12 +6,23 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..results import TensorDiff
+    from ..results import CompareResult, TensorDiff, TensorStats
 
 
 def printable(name: str) -> str:
     """Tensor names come from untrusted files: control characters must not reach the terminal."""
     return "".join(c if c.isprintable() else "\N{REPLACEMENT CHARACTER}" for c in name)
+
+
+# what a spreadsheet takes for the start of a formula (=HYPERLINK(...) runs when opened)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(text: str) -> str:
+    """Untrusted text for a CSV cell: printable, and never read as a formula (OWASP's way: a
+    leading apostrophe). Numbers are written as numbers, never through here."""
+    text = printable(text)
+    return f"'{text}" if text.startswith(_FORMULA_START) else text
 
 
 def fmt_float(value: float | None, digits: int = 6) -> str:
@@ -83,11 +94,36 @@ def sparkline(values: list[float | None]) -> str:
     return "".join(marks)
 
 
+def saved_selection_line(letter: str, selection: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
+    """A saved report that holds only a selection: the tensors outside it are not compared."""
+    globs = [f"--filter {g!r}" for g in selection[0]] + [f"--exclude {g!r}" for g in selection[1]]
+    return (
+        f"{letter} is a report saved with {printable(' '.join(globs))}: only the tensors those "
+        "select are compared"
+    )
+
+
+def fmt_linf(stats: TensorStats, digits: int = 6) -> str:
+    """max|x| over the finite values: with none (an all-NaN tensor) it has no value, "-" as
+    null in JSON, not the 0 it is stored as."""
+    return fmt_float(stats.linf if stats.finite else None, digits)
+
+
 def total_label(selected: int, available: int) -> str:
     """What the totals cover: the whole model, or only what --filter/--exclude left."""
     if selected >= available:
         return "Whole model"
     return f"Selected ({selected} of {available} tensors)"
+
+
+def scoped_total_label(selected: int, available: int, scope: str, note: str = "") -> str:
+    """total_label with the kind of tensors the totals cover (and a `note`), in one pair of
+    brackets."""
+    floating = scope == "floating"
+    if selected >= available:
+        return f"Whole model ({'floating-point' if floating else 'all'} tensors{note})"
+    kind = "floating-point" if floating else "integer ones included"
+    return f"Selected ({selected} of {available} tensors, {kind}{note})"
 
 
 # a saved report holds norms, not values: these have no honest value against one
@@ -106,6 +142,21 @@ def covers(matched: int, added: int, removed: int, reshaped: int) -> str:
         if n
     ]
     return f"over {', '.join(parts)} tensors; one missing on a side counts as zeros there"
+
+
+def outside_totals(result: CompareResult) -> str:
+    """Where the status counts (every selected tensor) and the totals' `over ...` line (the
+    tensors in scope) disagree: integer tensors added, removed or reshaped without --include-int."""
+    s, total = result.summary, result.total
+    one_sided = s["added"] + s["removed"] + s["shape_changed"]
+    outside = one_sided - (total.added + total.removed + total.reshaped)
+    if not outside:
+        return ""
+    these = "tensor is" if outside == 1 else "tensors are"
+    return (
+        f" ({outside} added, removed or reshaped {these} integer/bool, outside the totals; "
+        "--include-int adds them)"
+    )
 
 
 def status_text(row: TensorDiff) -> str:

@@ -15,7 +15,7 @@ from rich.text import Text
 from ..results import TrendResult, TrendRow
 from .names import TailName
 from .table import NONFINITE, STANDOUT, fit_table
-from .text import fmt_float, printable, sparkline, total_label
+from .text import fmt_float, printable, sparkline, spreadsheet_cell, total_label
 
 METRIC_NAMES = {"l2": "L2", "l1": "L1", "linf": "Linf", "rms": "RMS"}
 
@@ -34,7 +34,9 @@ def row_note(row: TrendRow, metric: str) -> str:
         return "non-finite!"
     jump = row.first_jump(metric)
     notes = ["jumped"] if jump is not None and not row.set_changed(jump[0]) else []
-    if any(row.set_changed(t) for t in range(len(row.present))):
+    if row.tensors == 1 and any(row.reshaped):
+        notes.append("reshaped")  # its update is one of shapes, which no element-wise figure has
+    elif any(row.set_changed(t) for t in range(len(row.present))):
         notes.append("tensors changed")
     return ", ".join(notes)
 
@@ -220,9 +222,9 @@ def render_csv(results: Sequence[TrendResult]) -> str:
                 stats = row.stats[t]
                 cells = [
                     "total" if row is result.total else kind,
-                    printable(row.name),
+                    spreadsheet_cell(row.name),
                     row.tensors,
-                    printable(point.path),
+                    spreadsheet_cell(point.path),
                     point.step,
                     result.metric,
                     values[t],

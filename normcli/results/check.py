@@ -134,6 +134,8 @@ class CheckResult:
     skipped_rules: tuple[str, ...] = ()
     # the checkpoint's tensors before --filter/--exclude
     available: int = 0
+    # why skipped_rules were not judged: no baseline, or a saved report as the baseline
+    skipped_reason: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -152,5 +154,6 @@ class CheckResult:
                 "config": self.config,
                 "rules": [r.to_dict() for r in self.rules],
                 "skipped_rules": list(self.skipped_rules),
+                "skipped_reason": self.skipped_reason,
             },
         }

@@ -122,6 +122,8 @@ class CheckpointInfo:
     skipped_values: int = 0
     # (name, reason) of tensors normcli cannot read (a type it cannot dequantize, say)
     skipped_tensors: tuple[tuple[str, str], ...] = ()
+    # the --filter and --exclude globs the tensors were chosen by (a saved report's, as saved)
+    selection: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,6 +160,10 @@ class InspectResult:
             "header_only": self.header_only,
             "checkpoint": self.checkpoint.to_dict(),
             "selected": self.selected,
+            "selection": {
+                "filter": list(self.checkpoint.selection[0]),
+                "exclude": list(self.checkpoint.selection[1]),
+            },
             "tensors": [t.to_dict() for t in self.tensors],
             "groups": None if self.groups is None else [g.to_dict() for g in self.groups],
             "total": self.total.to_dict(),

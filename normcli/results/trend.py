@@ -66,6 +66,8 @@ class TrendRow:
     moves: tuple[PairStats | None, ...] = ()
     # how many of its tensors each checkpoint holds
     present: tuple[int, ...] = ()
+    # how many of its tensors each checkpoint holds in another shape than the previous one
+    reshaped: tuple[int, ...] = ()
 
     def values(self, metric: str) -> list[float | None]:
         return [_metric(s, metric) for s in self.stats]
@@ -111,8 +113,11 @@ class TrendRow:
         return None
 
     def set_changed(self, t: int) -> bool:
-        """Whether checkpoint t holds a different number of the row's tensors than t-1."""
-        return 0 < t < len(self.present) and self.present[t] != self.present[t - 1]
+        """Whether checkpoint t holds other tensors of the row than t-1: more, fewer, or some
+        in another shape."""
+        if not 0 < t < len(self.present):
+            return False
+        return self.present[t] != self.present[t - 1] or bool(self.reshaped and self.reshaped[t])
 
     def jumped(self, metric: str) -> bool:
         return self.first_jump(metric) is not None
