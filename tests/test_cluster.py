@@ -133,6 +133,10 @@ def test_every_command_gives_the_local_figures_bit_for_bit(
     assert embed["l2"] == pytest.approx(np.sqrt(np.sum(reference**2)), rel=1e-12)
 
 
+# The cluster's client runs an event loop in a thread of this process that draws from the global
+# random module (Dask's retries and ids) while hypothesis makes the next example; hypothesis
+# takes that for a strategy using `random` and warns, although no strategy here does.
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 @settings(
     max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
