@@ -107,19 +107,18 @@ def _keep_mode(path: str, temporary: str) -> None:
 
 
 def write_text(path: str, text: str, inputs: Sequence[str], flag: str) -> None:
-    refuse_inputs(path, inputs, flag)
-    try:
-        with replacing(path) as f:
-            f.write(text)
-    except OSError as e:
-        raise InputError(f"cannot write: {e.strerror or e}", path) from e
+    _write(path, text, inputs, flag)
 
 
 def write_bytes(path: str, data: bytes, inputs: Sequence[str], flag: str) -> None:
+    _write(path, data, inputs, flag)
+
+
+def _write(path: str, content: str | bytes, inputs: Sequence[str], flag: str) -> None:
     refuse_inputs(path, inputs, flag)
     try:
-        with replacing(path, binary=True) as f:
-            f.write(data)
+        with replacing(path, binary=isinstance(content, bytes)) as f:
+            f.write(content)
     except OSError as e:
         raise InputError(f"cannot write: {e.strerror or e}", path) from e
 
