@@ -314,6 +314,7 @@ def _start(address: str) -> Any:
         # Dask warns of mismatched versions as it connects; _check_versions says which, once
         warnings.simplefilter("ignore")
         if local is not None:
+            _quiet_resource_tracker()
             cluster = distributed.LocalCluster(
                 n_workers=local,
                 threads_per_worker=1,
@@ -330,6 +331,18 @@ def _start(address: str) -> Any:
                     f"no Dask scheduler answered at {address} within {CONNECT_SECONDS:g} s"
                 ) from e
     return client
+
+
+def _quiet_resource_tracker() -> None:
+    """A run stopped by Ctrl-C or SIGTERM ends at once (stopping.py), before the local cluster's
+    processes let go of their semaphores. Python's resource tracker, a process of its own that
+    outlives the run, then frees them and warns of each on stderr, after normcli's one line.
+    It takes its warning filters from this process's -W options, which this one is added to."""
+    import sys
+
+    quiet = "ignore:resource_tracker:UserWarning"
+    if quiet not in sys.warnoptions:
+        sys.warnoptions.append(quiet)
 
 
 def _check_address(address: str) -> None:

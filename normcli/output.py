@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
+from . import stopping
 from .errors import InputError, UsageError
 from .inputs import read_by_this_run
 
@@ -71,9 +72,11 @@ def replacing(path: str, binary: bool = False) -> Iterator[IO[Any]]:
             yield direct
         return
     target = os.path.realpath(path)
-    fd, temporary = tempfile.mkstemp(
-        prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target)
-    )
+    with stopping.held():
+        fd, temporary = tempfile.mkstemp(
+            prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target)
+        )
+        stopping.remove_if_stopped(temporary)
     try:
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
             yield f
@@ -85,6 +88,8 @@ def replacing(path: str, binary: bool = False) -> Iterator[IO[Any]]:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+    finally:
+        stopping.forget(temporary)
 
 
 def _is_regular_or_absent(path: str) -> bool:

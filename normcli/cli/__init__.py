@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from .. import __version__
+from .. import __version__, stopping
 from ..inputs import recording_reads
 from . import commands
 from .exits import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK
@@ -103,19 +102,8 @@ for command in (commands.inspect, commands.compare, commands.trend, commands.che
 def main() -> None:
     _allow_open_files()
     sys.excepthook = _redacted_traceback
-    _stop_on_sigterm()
+    stopping.install()
     cli.main()
-
-
-def _stop_on_sigterm() -> None:
-    """SIGTERM (a cancelled CI job, `timeout`) ends a run as Ctrl-C does: through the cleanups
-    that keep an output being written from being left half-done, instead of at once."""
-
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    with contextlib.suppress(ValueError, OSError, AttributeError):
-        signal.signal(signal.SIGTERM, stop)
 
 
 def _allow_open_files() -> None:
